@@ -1,0 +1,1 @@
+"""Visual shortcut analysis on heatmaps: groups, regions, SpRAy, head overlap."""

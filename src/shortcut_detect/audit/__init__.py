@@ -1,0 +1,1 @@
+"""Dataset audit: pipeline, incremental store, report."""

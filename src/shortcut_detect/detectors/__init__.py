@@ -1,0 +1,1 @@
+"""Detectors: embedding-based shortcut tests and heatmap-based ones, one interface."""
