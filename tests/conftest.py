@@ -1,0 +1,52 @@
+"""Session-wide fixtures: the trained demo models and held-out synthetic data.
+
+Models are trained once (about 10 s each on 2 CPU cores) and cached under ``.cache/`` in
+the repository (or ``$SHORTCUT_DETECT_CACHE``), so every test module shares them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SHORTCUT_DETECT_CACHE", str(REPO / ".cache"))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def demo_models():
+    from shortcut_detect.data.demo import load_demo_models
+
+    return load_demo_models()
+
+
+@pytest.fixture(scope="session")
+def shortcut_model(demo_models):
+    """SmallCNN trained where the corner marker agrees with the label 95% of the time."""
+    return demo_models.shortcut_model
+
+
+@pytest.fixture(scope="session")
+def clean_model(demo_models):
+    """SmallCNN trained where the marker carries no label information."""
+    return demo_models.clean_model
+
+
+@pytest.fixture(scope="session")
+def test_data():
+    """400 held-out images, marker independent of the label (strength 0.5)."""
+    from shortcut_detect.data.demo import make_demo_test_set
+
+    return make_demo_test_set(400, seed=1234)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
