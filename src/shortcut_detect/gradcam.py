@@ -143,9 +143,7 @@ def select_head(
             selected = value(outputs)
         else:
             selected = outputs[value]
-    elif isinstance(outputs, Mapping) and head in outputs:
-        selected = outputs[head]
-    elif (
+    elif (isinstance(outputs, Mapping) and head in outputs) or (
         isinstance(head, int)
         and isinstance(outputs, (list, tuple))
         and -len(outputs) <= head < len(outputs)
@@ -199,9 +197,8 @@ def _target_indices(target: TargetSpec, logits: torch.Tensor, head: str | int) -
     if target is None:
         return flat.argmax(dim=1).cpu()
     indices = torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target)
-    if indices.is_floating_point():
-        if not torch.equal(indices, indices.round()):
-            raise ValueError(f"Target classes must be integers, got {target!r}")
+    if indices.is_floating_point() and not torch.equal(indices, indices.round()):
+        raise ValueError(f"Target classes must be integers, got {target!r}")
     indices = indices.long().reshape(-1).cpu()
     if indices.numel() == 1:
         indices = indices.expand(batch).clone()
@@ -470,7 +467,11 @@ class GradCAMHeatmapGenerator:
         norms = np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1)
         dots = (flat_a * flat_b).sum(axis=1)
         cosine = np.where(norms > eps, dots / np.maximum(norms, eps), 0.0)
-        return {"dice": float(dice.mean()), "iou": float(iou.mean()), "cosine": float(cosine.mean())}
+        return {
+            "dice": float(dice.mean()),
+            "iou": float(iou.mean()),
+            "cosine": float(cosine.mean()),
+        }
 
     # -- seed API, second generation -----------------------------------------------------
     def generate(self, image: TensorOrArray, target_class: int | None = None) -> np.ndarray:
@@ -523,7 +524,11 @@ class GradCAMHeatmapGenerator:
         group_labels: Sequence[Hashable] | np.ndarray,
         **kwargs: Any,
     ) -> AttentionOverlapResult:
-        """Compare attention between groups (see :func:`shortcut_detect.analysis.compare_groups`)."""
+        """Compare attention between groups of samples.
+
+        Accepts heatmaps ``(N, H, W)`` or images ``(N, C, H, W)``; see
+        :func:`shortcut_detect.analysis.groups.compare_groups` for the options.
+        """
         from shortcut_detect.analysis.groups import compare_groups
 
         return compare_groups(heatmaps_or_images, group_labels, generator=self, **kwargs)
@@ -626,4 +631,3 @@ def upsampled_raw(raw: np.ndarray, size: Sequence[int]) -> np.ndarray:
     """Upsample stored raw (layer-resolution) maps to ``size`` and normalise them."""
     tensor = torch.from_numpy(np.asarray(raw, dtype=np.float32))
     return minmax_normalize(upsample(tensor, size)).numpy()
-

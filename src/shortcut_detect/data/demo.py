@@ -23,7 +23,7 @@ CLEAN_STRENGTH = 0.5
 
 
 def demo_cache_dir() -> Path:
-    """Where trained demo models are kept: ``$SHORTCUT_DETECT_CACHE`` or ``~/.cache/shortcut_detect``."""
+    """Where demo models are kept: ``$SHORTCUT_DETECT_CACHE`` or ``~/.cache/shortcut_detect``."""
     root = os.environ.get("SHORTCUT_DETECT_CACHE") or Path.home() / ".cache" / "shortcut_detect"
     return Path(root) / f"demo-v{DEMO_VERSION}"
 

@@ -274,7 +274,9 @@ def train_shortcut_model(
 
 
 @torch.inference_mode()
-def evaluate_accuracy(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray) -> float:
+def evaluate_accuracy(
+    model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray
+) -> float:
     """Accuracy of ``model`` on ``images`` (batched, inference mode)."""
     tensor = torch.as_tensor(images)
     predictions = []
