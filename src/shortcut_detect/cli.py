@@ -1,0 +1,755 @@
+"""The ``shortcut-detect`` command (also ``python -m shortcut_detect``).
+
+Sub-commands: ``demo``, ``audit``, ``explain``, ``layers``, ``report``, ``app``. Errors are
+printed as one line plus a hint (no traceback unless ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_SHORTCUT = 3
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """An error to show as one line and a hint."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+def _print(message: str = "") -> None:
+    print(message, flush=True)
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- argument parsing -----------------------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers like 0.5,0.5,0.5, got {text!r}"
+        ) from error
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.lower().replace("x", " ").replace(",", " ").split()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 224 or 224,192, got {text!r}"
+        ) from error
+    if not 1 <= len(values) <= 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 224 or 224,192, got {text!r}")
+    return values
+
+
+def _common() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parent
+
+
+def _model_options(required: bool = True) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        required=required,
+        metavar="SPEC",
+        help="demo[:shortcut|:clean], torchvision:NAME, timm:NAME, package.module:factory, "
+        "or a TorchScript/pickled model file",
+    )
+    group.add_argument(
+        "--weights",
+        metavar="W",
+        help="DEFAULT (published weights; needs the internet once) or a state dict file "
+        "(.pt/.pth/.safetensors)",
+    )
+    group.add_argument("--num-classes", type=int, metavar="N", help="number of model outputs")
+    group.add_argument(
+        "--classes", metavar="FILE", help="class names in output order (one per line, or JSON)"
+    )
+    group.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow loading a pickled full model (runs code from the file)",
+    )
+    group.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    prep = parent.add_argument_group("preprocessing (default: from the model's weights)")
+    prep.add_argument("--preset", choices=["imagenet", "none"], help="a standard recipe")
+    prep.add_argument("--resize", type=_ints, metavar="N", help="resize images to N (or H,W)")
+    prep.add_argument(
+        "--crop",
+        type=_ints,
+        metavar="N",
+        help="with --resize: resize the shorter side, centre-crop N",
+    )
+    prep.add_argument(
+        "--mean", type=_floats, metavar="M", help="normalisation mean, e.g. 0.5,0.5,0.5"
+    )
+    prep.add_argument(
+        "--std", type=_floats, metavar="S", help="normalisation std, e.g. 0.5,0.5,0.5"
+    )
+    return parent
+
+
+def _analysis_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("analysis")
+    group.add_argument(
+        "--permutations",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="permutations of the group-comparison test (default 1000)",
+    )
+    group.add_argument(
+        "--max-analysis-samples",
+        type=int,
+        default=5000,
+        metavar="N",
+        help="heatmaps used by the group comparison and SpRAy (default 5000)",
+    )
+    group.add_argument(
+        "--embedding-samples",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="images re-read for the embedding tests (default 1000; 0 skips them)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of subsampling and tests")
+    group.add_argument(
+        "--fail-on-shortcut",
+        action="store_true",
+        help=f"exit with status {EXIT_SHORTCUT} when a shortcut is suspected (for CI gates)",
+    )
+
+
+AUDIT_EXAMPLES = """
+examples:
+  shortcut-detect audit --model demo --data demo_output/data/manifest.csv \\
+      --group-column group --mask-column mask --out audit_demo
+  shortcut-detect audit --model torchvision:resnet50 --weights model.pt --classes classes.txt \\
+      --data xrays/ --out audit_xrays --fail-on-shortcut
+  # four workers, one shard each, then merge and report:
+  shortcut-detect audit ... --num-shards 4 --shard-index 0 --out audit_big
+  shortcut-detect report audit_big
+
+A killed or interrupted run continues where it stopped when run again with the same command.
+Exit status: 0 done, 1 error, 3 shortcut suspected (with --fail-on-shortcut), 130 interrupted.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``shortcut-detect``."""
+    from shortcut_detect import __version__
+
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="shortcut-detect",
+        description="See where an image model looks and find the shortcuts it learned.",
+        epilog=textwrap.dedent(
+            """
+            examples:
+              shortcut-detect demo                      # offline demo: two models, two reports
+              shortcut-detect audit --model M --data D --out DIR
+              shortcut-detect explain cat.png --model torchvision:resnet50 --weights DEFAULT
+              shortcut-detect layers --model torchvision:resnet50
+              shortcut-detect report DIR                # rebuild a report from an audit store
+              shortcut-detect app --audit DIR           # browse an audit in the web app
+
+            Run `shortcut-detect COMMAND --help` for the options of a command.
+            """
+        ),
+        formatter_class=_Formatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"shortcut-detect {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="offline demo: audit a shortcut model and a clean model",
+        description="Build the planted-shortcut data, train (or reuse cached) shortcut and clean "
+        "models, audit both through the real pipeline, and write two reports.",
+        epilog="example:\n  shortcut-detect demo --out demo_output",
+    )
+    demo.add_argument("--out", default="demo_output", help="output folder (default ./demo_output)")
+    demo.add_argument("--num-workers", type=int, default=2, help="image decoding workers")
+    demo.add_argument("--samples", type=int, default=400, help="test images (default 400)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    audit = commands.add_parser(
+        "audit",
+        parents=[common, _model_options()],
+        formatter_class=_Formatter,
+        help="audit a model on an image set and write a report",
+        description="Explain every image of a data set, store per-sample results and heatmaps "
+        "incrementally, and analyse them into summary.json and report.html.",
+        epilog=AUDIT_EXAMPLES,
+    )
+    data = audit.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        required=True,
+        metavar="D",
+        help="image folder (one sub-folder per class) or CSV/Parquet manifest with path,label",
+    )
+    data.add_argument("--group-column", metavar="G", help="manifest column with the group")
+    data.add_argument(
+        "--mask-column",
+        metavar="K",
+        help="manifest column with the suspected shortcut region: mask image path or x0,y0,x1,y1",
+    )
+    data.add_argument("--path-column", default="path", metavar="C", help="default: path")
+    data.add_argument("--label-column", default="label", metavar="C", help="default: label")
+    data.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images with more pixels than this (default 178,956,970)",
+    )
+    run = audit.add_argument_group("run")
+    run.add_argument("--out", required=True, metavar="DIR", help="audit directory (store, report)")
+    run.add_argument(
+        "--layer", metavar="L", help="layer to explain (default: the last spatial one)"
+    )
+    run.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
+    run.add_argument(
+        "--target",
+        default="predicted",
+        choices=["predicted", "label"],
+        help="class to explain: the predicted one (default) or the true label",
+    )
+    run.add_argument("--batch-size", type=int, default=32, metavar="N", help="default 32")
+    run.add_argument(
+        "--num-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="image decoding processes (default 2; 0 decodes in the main process)",
+    )
+    run.add_argument("--shard-index", type=int, default=0, metavar="I", help="this worker's shard")
+    run.add_argument("--num-shards", type=int, default=1, metavar="N", help="number of shards")
+    run.add_argument(
+        "--flush-rows",
+        type=int,
+        default=256,
+        metavar="N",
+        help="rows per committed chunk (default 256): at most this many are redone after a kill",
+    )
+    run.add_argument("--overwrite", action="store_true", help="discard an existing audit in --out")
+    run.add_argument(
+        "--no-report",
+        action="store_true",
+        help="only fill the store; analyse later with `shortcut-detect report DIR`",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _analysis_options(audit)
+
+    explain = commands.add_parser(
+        "explain",
+        parents=[common, _model_options()],
+        formatter_class=_Formatter,
+        help="heatmaps and top-5 predictions for single images",
+        description="Write an overlay and a heatmap for each image, with the top-5 predictions.",
+        epilog="example:\n  shortcut-detect explain a.png b.jpg --model demo --out explained",
+    )
+    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    explain.add_argument("--layer", metavar="L", help="layer to explain")
+    explain.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
+    explain.add_argument("--target", metavar="C", help="class index or name (default: predicted)")
+    explain.add_argument(
+        "--out", default="explanations", metavar="DIR", help="default ./explanations"
+    )
+    explain.add_argument("--top-k", type=int, default=5, metavar="K", help="predictions to list")
+
+    layers = commands.add_parser(
+        "layers",
+        parents=[common, _model_options()],
+        formatter_class=_Formatter,
+        help="list the layers Grad-CAM can explain",
+        description="Candidate target layers with their output shapes, from one dry forward pass; "
+        "the default is marked with *.",
+        epilog="example:\n  shortcut-detect layers --model torchvision:resnet50",
+    )
+    layers.add_argument(
+        "--all", action="store_true", help="list every spatial layer, not only blocks"
+    )
+
+    report = commands.add_parser(
+        "report",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="rebuild summary.json and report.html from an audit directory",
+        description="Merge the shards of a finished or interrupted audit and write its report.",
+        epilog="example:\n  shortcut-detect report audit_out",
+    )
+    report.add_argument("directory", metavar="DIR", help="the audit's --out directory")
+    report.add_argument(
+        "--no-model",
+        action="store_true",
+        help="do not reload the model (skips the embedding tests)",
+    )
+    report.add_argument("--num-workers", type=int, default=2, metavar="N")
+    report.add_argument("--batch-size", type=int, default=32, metavar="N")
+    _analysis_options(report)
+
+    app = commands.add_parser(
+        "app",
+        parents=[common],
+        formatter_class=_Formatter,
+        help="the interactive explorer (web app)",
+        description="Start the web app on a model and data, or on a finished audit.",
+        epilog="examples:\n  shortcut-detect app --model demo\n"
+        "  shortcut-detect app --audit audit_out",
+    )
+    app.add_argument("--model", metavar="SPEC")
+    app.add_argument("--weights", metavar="W")
+    app.add_argument("--classes", metavar="FILE")
+    app.add_argument("--layer", metavar="L")
+    app.add_argument("--data", metavar="D")
+    app.add_argument("--audit", metavar="DIR")
+    app.add_argument("--host", default="127.0.0.1")
+    app.add_argument("--port", type=int, default=7860)
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "weights": args.weights,
+        "num_classes": args.num_classes,
+        "classes": args.classes,
+        "trust_pickle": args.trust_pickle,
+        "device": args.device,
+        "preset": args.preset,
+        "resize": args.resize,
+        "crop": args.crop,
+        "mean": args.mean,
+        "std": args.std,
+    }
+
+
+def _print_verdict(summary: dict[str, Any], title: str = "") -> None:
+    verdict = summary["verdict"]
+    label = "SHORTCUT SUSPECTED" if verdict["shortcut_suspected"] else "no shortcut suspected"
+    _print(f"{title}Verdict: {verdict['risk']} risk, {label}.")
+    _print(f"  {verdict['headline']}")
+    for reason in verdict["reasons"][:4]:
+        _print(textwrap.fill(reason, width=100, initial_indent="  - ", subsequent_indent="    "))
+
+
+def _audit_options(args: argparse.Namespace) -> Any:
+    from shortcut_detect.audit.pipeline import AuditOptions
+    from shortcut_detect.data.images import DEFAULT_MAX_PIXELS
+
+    return AuditOptions(
+        model=args.model,
+        data=args.data,
+        out=args.out,
+        layer=args.layer,
+        method=args.method,
+        target=args.target,
+        path_column=args.path_column,
+        label_column=args.label_column,
+        group_column=args.group_column,
+        mask_column=args.mask_column,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        shard_index=args.shard_index,
+        num_shards=args.num_shards,
+        flush_rows=args.flush_rows,
+        max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
+        overwrite=args.overwrite,
+        progress=False if args.no_progress else None,
+        n_permutations=args.permutations,
+        max_analysis_samples=args.max_analysis_samples,
+        embedding_samples=args.embedding_samples,
+        seed=args.seed,
+        report=not args.no_report,
+        **_load_kwargs(args),
+    )
+
+
+def _finish_run(run: Any, fail_on_shortcut: bool) -> int:
+    rate = run.images_per_second
+    rate_text = f" ({rate:.1f} images/s)" if run.processed and rate == rate else ""
+    _print(
+        f"Audited {run.processed} images in {run.seconds:.1f} s{rate_text}"
+        + (f", {run.already_done} done by an earlier run" if run.already_done else "")
+        + (f"; {run.failed} could not be read (listed in the report)" if run.failed else "")
+        + "."
+    )
+    for note in run.notes:
+        _print(note)
+    if run.summary is None:
+        return EXIT_OK
+    _print_verdict(run.summary)
+    _print(f"Report:  {run.report_path}")
+    _print(f"Summary: {run.report_path.with_name('summary.json')}")
+    if fail_on_shortcut and run.summary["verdict"]["shortcut_suspected"]:
+        return EXIT_SHORTCUT
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from shortcut_detect.audit.pipeline import run_audit
+
+    run = run_audit(_audit_options(args), log=_log)
+    return _finish_run(run, args.fail_on_shortcut)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from shortcut_detect.audit.report import build_report
+    from shortcut_detect.audit.store import AuditStore
+
+    store = AuditStore(args.directory)
+    loaded = None
+    if not args.no_model and store.config.get("has_groups") and args.embedding_samples > 0:
+        from shortcut_detect.models import load_model
+
+        options = dict(store.config.get("load_options", {}))
+        try:
+            loaded = load_model(store.config["model"], **options)
+        except Exception as error:  # the report is still useful without the embedding tests
+            _log(f"note: could not reload the model for the embedding tests ({error})")
+    status = store.shard_status()
+    if status["unfinished"]:
+        _log(
+            f"note: shard(s) {', '.join(map(str, status['unfinished']))} of {status['expected']} "
+            "are not finished; the report covers the samples stored so far"
+        )
+    summary, path = build_report(
+        store,
+        loaded=loaded,
+        n_permutations=args.permutations,
+        max_analysis_samples=args.max_analysis_samples,
+        embedding_samples=args.embedding_samples,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        log=_log,
+    )
+    _print_verdict(summary)
+    _print(f"Report:  {path}")
+    _print(f"Summary: {path.with_name('summary.json')}")
+    if args.fail_on_shortcut and summary["verdict"]["shortcut_suspected"]:
+        return EXIT_SHORTCUT
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from shortcut_detect.audit.demo import run_demo
+
+    started = time.perf_counter()
+    results = run_demo(
+        args.out,
+        n_samples=args.samples,
+        num_workers=args.num_workers,
+        progress=False if args.no_progress else None,
+        log=_log,
+    )
+    _print("")
+    for name, run in results.items():
+        _print_verdict(run.summary, title=f"[{name} model] ")
+        _print(f"  report: {run.report_path}")
+        _print("")
+    _print(
+        f"Demo finished in {time.perf_counter() - started:.0f} s. Open the reports in a browser."
+    )
+    return EXIT_OK
+
+
+def _target_index(target: str | None, class_names: list[str]) -> int | None:
+    if target is None:
+        return None
+    if target in class_names:
+        return class_names.index(target)
+    try:
+        index = int(target)
+    except ValueError as error:
+        raise CommandError(
+            f"--target {target!r} is not a class name or index",
+            f"class names: {', '.join(class_names[:10])}{' ...' if len(class_names) > 10 else ''}",
+        ) from error
+    if not 0 <= index < len(class_names):
+        raise CommandError(f"--target {index} is out of range 0..{len(class_names) - 1}")
+    return index
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from shortcut_detect.audit.pipeline import NEGATIVE_LOGIT, binary_heads
+    from shortcut_detect.cam.image import apply_colormap
+    from shortcut_detect.data.images import load_image
+    from shortcut_detect.gradcam import GradCAMHeatmapGenerator
+    from shortcut_detect.models import load_model
+    from shortcut_detect.viz import overlay_heatmap
+
+    loaded = load_model(args.model, **_load_kwargs(args))
+    if loaded.is_torchscript:
+        raise CommandError(
+            "Grad-CAM needs layer hooks, which TorchScript models do not support",
+            "load the architecture from Python (--model package.module:factory) with the "
+            "state dict as --weights",
+        )
+    layer = args.layer or loaded.default_layer
+    if layer is None:
+        raise CommandError("No spatial layer found to explain", "pass --layer (see `layers`)")
+    target = _target_index(args.target, loaded.class_names)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [(Path(p), load_image(p)) for p in args.images]
+    batch = torch.stack([loaded.transform(image) for _, image in images])
+    try:
+        generator = GradCAMHeatmapGenerator(
+            loaded.model,
+            layer,
+            device=loaded.device,
+            method=args.method,
+            head_mappings=binary_heads(loaded),
+        )
+    except ValueError as error:
+        raise CommandError(str(error), "list layers with `shortcut-detect layers`") from error
+    binary = loaded.num_classes == 1
+    with generator:
+        if binary:  # one logit: class 1 is the logit, class 0 its negation
+            positive, negative = generator.explain(
+                batch, [("logits", None), (NEGATIVE_LOGIT, None)]
+            )
+            logit = positive.head_output.float().reshape(len(images))
+            probabilities = torch.stack([1 - torch.sigmoid(logit), torch.sigmoid(logit)], dim=1)
+            explained_classes = (
+                torch.full((len(images),), target) if target is not None else (logit > 0).long()
+            )
+            pick = (explained_classes == 1).numpy()[:, None, None]
+            heatmaps = np.where(pick, positive.heatmaps, negative.heatmaps)
+            raw_maps = np.where(pick, positive.raw_heatmaps, negative.raw_heatmaps)
+            explained_classes = explained_classes.numpy()
+        else:
+            explanation = generator.explain(batch, [("logits", target)])[0]
+            logits = explanation.head_output.float().reshape(len(images), -1)
+            probabilities = torch.softmax(logits, dim=1)
+            heatmaps, raw_maps = explanation.heatmaps, explanation.raw_heatmaps
+            explained_classes = explanation.target_indices
+    results = []
+    used: set[str] = set()
+    for i, (path, image) in enumerate(images):
+        stem = path.stem
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        display = loaded.transform.display(image)
+        heat = heatmaps[i]
+        Image.fromarray(overlay_heatmap(display, heat, alpha=0.45)).save(
+            out / f"{stem}_overlay.png"
+        )
+        Image.fromarray(np.uint8(apply_colormap(heat) * 255 + 0.5)).save(
+            out / f"{stem}_heatmap.png"
+        )
+        np.save(out / f"{stem}_heatmap.npy", raw_maps[i].astype(np.float32))
+        values, indices = probabilities[i].topk(min(args.top_k, probabilities.shape[1]))
+        top = [
+            {"class_idx": int(c), "class_name": loaded.class_names[int(c)], "confidence": float(v)}
+            for v, c in zip(values, indices)
+        ]
+        explained = int(explained_classes[i])
+        results.append(
+            {
+                "image": str(path),
+                "explained_class": loaded.class_names[explained] if explained >= 0 else None,
+                "top_predictions": top,
+                "overlay": str(out / f"{stem}_overlay.png"),
+                "heatmap": str(out / f"{stem}_heatmap.png"),
+            }
+        )
+        _print(f"{path}: explained class '{results[-1]['explained_class']}'")
+        for rank, item in enumerate(top, 1):
+            _print(f"  {rank}. {item['class_name']:<24} {item['confidence']:7.2%}")
+    (out / "explanations.json").write_text(
+        json.dumps(
+            {"model": loaded.spec, "layer": layer, "method": args.method, "images": results},
+            indent=2,
+        )
+    )
+    _print(f"Overlays and heatmaps written to {out}/ (explanations.json lists them).")
+    return EXIT_OK
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from shortcut_detect.cam.layers import spatial_layers
+    from shortcut_detect.models import load_model
+
+    loaded = load_model(args.model, **_load_kwargs(args))
+    if loaded.is_torchscript:
+        raise CommandError(
+            "TorchScript models cannot be inspected layer by layer (no hooks)",
+            "load the architecture from Python (--model package.module:factory)",
+        )
+    example = torch.zeros(1, loaded.in_channels, *loaded.input_size, device=loaded.device)
+    infos = spatial_layers(loaded.model, example)
+    if not args.all:
+        # Blocks and convolutions are the useful targets; activations, norms and pools repeat
+        # the shape of the layer before them.
+        infos = [
+            info
+            for info in infos
+            if info.name == loaded.default_layer
+            or isinstance(info.module, (torch.nn.Conv2d, torch.nn.Conv3d))
+            or next(info.module.children(), None) is not None
+        ]
+    _print(f"{loaded.spec}: input {loaded.in_channels}x{'x'.join(map(str, loaded.input_size))}")
+    width = max((len(info.name) for info in infos), default=10)
+    _print(f"   {'layer':<{width}}  {'type':<22} output shape")
+    for info in infos:
+        mark = "*" if info.name == loaded.default_layer else " "
+        shape = "x".join(str(s) for s in info.output_shape[1:])
+        _print(f" {mark} {info.name:<{width}}  {type(info.module).__name__:<22} {shape}")
+    _print(f"* default target layer ({loaded.default_layer}); choose another with --layer NAME")
+    return EXIT_OK
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError as error:
+        raise CommandError(
+            "The web app needs gradio, which is not installed",
+            "pip install 'shortcut-detect[app]'",
+        ) from error
+    if not args.model and not args.audit:
+        raise CommandError(
+            "Give --model (with --data) or --audit DIR", "shortcut-detect app --model demo"
+        )
+    import shortcut_detect.app as app_module
+
+    run_app = getattr(app_module, "run_app", None)
+    if run_app is None:
+        raise CommandError("This version of shortcut_detect has no web app (run_app is missing)")
+    run_app(
+        model=args.model,
+        weights=args.weights,
+        data=args.data,
+        audit=args.audit,
+        host=args.host,
+        port=args.port,
+        classes=args.classes,
+        layer=args.layer,
+    )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "audit": cmd_audit,
+    "report": cmd_report,
+    "demo": cmd_demo,
+    "explain": cmd_explain,
+    "layers": cmd_layers,
+    "app": cmd_app,
+}
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from shortcut_detect.audit.pipeline import AuditError
+    from shortcut_detect.audit.store import StoreError
+    from shortcut_detect.data.images import ImageLoadError, ManifestError
+    from shortcut_detect.models import ModelLoadError
+
+    return (CommandError, AuditError, StoreError, ManifestError, ImageLoadError, ModelLoadError)
+
+
+def _hint_for(error: BaseException) -> str:
+    from shortcut_detect.data.images import ManifestError
+    from shortcut_detect.models import ModelLoadError
+
+    if isinstance(error, CommandError):
+        return error.hint
+    if isinstance(error, ModelLoadError):
+        return "see `shortcut-detect audit --help` for the model options"
+    if isinstance(error, ManifestError):
+        return (
+            "a manifest is a CSV/Parquet file with path,label columns (plus optional group "
+            "and mask)"
+        )
+    return ""
+
+
+def _report_error(error: BaseException, known: bool) -> None:
+    text = str(error).strip() or type(error).__name__
+    lines = text.splitlines()
+    if known:
+        _log(f"error: {lines[0]}")
+    else:
+        _log(f"error: {type(error).__name__}: {lines[0]}")
+    for line in lines[1:]:
+        _log(f"  {line}")
+    hint = _hint_for(error) if known else "rerun with --debug to see the traceback"
+    if hint:
+        _log(f"hint: {hint}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``shortcut-detect``; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_ERROR
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    handler = COMMANDS[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt as interrupt:
+        if args.debug:
+            raise
+        message = str(interrupt) or "Interrupted."
+        _log(message)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        if args.debug:
+            raise
+        known = isinstance(error, _known_errors())
+        if not known and isinstance(error, (FileNotFoundError, PermissionError)):
+            known = True
+        _report_error(error, known)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,629 @@
+"""Image sets on disk: an ImageFolder-style directory or a CSV/Parquet manifest.
+
+* :func:`load_image` opens one file safely (size limit before decoding, truncated and
+  non-image files raise :class:`ImageLoadError`, palette/alpha/16-bit modes handled).
+* :func:`read_image_set` lists the samples (:class:`ImageRecord`) of a folder or manifest,
+  with labels, optional groups and optional region masks (a binary image or a box).
+* :class:`ImageRecordDataset` decodes them in DataLoader workers; a bad file becomes a
+  sample with ``ok=False`` and its error, so a run counts it instead of crashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shortcut_detect.data.transforms import Preprocessing
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "ImageLoadError",
+    "ImageRecord",
+    "ImageRecordDataset",
+    "ImageSet",
+    "ManifestError",
+    "collate_samples",
+    "load_image",
+    "make_loader",
+    "mask_from_text",
+    "mask_text",
+    "parse_box",
+    "read_image_set",
+]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_PIXELS = 178_956_970  # twice Pillow's warning level, its own error level
+MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+
+
+class ImageLoadError(ValueError):
+    """A file that could not be read as an image (the message says why)."""
+
+
+class ManifestError(ValueError):
+    """A manifest or image folder that cannot be used as it is (the message says how to fix)."""
+
+
+# -- one image ------------------------------------------------------------------------------
+
+
+def _to_standard_mode(image: Any) -> Any:
+    """``RGB`` for colour images, ``L`` for grayscale ones (8 bits)."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("RGB", "L"):
+        return image
+    if mode in ("1", "LA"):
+        return image.convert("L")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if mode == "F":
+            low, high = float(np.nanmin(array)), float(np.nanmax(array))
+            scaled = (array - low) / (high - low) * 255.0 if high > low else array * 0.0
+        else:
+            # 16-bit data (X-rays, microscopy): map the full 16-bit range to 8 bits, the
+            # same fixed scaling for every image so brightness stays comparable.
+            scaled = np.clip(array, 0, 65535) / 257.0
+        return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    if mode == "P":
+        # Palette images with transparency must pass through RGBA (Pillow warns otherwise).
+        return image.convert("RGBA").convert("RGB")
+    # RGBA, CMYK, YCbCr, LAB, HSV, ...: alpha is dropped as torchvision's default loader does.
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """Open an image file as a PIL image in ``RGB`` or ``L`` (grayscale) mode.
+
+    Parameters
+    ----------
+    path:
+        The file.
+    max_pixels:
+        Refuse images with more pixels than this before decoding them (a guard against
+        decompression bombs and accidental giant scans).
+
+    Raises
+    ------
+    ImageLoadError
+        Missing file, not an image, truncated or corrupt data, or too many pixels.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        # Asked explicitly for a higher limit than Pillow's own refusal level.
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise ImageLoadError(
+                        f"{path}: {width}x{height} = {width * height:,} pixels is above the "
+                        f"limit of {max_pixels:,} (raise it with --max-pixels if the file is "
+                        "trusted)"
+                    )
+                image.load()
+                return _to_standard_mode(image)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageLoadError(
+            f"{path}: {error} (raise the limit with --max-pixels if the file is trusted)"
+        ) from error
+    except UnidentifiedImageError as error:
+        raise ImageLoadError(f"{path}: not an image file Pillow can read") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageLoadError(f"{path}: corrupt or truncated image ({reason})") from error
+
+
+# -- records --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One sample of an image set.
+
+    Attributes
+    ----------
+    sample_id:
+        Stable id (the path relative to the data root; ``#2``, ``#3``... for repeats).
+    index:
+        Position in the image set.
+    path:
+        Absolute path of the image file.
+    label:
+        Class index, or ``-1`` when the set has no labels.
+    label_name:
+        The label as written in the data (folder or manifest value).
+    group:
+        Group value (e.g. scanner, site, marker present), ``None`` when absent.
+    mask:
+        Region of interest: ``("box", (x0, y0, x1, y1))`` in pixels (``x1``, ``y1``
+        exclusive), ``("file", path)`` of a binary image, or ``None``.
+    """
+
+    sample_id: str
+    index: int
+    path: str
+    label: int
+    label_name: str
+    group: str | None = None
+    mask: tuple[str, Any] | None = None
+
+
+@dataclass
+class ImageSet:
+    """The samples of a folder or manifest and how their labels map to classes."""
+
+    records: list[ImageRecord]
+    source: str
+    kind: str  # "folder" or "manifest"
+    label_names: list[str] = field(default_factory=list)
+    has_groups: bool = False
+    has_masks: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def fingerprint(self) -> str:
+        """Hash of ids, labels, groups and masks: two runs over the same data agree on it."""
+        digest = hashlib.sha256()
+        for record in self.records:
+            digest.update(
+                f"{record.sample_id}\t{record.label}\t{record.group}\t{record.mask}\n".encode()
+            )
+        return digest.hexdigest()[:16]
+
+    def shard(self, shard_index: int, num_shards: int) -> list[ImageRecord]:
+        """The records of one shard (every ``num_shards``-th, starting at ``shard_index``)."""
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise ValueError(
+                f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}, "
+                f"got {shard_index}"
+            )
+        return self.records[shard_index::num_shards]
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``"x0,y0,x1,y1"`` -> four floats (``ValueError`` with the reason otherwise)."""
+    parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
+    if len(parts) != 4:
+        raise ValueError(f"a box is 'x0,y0,x1,y1', got {text!r}")
+    x0, y0, x1, y1 = (float(p) for p in parts)
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+        raise ValueError(f"a box needs x1 > x0 and y1 > y0, got {text!r}")
+    return (x0, y0, x1, y1)
+
+
+def _unique_ids(relative_paths: Sequence[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    ids = []
+    for rel in relative_paths:
+        count = seen.get(rel, 0) + 1
+        seen[rel] = count
+        ids.append(rel if count == 1 else f"{rel}#{count}")
+    return ids
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _read_folder(root: Path, class_names: Sequence[str] | None) -> ImageSet:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise ManifestError(
+            f"{root} has no class sub-folders. An image folder holds one folder per class "
+            "(root/cat/1.png, root/dog/2.png); otherwise give a CSV/Parquet manifest with "
+            "path,label columns."
+        )
+    mapping = _label_mapping(classes, class_names, str(root))
+    paths: list[tuple[Path, str]] = []
+    for name in classes:
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith("."):
+                    paths.append((Path(dirpath) / filename, name))
+    if not paths:
+        raise ManifestError(
+            f"{root} has class folders ({', '.join(classes[:5])}) but no image files "
+            f"({', '.join(IMAGE_EXTENSIONS)})"
+        )
+    ids = _unique_ids([_relative(p, root) for p, _ in paths])
+    records = [
+        ImageRecord(
+            sample_id=sample_id,
+            index=index,
+            path=str(path.resolve()),
+            label=mapping[name],
+            label_name=name,
+        )
+        for index, (sample_id, (path, name)) in enumerate(zip(ids, paths))
+    ]
+    return ImageSet(records, str(root), "folder", label_names=classes)
+
+
+def _label_mapping(
+    values: Sequence[str], class_names: Sequence[str] | None, source: str
+) -> dict[str, int]:
+    """Map label strings to class indices.
+
+    Class names from the model win; integers are indices; otherwise sorted order (the
+    torchvision ImageFolder convention).
+    """
+    unique = sorted(set(values))
+    if class_names:
+        names = [str(n) for n in class_names]
+        if set(unique) <= set(names):
+            return {value: names.index(value) for value in unique}
+        if all(_is_int(v) for v in unique):
+            mapping = {value: int(value) for value in unique}
+            bad = [v for v, i in mapping.items() if not 0 <= i < len(names)]
+            if bad:
+                raise ManifestError(
+                    f"{source}: label(s) {', '.join(bad[:5])} are out of range for a model with "
+                    f"{len(names)} classes"
+                )
+            return mapping
+        missing = [v for v in unique if v not in names]
+        raise ManifestError(
+            f"{source}: label(s) {', '.join(missing[:5])} are not among the model's class names "
+            f"({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}). Use the model's class "
+            "names or class indices as labels, or pass --classes FILE with the names in the "
+            "model's output order."
+        )
+    if all(_is_int(v) for v in unique):
+        return {value: int(value) for value in unique}
+    return {value: index for index, value in enumerate(unique)}
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_table(path: Path) -> Any:
+    import pyarrow as pa
+
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+            return table.cast(pa.schema([pa.field(f.name, pa.string()) for f in table.schema]))
+        import pyarrow.csv as pacsv
+
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            header = handle.readline()
+        delimiter = "\t" if suffix == ".tsv" or ("\t" in header and "," not in header) else ","
+        names = [n.strip() for n in header.rstrip("\r\n").split(delimiter)]
+        return pacsv.read_csv(
+            path,
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.string() for name in names},
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, UnicodeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ManifestError(f"Cannot read manifest {path}: {first}") from error
+
+
+def _read_manifest(
+    path: Path,
+    class_names: Sequence[str] | None,
+    *,
+    path_column: str,
+    label_column: str,
+    group_column: str | None,
+    mask_column: str | None,
+) -> ImageSet:
+    table = _read_table(path)
+    columns = list(table.column_names)
+    wanted = [(path_column, "--path-column"), (label_column, "--label-column")]
+    if group_column:
+        wanted.append((group_column, "--group-column"))
+    if mask_column:
+        wanted.append((mask_column, "--mask-column"))
+    missing = [(name, option) for name, option in wanted if name not in columns]
+    if missing:
+        names = ", ".join(repr(name) for name, _ in missing)
+        options = ", ".join(option for _, option in missing)
+        raise ManifestError(
+            f"Manifest {path} has no column {names} (its columns: {', '.join(columns) or 'none'}). "
+            f"Rename the columns or point {options} at the right ones."
+        )
+    if table.num_rows == 0:
+        raise ManifestError(f"Manifest {path} has no rows")
+    data = {name: table.column(name).to_pylist() for name, _ in wanted}
+    root = path.parent
+    rel_paths: list[str] = []
+    abs_paths: list[str] = []
+    problems: list[str] = []
+    for row, value in enumerate(data[path_column]):
+        if value is None or not str(value).strip():
+            problems.append(f"row {row + 2}: empty {path_column}")
+            continue
+        file_path = Path(str(value).strip()).expanduser()
+        if not file_path.is_absolute():
+            file_path = root / file_path
+        rel_paths.append(str(value).strip())
+        abs_paths.append(str(file_path))
+    labels = [None if v is None else str(v).strip() for v in data[label_column]]
+    empty_labels = [f"row {i + 2}" for i, v in enumerate(labels) if not v]
+    if empty_labels:
+        problems.append(
+            f"empty {label_column} in {', '.join(empty_labels[:5])}"
+            + (f" and {len(empty_labels) - 5} more" if len(empty_labels) > 5 else "")
+        )
+    masks: list[tuple[str, Any] | None] = [None] * table.num_rows
+    if mask_column:
+        for row, value in enumerate(data[mask_column]):
+            text = "" if value is None else str(value).strip()
+            if not text:
+                continue
+            try:
+                masks[row] = ("box", parse_box(text))
+            except ValueError as error:
+                if set(text) <= set("0123456789.,;-+eE "):
+                    problems.append(f"row {row + 2}: {mask_column}: {error}")
+                    continue
+                mask_path = Path(text).expanduser()
+                masks[row] = (
+                    "file",
+                    str(mask_path if mask_path.is_absolute() else root / mask_path),
+                )
+    if problems:
+        raise ManifestError(
+            f"Manifest {path}: {'; '.join(problems[:5])}"
+            + (f" (and {len(problems) - 5} more problems)" if len(problems) > 5 else "")
+        )
+    mapping = _label_mapping([v for v in labels if v], class_names, str(path))
+    groups = data.get(group_column) if group_column else None
+    ids = _unique_ids(rel_paths)
+    records = [
+        ImageRecord(
+            sample_id=ids[row],
+            index=row,
+            path=abs_paths[row],
+            label=mapping[labels[row]],  # type: ignore[index]
+            label_name=labels[row],  # type: ignore[arg-type]
+            group=None if groups is None or groups[row] is None else str(groups[row]).strip(),
+            mask=masks[row],
+        )
+        for row in range(table.num_rows)
+    ]
+    notes = []
+    if not class_names and not all(_is_int(v) for v in mapping):
+        order = ", ".join(
+            f"{name}={index}" for name, index in sorted(mapping.items(), key=lambda kv: kv[1])
+        )
+        notes.append(
+            f"labels mapped to class indices in sorted order ({order}); pass --classes FILE "
+            "if the model uses another order"
+        )
+    label_names = sorted(mapping, key=lambda name: mapping[name])
+    return ImageSet(
+        records,
+        str(path),
+        "manifest",
+        label_names=label_names,
+        has_groups=group_column is not None,
+        has_masks=mask_column is not None,
+        notes=notes,
+    )
+
+
+def read_image_set(
+    data: str | os.PathLike[str],
+    *,
+    class_names: Sequence[str] | None = None,
+    path_column: str = "path",
+    label_column: str = "label",
+    group_column: str | None = None,
+    mask_column: str | None = None,
+) -> ImageSet:
+    """List the samples of an image folder or a CSV/Parquet manifest.
+
+    Parameters
+    ----------
+    data:
+        A directory with one sub-folder per class, or a ``.csv``/``.tsv``/``.parquet`` file
+        with at least ``path`` and ``label`` columns (paths relative to the manifest's folder).
+    class_names:
+        The model's class names in output order; labels that are names are mapped with them.
+    path_column, label_column, group_column, mask_column:
+        Manifest column names. A mask cell is a path to a binary image (white = region) or
+        a box ``x0,y0,x1,y1`` in image pixels; an empty cell means no mask.
+
+    Raises
+    ------
+    ManifestError
+        Missing columns, empty values, labels the model does not know, no images.
+    """
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise ManifestError(
+            f"--data {data}: no such file or directory (give an image folder or a CSV/Parquet "
+            "manifest)"
+        )
+    if path.is_dir():
+        if group_column or mask_column:
+            raise ManifestError(
+                "--group-column/--mask-column need a manifest (CSV/Parquet); an image folder "
+                "only gives labels"
+            )
+        return _read_folder(path, class_names)
+    if path.suffix.lower() not in MANIFEST_SUFFIXES:
+        raise ManifestError(
+            f"--data {data}: not a directory or a manifest ({', '.join(MANIFEST_SUFFIXES)})"
+        )
+    return _read_manifest(
+        path,
+        class_names,
+        path_column=path_column,
+        label_column=label_column,
+        group_column=group_column,
+        mask_column=mask_column,
+    )
+
+
+# -- decoding in workers -----------------------------------------------------------------------
+
+
+class ImageRecordDataset(torch.utils.data.Dataset):
+    """Decode records to model inputs; a bad file gives ``ok=False`` instead of raising.
+
+    Each item is a dict: ``position`` (index into ``records``), ``image`` (``(C, H, W)``
+    float), ``mask`` (``(H, W)`` bool), ``has_mask``, ``size`` (the file's ``(width,
+    height)``), ``ok`` and ``error`` (``""`` if ok).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        preprocessing: Preprocessing,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.records = list(records)
+        self.preprocessing = preprocessing
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _mask(self, record: ImageRecord, size: tuple[int, int]) -> np.ndarray | None:
+        if record.mask is None:
+            return None
+        kind, value = record.mask
+        if kind == "box":
+            return self.preprocessing.box_mask(value, size)
+        return self.preprocessing.mask(load_image(value, max_pixels=self.max_pixels), size)
+
+    def __getitem__(self, position: int) -> dict[str, Any]:
+        record = self.records[position]
+        height, width = self.preprocessing.size
+        item: dict[str, Any] = {"position": position, "ok": True, "error": "", "size": (0, 0)}
+        mask = None
+        try:
+            image = load_image(record.path, max_pixels=self.max_pixels)
+            item["size"] = image.size
+            item["image"] = self.preprocessing(image)
+            try:
+                mask = self._mask(record, image.size)
+            except ImageLoadError as error:
+                raise ImageLoadError(f"mask of {record.sample_id}: {error}") from error
+        except ImageLoadError as error:
+            item.update(ok=False, error=str(error))
+        except Exception as error:  # one bad sample must not stop a long run
+            item.update(ok=False, error=f"{record.path}: {type(error).__name__}: {error}")
+        if not item["ok"]:
+            item["image"] = torch.zeros(self.preprocessing.channels, height, width)
+        item["has_mask"] = mask is not None
+        item["mask"] = (
+            torch.from_numpy(mask)
+            if mask is not None
+            else torch.zeros(height, width, dtype=torch.bool)
+        )
+        return item
+
+
+def collate_samples(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack dataset items into one batch dict (lists for strings)."""
+    return {
+        "position": torch.tensor([it["position"] for it in items], dtype=torch.long),
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": torch.stack([it["mask"] for it in items]),
+        "has_mask": torch.tensor([it["has_mask"] for it in items], dtype=torch.bool),
+        "ok": torch.tensor([it["ok"] for it in items], dtype=torch.bool),
+        "size": torch.tensor([it["size"] for it in items], dtype=torch.long),
+        "error": [it["error"] for it in items],
+    }
+
+
+def mask_text(mask: tuple[str, Any] | None) -> str | None:
+    """A record's mask as text: ``box:x0,y0,x1,y1``, ``file:PATH`` or ``None``."""
+    if mask is None:
+        return None
+    kind, value = mask
+    if kind == "box":
+        return "box:" + ",".join(f"{v:g}" for v in value)
+    return f"file:{value}"
+
+
+def mask_from_text(text: str | None) -> tuple[str, Any] | None:
+    """Inverse of :func:`mask_text`."""
+    if not text:
+        return None
+    kind, _, value = text.partition(":")
+    if kind == "box":
+        return ("box", parse_box(value))
+    return ("file", value)
+
+
+def make_loader(
+    dataset: ImageRecordDataset,
+    *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    worker_init: Callable[[], None] | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader in data order that decodes images in ``num_workers`` processes.
+
+    ``worker_init`` runs first in each worker process (e.g. to close inherited files).
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"--num-workers must be 0 or more, got {num_workers}")
+    workers = min(num_workers, max(0, len(dataset)))
+    if workers > 0:
+        dataset.preprocessing.warm_up()
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_samples,
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=partial(_worker_init, worker_init) if workers > 0 else None,
+    )
+
+
+def _worker_init(extra: Callable[[], None] | None, _worker_id: int) -> None:
+    if extra is not None:
+        extra()
+    # Decoding workers need no intra-op threads; leave the cores to the model.
+    torch.set_num_threads(1)

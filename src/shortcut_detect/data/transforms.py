@@ -1,0 +1,300 @@
+"""Preprocessing: PIL image -> the float tensor a model expects, with masks kept aligned.
+
+One :class:`Preprocessing` object describes the whole recipe (resize, centre crop, channel
+count, mean/std), so the same geometry can be applied to an image, to its region mask, and to
+a display copy without normalisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PRESETS",
+    "Preprocessing",
+    "preprocessing_from_options",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The torchvision evaluation recipe for ImageNet classifiers.
+    "imagenet": {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD},
+    # Pixels scaled to [0, 1], nothing else (give the size with --resize).
+    "none": {"resize": None, "crop": None, "mean": None, "std": None},
+}
+
+
+def _pair(value: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return (value, value)
+    values = [int(v) for v in value]
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) != 2:
+        raise ValueError(f"A size is one number or (height, width), got {value!r}")
+    return (values[0], values[1])
+
+
+@dataclass
+class Preprocessing:
+    """How an image becomes a model input.
+
+    Parameters
+    ----------
+    size:
+        ``(height, width)`` of the model input.
+    resize:
+        With ``crop=True``, the shorter side is resized to ``resize[0]`` and the centre
+        ``size`` is cropped (the torchvision evaluation recipe). With ``crop=False`` the image
+        is resized to exactly ``size`` and ``resize`` is ignored.
+    crop:
+        Whether to centre-crop after resizing the shorter side.
+    mean, std:
+        Per-channel normalisation after scaling pixels to [0, 1]; ``None`` skips it.
+    channels:
+        Channels of the model input: 1 (grayscale) or 3 (RGB); images are converted.
+    interpolation:
+        ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
+    source:
+        Where the recipe came from (shown in reports).
+    """
+
+    size: tuple[int, int]
+    resize: tuple[int, int] | None = None
+    crop: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int = 3
+    interpolation: str = "bilinear"
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.size = _pair(self.size)  # type: ignore[assignment]
+        self.resize = _pair(self.resize)
+        if self.channels not in (1, 3):
+            raise ValueError(f"Models with {self.channels} input channels are not supported")
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ValueError(f"Unknown interpolation {self.interpolation!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            values = tuple(float(v) for v in values)
+            if len(values) == 1:
+                values = values * self.channels
+            elif len(values) != self.channels:
+                if self.channels == 1 and len(values) == 3:
+                    # An RGB recipe on a grayscale model: the channel average is the honest
+                    # single-channel equivalent.
+                    values = (float(np.mean(values)),)
+                    self.notes.append(f"{name} averaged over RGB for a 1-channel model")
+                else:
+                    raise ValueError(
+                        f"--{name} has {len(values)} values for a model with "
+                        f"{self.channels} input channels"
+                    )
+            setattr(self, name, values)
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"--std values must be positive, got {self.std}")
+
+    # -- geometry --------------------------------------------------------------------------
+    def _interpolation(self, name: str | None = None) -> Any:
+        from torchvision.transforms import InterpolationMode
+
+        return {
+            "bilinear": InterpolationMode.BILINEAR,
+            "bicubic": InterpolationMode.BICUBIC,
+            "nearest": InterpolationMode.NEAREST,
+        }[name or self.interpolation]
+
+    def geometry(self, image: Any, *, nearest: bool = False) -> Any:
+        """Resize (and crop) a PIL image to the model input size."""
+        from torchvision.transforms import functional as TF
+
+        mode = self._interpolation("nearest" if nearest else None)
+        if self.crop:
+            shorter = self.resize[0] if self.resize else min(self.size)
+            image = TF.resize(image, [shorter], interpolation=mode)
+            return TF.center_crop(image, list(self.size))
+        return TF.resize(image, list(self.size), interpolation=mode)
+
+    def to_channels(self, image: Any) -> Any:
+        """Convert a PIL image to the model's channel count (grayscale <-> RGB)."""
+        wanted = "L" if self.channels == 1 else "RGB"
+        return image if image.mode == wanted else image.convert(wanted)
+
+    # -- the transforms --------------------------------------------------------------------
+    def __call__(self, image: Any) -> torch.Tensor:
+        """PIL image -> float tensor ``(C, H, W)`` ready for the model."""
+        from torchvision.transforms import functional as TF
+
+        tensor = TF.pil_to_tensor(self.geometry(self.to_channels(image))).float().div_(255.0)
+        if self.mean is not None and self.std is not None:
+            tensor = TF.normalize(tensor, list(self.mean), list(self.std))
+        return tensor
+
+    def display(self, image: Any) -> np.ndarray:
+        """PIL image -> float32 RGB ``(H, W, 3)`` in [0, 1] at the model's geometry."""
+        resized = self.geometry(image.convert("RGB"))
+        return np.asarray(resized, dtype=np.float32) / 255.0
+
+    def mask(self, mask_image: Any, original_size: tuple[int, int]) -> np.ndarray:
+        """A binary mask (PIL, any size) -> bool ``(H, W)`` aligned with the model input.
+
+        ``original_size`` is the source image's ``(width, height)``; a mask of another size is
+        first stretched to it, so the same resize/crop applies to both.
+        """
+        mask_image = mask_image.convert("L")
+        if mask_image.size != tuple(original_size):
+            from PIL import Image
+
+            mask_image = mask_image.resize(tuple(original_size), Image.Resampling.NEAREST)
+        return np.asarray(self.geometry(mask_image, nearest=True)) > 127
+
+    def box_mask(self, box: Sequence[float], original_size: tuple[int, int]) -> np.ndarray:
+        """A box ``(x0, y0, x1, y1)`` in source pixels -> bool ``(H, W)`` at the input geometry."""
+        from PIL import Image, ImageDraw
+
+        width, height = original_size
+        x0, y0, x1, y1 = (float(v) for v in box)
+        canvas = Image.new("L", (int(width), int(height)), 0)
+        if x1 > x0 and y1 > y0:
+            # x1/y1 are exclusive; PIL's rectangle includes its far corner.
+            ImageDraw.Draw(canvas).rectangle([x0, y0, x1 - 1, y1 - 1], fill=255)
+        return np.asarray(self.geometry(canvas, nearest=True)) > 127
+
+    def warm_up(self) -> None:
+        """Run the recipe once on a tiny image, so the imports it needs happen here.
+
+        DataLoader workers are forked from the calling process: importing torchvision's
+        transforms and Pillow's plugins once before they start saves each worker seconds.
+        """
+        from PIL import Image
+
+        Image.init()
+        probe = Image.new("RGB", (8, 8))
+        self(probe)
+        self.box_mask((0, 0, 4, 4), (8, 8))
+
+    # -- description -----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description (round-trips through :meth:`from_dict`)."""
+        data = asdict(self)
+        for key in ("size", "resize", "mean", "std"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        notes = data.pop("notes", [])
+        made = cls(**data)
+        made.notes = list(notes)
+        return made
+
+    def describe(self) -> str:
+        """One line, e.g. ``resize 256, centre-crop 224x224, ImageNet mean/std, RGB``."""
+        height, width = self.size
+        if self.crop:
+            shorter = self.resize[0] if self.resize else min(self.size)
+            geometry = f"resize shorter side to {shorter}, centre-crop {height}x{width}"
+        else:
+            geometry = f"resize to {height}x{width}"
+        if self.mean is None:
+            norm = "pixels in [0, 1], no normalisation"
+        elif tuple(self.mean) == IMAGENET_MEAN and tuple(self.std or ()) == IMAGENET_STD:
+            norm = "ImageNet mean/std"
+        else:
+            mean = ", ".join(f"{v:g}" for v in self.mean)
+            std = ", ".join(f"{v:g}" for v in self.std or ())
+            norm = f"mean ({mean}), std ({std})"
+        colour = "grayscale" if self.channels == 1 else "RGB"
+        return f"{geometry}, {norm}, {colour} ({self.source or 'custom'})"
+
+
+def preprocessing_from_options(
+    *,
+    base: Preprocessing | None,
+    channels: int,
+    preset: str | None = None,
+    resize: Sequence[int] | int | None = None,
+    crop: Sequence[int] | int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Preprocessing:
+    """Combine a model's known recipe (``base``) with user options (which win).
+
+    Raises
+    ------
+    ValueError
+        When no input size can be determined, naming the options that give one.
+    """
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    recipe: dict[str, Any] = {}
+    source = ""
+    if base is not None:
+        recipe = {
+            "size": base.size,
+            "resize": base.resize,
+            "crop": base.crop,
+            "mean": base.mean,
+            "std": base.std,
+            "interpolation": base.interpolation,
+        }
+        source = base.source
+    if preset is not None:
+        values = PRESETS[preset]
+        recipe["mean"], recipe["std"] = values["mean"], values["std"]
+        if values["crop"] is not None:
+            recipe.update(size=values["crop"], resize=values["resize"], crop=True)
+        source = f"preset {preset}"
+    user = []
+    if resize is not None:
+        recipe.update(size=resize, resize=resize, crop=False)
+        user.append("resize")
+    if crop is not None:
+        recipe.update(size=crop, crop=True)
+        if resize is None:
+            recipe.setdefault("resize", None)
+        user.append("crop")
+    if mean is not None:
+        recipe["mean"] = tuple(mean)
+        user.append("mean")
+    if std is not None:
+        recipe["std"] = tuple(std)
+        user.append("std")
+    if (recipe.get("mean") is None) != (recipe.get("std") is None):
+        raise ValueError("Give both --mean and --std (or neither)")
+    if recipe.get("size") is None:
+        raise ValueError(
+            "The model's input size and normalisation are not known. Pass --preset imagenet "
+            "(resize 256, crop 224, ImageNet mean/std), or --resize N with --mean/--std as "
+            "the model was trained (or --preset none --resize N for pixels in [0, 1])."
+        )
+    if user:
+        source = f"{source} + --{'/--'.join(user)}" if source else "command-line options"
+    return Preprocessing(
+        size=recipe["size"],
+        resize=recipe.get("resize"),
+        crop=bool(recipe.get("crop", False)),
+        mean=recipe.get("mean"),
+        std=recipe.get("std"),
+        channels=channels,
+        interpolation=recipe.get("interpolation", "bilinear"),
+        source=source,
+    )
