@@ -1,1 +1,266 @@
-"""The interactive explorer (Gradio; optional extra `app`)."""
+"""The interactive explorer (Gradio; optional extra ``app``).
+
+``shortcut-detect app`` calls :func:`run_app`. Importing this package does not import
+Gradio: :func:`build_app` and :func:`run_app` do, and say how to install it when missing.
+The explorer's logic (:mod:`shortcut_detect.app.explorer`, :mod:`shortcut_detect.app.callbacks`)
+runs without Gradio.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shortcut_detect.app.explorer import Explorer
+from shortcut_detect.app.inputs import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_UPLOAD_BYTES,
+    ExplorerInputError,
+)
+
+if TYPE_CHECKING:
+    import gradio
+
+__all__ = [
+    "Explorer",
+    "ExplorerInputError",
+    "RunningApp",
+    "build_app",
+    "free_port",
+    "make_explorer",
+    "run_app",
+    "start_app",
+]
+
+LOCALHOST = "127.0.0.1"
+
+
+def make_explorer(
+    model: str | None = None,
+    weights: str | Path | None = None,
+    data: str | Path | None = None,
+    audit: str | Path | None = None,
+    classes: Sequence[str] | str | Path | None = None,
+    layer: str | None = None,
+    *,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+    device: str | None = None,
+    group_column: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    cache_size: int = 256,
+    **load_options: Any,
+) -> Explorer:
+    """Load the model(s) once and the samples, for :func:`build_app`.
+
+    With no ``model`` and no ``audit``, serves the built-in demo (its shortcut and clean
+    models and its synthetic test set; works offline). ``data`` adds an image folder or
+    manifest as the sample set; ``audit`` an audit directory to browse (its model and data
+    are used unless ``model`` / ``data`` are given). ``load_options`` (``preset``,
+    ``resize``, ``crop``, ``mean``, ``std``) go to :func:`shortcut_detect.models.load_model`.
+
+    Raises
+    ------
+    ValueError
+        (:class:`ExplorerInputError`, ``ModelLoadError``, ``ManifestError``) for a model,
+        data or audit that cannot be used; the message says why.
+    """
+    from shortcut_detect.app.models import demo_explorer_models, explorer_model_from_loaded
+    from shortcut_detect.app.sources import DataSource, DemoSource
+
+    browser = None
+    if audit is not None:
+        from shortcut_detect.app.audit_browser import AuditBrowser
+
+        browser = AuditBrowser.open(audit, max_pixels=max_pixels)
+        if model is None:
+            model, weights = browser.model_spec, browser.weights
+            classes = classes if classes is not None else browser.class_names or None
+            load_options = {**browser.load_options, **load_options}
+        layer = layer if layer is not None else browser.layer
+    if model is None or (str(model) == "demo" and weights is None):
+        models = demo_explorer_models()
+    else:
+        from shortcut_detect.models import load_model
+
+        loaded = load_model(
+            model,
+            weights=weights,
+            num_classes=num_classes,
+            classes=classes,
+            trust_pickle=trust_pickle,
+            device=device,
+            **load_options,
+        )
+        if loaded.is_torchscript:
+            raise ExplorerInputError(
+                f"--model {model} is TorchScript, which cannot take the layer hooks heatmaps "
+                "need; give the architecture (torchvision:NAME or package.module:factory) and "
+                "the weights as a state dict."
+            )
+        models = [explorer_model_from_loaded(loaded)]
+    if layer is not None:
+        for explorer_model in models:
+            explorer_model.default_layer = layer
+    if data is not None:
+        # Labels only caption the samples here, so the data's own names are kept.
+        source = DataSource(data, group_column=group_column, max_pixels=max_pixels)
+    elif browser is not None:
+        source = browser.source
+    else:
+        source = DemoSource()
+    explorer = Explorer(
+        models,
+        source,
+        cache_size=cache_size,
+        max_pixels=max_pixels,
+        max_upload_bytes=max_upload_bytes,
+    )
+    explorer.audit = browser
+    if browser is not None and browser.method:
+        explorer.default_method = browser.method
+    for name in explorer.model_names:
+        explorer.layer_choices(name)  # fail at start-up, not on the first click
+    return explorer
+
+
+def _import_gradio() -> Any:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    try:
+        import gradio
+    except ImportError as error:
+        raise ImportError(
+            "The explorer needs Gradio: pip install 'shortcut-detect[app]'"
+        ) from error
+    return gradio
+
+
+def build_app(
+    model: str | None = None,
+    weights: str | Path | None = None,
+    data: str | Path | None = None,
+    audit: str | Path | None = None,
+    classes: Sequence[str] | str | Path | None = None,
+    layer: str | None = None,
+    *,
+    explorer: Explorer | None = None,
+    **options: Any,
+) -> gradio.Blocks:
+    """The Gradio page (not launched). ``explorer`` skips loading (e.g. in tests).
+
+    Parameters are those of :func:`make_explorer`; ``options`` are passed on to it.
+    """
+    _import_gradio()
+    from shortcut_detect.app.ui import create_blocks
+
+    if explorer is None:
+        explorer = make_explorer(model, weights, data, audit, classes, layer, **options)
+    blocks = create_blocks(explorer)
+    blocks.explorer = explorer  # type: ignore[attr-defined]
+    return blocks
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A TCP port free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class RunningApp:
+    """A served explorer: its page, address and a way to stop it."""
+
+    blocks: gradio.Blocks
+    url: str
+
+    @property
+    def explorer(self) -> Explorer:
+        return self.blocks.explorer  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Stop the server (idempotent)."""
+        self.blocks.close(verbose=False)
+
+
+def start_app(
+    model: str | None = None,
+    weights: str | Path | None = None,
+    data: str | Path | None = None,
+    audit: str | Path | None = None,
+    host: str = LOCALHOST,
+    port: int = 7860,
+    classes: Sequence[str] | str | Path | None = None,
+    layer: str | None = None,
+    *,
+    explorer: Explorer | None = None,
+    quiet: bool = True,
+    **options: Any,
+) -> RunningApp:
+    """Build the page and serve it in a background thread; returns at once.
+
+    Parameters are those of :func:`run_app`; ``explorer`` skips loading.
+    """
+    blocks = build_app(model, weights, data, audit, classes, layer, explorer=explorer, **options)
+    served: Explorer = blocks.explorer  # type: ignore[attr-defined]
+    # A few requests at once, so cached results do not wait behind a computation.
+    blocks.queue(default_concurrency_limit=4)
+    _, local_url, _ = blocks.launch(
+        server_name=host,
+        server_port=int(port),
+        prevent_thread_lock=True,
+        share=False,
+        quiet=quiet,
+        show_error=True,
+        ssr_mode=False,
+        max_file_size=served.max_upload_bytes,
+        footer_links=[],
+    )
+    return RunningApp(blocks, local_url or f"http://{host}:{port}/")
+
+
+def run_app(
+    model: str | None = None,
+    weights: str | Path | None = None,
+    data: str | Path | None = None,
+    audit: str | Path | None = None,
+    host: str = LOCALHOST,
+    port: int = 7860,
+    classes: Sequence[str] | str | Path | None = None,
+    layer: str | None = None,
+    *,
+    block: bool = True,
+    **options: Any,
+) -> str:
+    """Load the model(s), build the page, serve it on ``host:port`` and print the address.
+
+    Binds to 127.0.0.1 unless ``host`` says otherwise (``0.0.0.0`` exposes the page, and
+    the model, to the network). ``block=False`` returns after start-up (the server keeps
+    running in a thread). Other ``options`` go to :func:`make_explorer`.
+
+    Returns
+    -------
+    str
+        The address the page is served at.
+    """
+    _import_gradio()
+    if host not in (LOCALHOST, "localhost", "::1"):
+        print(
+            f"Warning: serving on {host}; anyone who can reach this machine can use the page.",
+            file=sys.stderr,
+        )
+    print("Loading the model(s)...", file=sys.stderr, flush=True)
+    running = start_app(model, weights, data, audit, host, port, classes, layer, **options)
+    print(f"shortcut-detect explorer running at {running.url} (Ctrl+C to stop)", flush=True)
+    if block:
+        try:
+            running.blocks.block_thread()
+        finally:
+            running.close()
+    return running.url

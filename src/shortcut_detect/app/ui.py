@@ -1,0 +1,396 @@
+"""The Gradio page. Importing this module imports Gradio (the optional ``app`` extra)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr
+
+from shortcut_detect.app import callbacks
+from shortcut_detect.app.audit_browser import ALL
+from shortcut_detect.app.explorer import (
+    PREDICTED,
+    Explorer,
+    HeatmapResult,
+    Selection,
+)
+
+__all__ = ["create_blocks"]
+
+LOGGER = logging.getLogger("shortcut_detect.app")
+GALLERY_SIZE = 20
+F = TypeVar("F", bound=Callable[..., Any])
+
+INTRO = """\
+# Shortcut explorer
+Pick an image, choose a layer, a CAM method and a class, and press **Generate**: the heatmap
+shows where the model looked (warm = important). A model that learned a shortcut looks at the
+shortcut (a corner tag, a watermark) instead of the object.
+"""
+
+
+def _guard(fn: F) -> F:
+    """Show unexpected failures as an error message in the page (and log the traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as error:
+            LOGGER.exception("explorer callback %s failed", fn.__name__)
+            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}") from error
+
+    return wrapper  # type: ignore[return-value]
+
+
+def create_blocks(explorer: Explorer, *, title: str = "shortcut-detect explorer") -> gr.Blocks:
+    """The page for ``explorer``: explorer, class and layer comparisons, audit browser."""
+    first_model = explorer.model_names[0]
+    settings = callbacks.model_settings(explorer, first_model)
+    method_options = explorer.method_choices()
+    default_method = method_options[0][1] if method_options else "gradcam"
+    class_a, class_b = callbacks.default_class_pair(explorer, first_model)
+    has_gallery = bool(explorer.sample_ids())
+    early, middle, late = settings.comparison_layers
+
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        selection = gr.State(None)
+        result = gr.State(None)
+        class_results = gr.State([])
+        layer_results = gr.State([])
+        gallery_ids = gr.State([])
+
+        gr.Markdown(INTRO)
+        with gr.Row():
+            model_picker = gr.Radio(
+                choices=explorer.model_names,
+                value=first_model,
+                label="Model",
+                visible=len(explorer.model_names) > 1,
+                elem_id="model",
+                scale=2,
+            )
+            model_note = gr.Markdown(settings.description, elem_id="model-note")
+
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                with gr.Tab("Test images", visible=has_gallery):
+                    gallery = gr.Gallery(
+                        label="Random test images (click one)",
+                        columns=4,
+                        height=360,
+                        allow_preview=False,
+                        interactive=False,
+                        format="png",
+                        elem_id="gallery",
+                    )
+                    resample = gr.Button("Resample", elem_id="resample", size="sm")
+                with gr.Tab("Upload"):
+                    upload = gr.File(
+                        label="Upload an image (PNG, JPEG, BMP, TIFF, WebP)",
+                        type="filepath",
+                        file_count="single",
+                        elem_id="upload",
+                    )
+                preview = gr.Image(
+                    label="Selected image",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    height=160,
+                    elem_id="preview",
+                )
+                layer = gr.Dropdown(
+                    choices=settings.layer_options,
+                    value=settings.default_layer,
+                    label="Target layer",
+                    info="Later layers: object-level evidence; earlier: edges and textures.",
+                    elem_id="layer",
+                )
+                method = gr.Dropdown(
+                    choices=method_options,
+                    value=explorer.default_method
+                    if any(key == explorer.default_method for _, key in method_options)
+                    else default_method,
+                    label="CAM method",
+                    info="ScoreCAM and AblationCAM run the model once per channel: slow on "
+                    "large models.",
+                    elem_id="method",
+                )
+                target = gr.Dropdown(
+                    choices=settings.class_options,
+                    value=PREDICTED,
+                    label="Target class",
+                    elem_id="target",
+                )
+                opacity = gr.Slider(
+                    0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity"
+                )
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+
+            with gr.Column(scale=3, min_width=480):
+                status = gr.Markdown(callbacks.NO_SELECTION, elem_id="status")
+                with gr.Tabs(selected="explore") as tabs:
+                    with gr.Tab("Explain", id="explore"):
+                        with gr.Row():
+                            original = _image("Original", "original")
+                            heatmap = _image("Heatmap (warm = important)", "heatmap")
+                            overlay = _image("Overlay", "overlay")
+                        top = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
+                    with gr.Tab("Compare classes", id="classes"):
+                        with gr.Row():
+                            first_class = gr.Dropdown(
+                                settings.class_options,
+                                value=class_a,
+                                label="Left class",
+                                elem_id="class-a",
+                            )
+                            second_class = gr.Dropdown(
+                                settings.class_options,
+                                value=class_b,
+                                label="Right class",
+                                elem_id="class-b",
+                            )
+                        compare_classes = gr.Button("Compare classes", elem_id="compare-classes")
+                        with gr.Row():
+                            class_overlay_a = _image("Left class", "class-overlay-a")
+                            class_overlay_b = _image("Right class", "class-overlay-b")
+                        class_status = gr.Markdown("", elem_id="class-status")
+                    with gr.Tab("Compare layers", id="layers"):
+                        with gr.Row():
+                            layer_pickers = [
+                                gr.Dropdown(
+                                    settings.layer_options,
+                                    value=value,
+                                    label=label,
+                                    elem_id=f"layer-{key}",
+                                )
+                                for key, label, value in (
+                                    ("early", "Early layer", early),
+                                    ("middle", "Middle layer", middle),
+                                    ("late", "Late layer", late),
+                                )
+                            ]
+                        compare_layers = gr.Button("Compare layers", elem_id="compare-layers")
+                        with gr.Row():
+                            layer_overlays = [
+                                _image(f"{name} layer", f"layer-overlay-{name.lower()}")
+                                for name in ("Early", "Middle", "Late")
+                            ]
+                        layer_status = gr.Markdown("", elem_id="layer-status")
+                    audit = _audit_tab(explorer) if explorer.audit is not None else None
+
+        # -- events --------------------------------------------------------------------
+        @_guard
+        def fill_gallery() -> tuple[list[Any], list[str]]:
+            return callbacks.gallery_items(explorer, GALLERY_SIZE)
+
+        cleared = (None,) * 5  # original, heatmap, overlay, top-5, result: of the last image
+
+        @_guard
+        def pick_from_gallery(ids: list[str], event: gr.SelectData) -> tuple[Any, ...]:
+            return (*callbacks.choose_gallery_sample(explorer, ids, event.index), *cleared)
+
+        @_guard
+        def pick_upload(path: str | None) -> tuple[Any, ...]:
+            # The upload box is emptied again so that the next file can be dropped at once.
+            return (*callbacks.choose_upload(explorer, path), *cleared, None)
+
+        @_guard
+        def change_model(name: str) -> tuple[Any, ...]:
+            chosen = callbacks.model_settings(explorer, name)
+            layer_updates = [
+                gr.Dropdown(choices=chosen.layer_options, value=value)
+                for value in chosen.comparison_layers
+            ]
+            a, b = callbacks.default_class_pair(explorer, name)
+            return (
+                gr.Dropdown(choices=chosen.layer_options, value=chosen.default_layer),
+                gr.Dropdown(choices=chosen.class_options, value=PREDICTED),
+                gr.Dropdown(choices=chosen.class_options, value=a),
+                gr.Dropdown(choices=chosen.class_options, value=b),
+                *layer_updates,
+                chosen.description,
+            )
+
+        @_guard
+        def run_generate(
+            sel: Selection | None,
+            model_name: str,
+            layer_name: str,
+            method_name: str,
+            target_value: str,
+            alpha: float,
+        ) -> callbacks.View:
+            return callbacks.generate(
+                explorer, sel, model_name, layer_name, method_name, target_value, alpha
+            )
+
+        @_guard
+        def run_reblend(
+            res: HeatmapResult | None,
+            classes_res: list[HeatmapResult],
+            layers_res: list[HeatmapResult],
+            alpha: float,
+        ) -> tuple[Any, ...]:
+            return (
+                callbacks.reblend(explorer, res, alpha),
+                *callbacks.reblend_many(explorer, classes_res, alpha, 2),
+                *callbacks.reblend_many(explorer, layers_res, alpha, 3),
+            )
+
+        @_guard
+        def run_compare_classes(
+            sel: Selection | None,
+            model_name: str,
+            layer_name: str,
+            method_name: str,
+            a: str,
+            b: str,
+            alpha: float,
+        ) -> tuple[Any, ...]:
+            return callbacks.compare_classes(
+                explorer, sel, model_name, layer_name, method_name, a, b, alpha
+            )
+
+        @_guard
+        def run_compare_layers(
+            sel: Selection | None,
+            model_name: str,
+            method_name: str,
+            target_value: str,
+            alpha: float,
+            *names: str,
+        ) -> tuple[Any, ...]:
+            overlays, message, results = callbacks.compare_layers(
+                explorer, sel, model_name, names, method_name, target_value, alpha
+            )
+            return (*overlays, message, results)
+
+        picked_outputs = [selection, preview, status, original, heatmap, overlay, top, result]
+        if has_gallery:
+            demo.load(fill_gallery, outputs=[gallery, gallery_ids])
+            resample.click(fill_gallery, outputs=[gallery, gallery_ids])
+            gallery.select(pick_from_gallery, inputs=[gallery_ids], outputs=picked_outputs)
+        upload.upload(pick_upload, inputs=[upload], outputs=[*picked_outputs, upload])
+        model_picker.change(
+            change_model,
+            inputs=[model_picker],
+            outputs=[layer, target, first_class, second_class, *layer_pickers, model_note],
+        )
+        generate.click(
+            run_generate,
+            inputs=[selection, model_picker, layer, method, target, opacity],
+            outputs=[original, heatmap, overlay, top, status, result],
+        ).then(lambda: gr.Tabs(selected="explore"), outputs=[tabs])
+        opacity.change(
+            run_reblend,
+            inputs=[result, class_results, layer_results, opacity],
+            outputs=[overlay, class_overlay_a, class_overlay_b, *layer_overlays],
+            show_progress="hidden",
+            trigger_mode="always_last",
+        )
+        compare_classes.click(
+            run_compare_classes,
+            inputs=[selection, model_picker, layer, method, first_class, second_class, opacity],
+            outputs=[class_overlay_a, class_overlay_b, class_status, class_results],
+        )
+        compare_layers.click(
+            run_compare_layers,
+            inputs=[selection, model_picker, method, target, opacity, *layer_pickers],
+            outputs=[*layer_overlays, layer_status, layer_results],
+        )
+        if audit is not None:
+
+            @_guard
+            def show_audit(sort_by: str, group: str, outcome: str) -> tuple[Any, ...]:
+                rows, ids, message = callbacks.audit_table(explorer, sort_by, group, outcome)
+                return rows, ids, message
+
+            def pick_row(ids: list[str], event: gr.SelectData) -> str:
+                return callbacks.audit_row_sample(ids, event.index)
+
+            @_guard
+            def open_from_audit(sample_id: str) -> tuple[Any, ...]:
+                return (*callbacks.open_sample(explorer, sample_id), *cleared)
+
+            filters = [audit.sort_by, audit.group, audit.outcome]
+            table_outputs = [audit.table, audit.ids, audit.message]
+            demo.load(show_audit, inputs=filters, outputs=table_outputs)
+            for control in filters:
+                control.change(show_audit, inputs=filters, outputs=table_outputs)
+            audit.table.select(pick_row, inputs=[audit.ids], outputs=[audit.sample_id])
+            audit.open.click(
+                open_from_audit, inputs=[audit.sample_id], outputs=picked_outputs
+            ).success(lambda: gr.Tabs(selected="explore"), outputs=[tabs]).then(
+                run_generate,
+                inputs=[selection, model_picker, layer, method, target, opacity],
+                outputs=[original, heatmap, overlay, top, status, result],
+            )
+    return demo
+
+
+@dataclass
+class _AuditTab:
+    sort_by: gr.Dropdown
+    group: gr.Dropdown
+    outcome: gr.Dropdown
+    message: gr.Markdown
+    table: gr.Dataframe
+    ids: gr.State
+    sample_id: gr.Textbox
+    open: gr.Button
+
+
+def _audit_tab(explorer: Explorer) -> _AuditTab:
+    """The *Audit results* tab (inside the results tabs)."""
+    browser = explorer.audit
+    assert browser is not None
+    with gr.Tab("Audit results", id="audit"):
+        with gr.Row():
+            sort_by = gr.Dropdown(
+                browser.sort_choices(),
+                value="attention" if browser.has_masks else "confidence",
+                label="Sort by",
+                elem_id="audit-sort",
+            )
+            group = gr.Dropdown(
+                browser.group_choices(), value=ALL, label="Group", elem_id="audit-group"
+            )
+            outcome = gr.Dropdown(
+                browser.outcome_choices(), value=ALL, label="Outcome", elem_id="audit-outcome"
+            )
+        message = gr.Markdown("", elem_id="audit-message")
+        table = gr.Dataframe(
+            headers=browser.select(limit=0).headers,
+            interactive=False,
+            wrap=False,
+            max_height=420,
+            elem_id="audit-table",
+        )
+        ids = gr.State([])
+        with gr.Row():
+            sample_id = gr.Textbox(label="Sample id (click a row)", elem_id="audit-sample", scale=3)
+            open_button = gr.Button("Open in explorer", elem_id="audit-open", scale=1)
+    return _AuditTab(sort_by, group, outcome, message, table, ids, sample_id, open_button)
+
+
+def _image(label: str, elem_id: str) -> gr.Image:
+    return gr.Image(
+        label=label,
+        type="numpy",
+        format="png",
+        interactive=False,
+        height=260,
+        elem_id=elem_id,
+        buttons=["download", "fullscreen"],
+    )

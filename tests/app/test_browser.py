@@ -1,0 +1,333 @@
+"""End to end in a real browser: headless Chromium (Debian's) driven by Playwright.
+
+The app runs in this process on a free port of 127.0.0.1 (one server per mode, one browser
+for the module); screenshots go to each test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from shortcut_detect.app import free_port, make_explorer, start_app
+from shortcut_detect.app.explorer import Explorer
+
+pytestmark = [
+    pytest.mark.browser,
+    # Gradio's queue calls pandas APIs that pandas 3 deprecates; not ours to fix.
+    pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*"),
+]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TIMEOUT_MS = 30_000
+SHORTCUT = "demo: shortcut model"
+CLEAN = "demo: clean model"
+
+
+# -- set-up ----------------------------------------------------------------------------------
+
+
+def chromium_path() -> str:
+    """Debian's Chromium: skipped when missing locally, required in CI."""
+    if CHROMIUM.exists():
+        return str(CHROMIUM)
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.environ.get("CI"):
+        pytest.fail("Chromium is required in CI (apt-get install chromium)")
+    pytest.skip("Chromium is not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def demo_app(demo_explorer_models, demo_source):
+    chromium_path()  # no server without a browser to drive it
+    explorer = Explorer(demo_explorer_models, demo_source)
+    running = start_app(explorer=explorer, port=free_port())
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+@pytest.fixture(scope="module")
+def audit_app(audit_dir, demo_explorer_models):
+    chromium_path()
+    del demo_explorer_models  # loaded once for the session
+    running = start_app(explorer=make_explorer(audit=audit_dir), port=free_port())
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    return page
+
+
+# -- driving Gradio ----------------------------------------------------------------------------
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick ``option`` (its visible label) in the Gradio dropdown ``#elem_id``."""
+    page.locator(f"#{elem_id} input[role=combobox]").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+# The text of a Markdown component, without the progress note shown while an event runs.
+MARKDOWN_TEXT = """(selector) => {
+    const node = document.querySelector(selector);
+    if (!node) return null;
+    const tracker = node.querySelector('[data-testid="status-tracker"]');
+    if (tracker && !tracker.classList.contains('hide')) return null;  // still running
+    const prose = node.querySelector('[data-testid="markdown"]') || node;
+    return prose.innerText;
+}"""
+
+
+def text_of(page, elem_id: str) -> str:
+    return page.evaluate(MARKDOWN_TEXT, f"#{elem_id}") or ""
+
+
+def wait_for_text(page, elem_id: str, text: str, before: str | None = None) -> str:
+    """Wait until ``#elem_id`` is idle, contains ``text`` and is no longer ``before``."""
+    page.wait_for_function(
+        f"""([selector, text, before]) => {{
+            const now = ({MARKDOWN_TEXT})(selector);
+            return now !== null && now.includes(text) && (before === null || now !== before);
+        }}""",
+        arg=[f"#{elem_id}", text, before],
+    )
+    return text_of(page, elem_id)
+
+
+def image_source(page, elem_id: str) -> str | None:
+    locator = page.locator(f"#{elem_id} img")
+    return locator.first.get_attribute("src") if locator.count() else None
+
+
+def wait_for_new_image(page, elem_id: str, before: str | None) -> str:
+    """Wait until ``#elem_id`` shows a loaded picture other than ``before``; return its src."""
+    page.wait_for_function(
+        """([selector, before]) => {
+            const img = document.querySelector(selector);
+            return img !== null && img.complete && img.naturalWidth > 0
+                && img.getAttribute('src') !== before;
+        }""",
+        arg=[f"#{elem_id} img", before],
+    )
+    return image_source(page, elem_id)  # type: ignore[return-value]
+
+
+def generate(page) -> str:
+    """Press Generate and wait for the new result; returns the status line."""
+    before = text_of(page, "status")
+    page.click("#generate")
+    return wait_for_text(page, "status", "Heatmap of", before)
+
+
+def pick_gallery_item(page, index: int) -> str:
+    before = text_of(page, "status")
+    page.locator("#gallery img").nth(index).click()
+    return wait_for_text(page, "status", "Selected", before)
+
+
+def upload(page, path: Path) -> str:
+    before = text_of(page, "status")
+    page.get_by_role("tab", name="Upload").click()
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+    return wait_for_text(page, "status", path.name, before)
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def test_pick_explain_and_adjust(browser, demo_app, tmp_path):
+    explorer = demo_app.explorer
+    page = open_page(browser, demo_app.url)
+    page.wait_for_selector("#gallery img")
+    assert page.locator("#gallery img").count() == 20
+    assert "features · Sequential 64x12x12 (default)" in page.locator("#layer input").input_value()
+
+    status = pick_gallery_item(page, 0)
+    assert page.locator("#preview img").count() == 1
+    status = generate(page)
+    assert f"model {SHORTCUT}" in status and "layer features" in status
+    for elem_id in ("original", "heatmap", "overlay"):
+        wait_for_new_image(page, elem_id, None)
+    overlay = image_source(page, "overlay")
+    top = text_of(page, "top5")
+    assert "disk" in top and "cross" in top and "%" in top
+    page.screenshot(path=tmp_path / "1-generated.png", full_page=True)
+
+    # Opacity re-blends the overlay from the cached heatmap: nothing is recomputed.
+    computed = explorer.computations
+    heatmap_src = image_source(page, "heatmap")
+    number = page.locator("#opacity input[type=number]")
+    number.fill("0.9")
+    number.press("Enter")
+    overlay_opaque = wait_for_new_image(page, "overlay", overlay)
+    assert explorer.computations == computed
+    assert image_source(page, "heatmap") == heatmap_src
+    page.screenshot(path=tmp_path / "2-opacity.png", full_page=True)
+
+    # Another layer: a new heatmap and overlay.
+    choose(page, "layer", "features.4 · Conv2d 32x24x24")
+    status = generate(page)
+    assert "layer features.4" in status
+    overlay_layer = wait_for_new_image(page, "overlay", overlay_opaque)
+    assert explorer.computations == computed + 1
+
+    # Every CAM method the registry offers can be chosen (the last one here).
+    method_label, method_key = explorer.method_choices()[-1]
+    choose(page, "method", method_label)
+    status = generate(page)
+    assert method_key in status
+    wait_for_new_image(page, "overlay", overlay_layer)
+
+    # Another sample and the other model: the top-5 list changes.
+    pick_gallery_item(page, 5)
+    choose(page, "layer", "features · Sequential 64x12x12 (default)")
+    generate(page)
+    top_shortcut = text_of(page, "top5")
+    page.get_by_label(CLEAN).check()
+    page.wait_for_timeout(300)  # the model picker refreshes the layer and class lists
+    status = generate(page)
+    assert f"model {CLEAN}" in status
+    page.wait_for_function(
+        "([selector, before]) => document.querySelector(selector).innerText !== before",
+        arg=["#top5", top_shortcut],
+    )
+    assert text_of(page, "top5") != top_shortcut
+    page.screenshot(path=tmp_path / "3-clean-model.png", full_page=True)
+
+    # Resampling draws other test images.
+    first = image_source(page, "gallery")
+    page.click("#resample")
+    wait_for_new_image(page, "gallery", first)
+    page.close()
+
+
+def test_target_class_and_comparisons(browser, demo_app, tmp_path):
+    page = open_page(browser, demo_app.url)
+    page.wait_for_selector("#gallery img")
+    pick_gallery_item(page, 3)
+    choose(page, "target", "disk")
+    assert "Heatmap of disk" in generate(page)
+    choose(page, "target", "cross")
+    assert "Heatmap of cross" in generate(page)
+
+    page.get_by_role("tab", name="Compare classes").click()
+    page.click("#compare-classes")
+    status = wait_for_text(page, "class-status", "correlation")
+    assert "left disk" in status and "right cross" in status
+    left = wait_for_new_image(page, "class-overlay-a", None)
+    right = wait_for_new_image(page, "class-overlay-b", None)
+    assert left != right
+    page.screenshot(path=tmp_path / "classes.png", full_page=True)
+
+    page.get_by_role("tab", name="Compare layers").click()
+    page.click("#compare-layers")
+    status = wait_for_text(page, "layer-status", "features.4")
+    assert "features.0" in status and "features" in status
+    for name in ("early", "middle", "late"):
+        wait_for_new_image(page, f"layer-overlay-{name}", None)
+    page.screenshot(path=tmp_path / "layers.png", full_page=True)
+    page.close()
+
+
+def test_uploads_good_and_bad(browser, demo_app, image_files, tmp_path):
+    page = open_page(browser, demo_app.url)
+    page.wait_for_selector("#gallery img")
+
+    status = upload(page, image_files["rgb"])
+    assert "Selected upload" in status
+    generate(page)
+    overlay = wait_for_new_image(page, "overlay", None)
+    assert "cross" in text_of(page, "top5")
+    page.screenshot(path=tmp_path / "1-upload.png", full_page=True)
+
+    status = upload(page, image_files["gray"])
+    assert "grayscale" in status
+    generate(page)
+    overlay = wait_for_new_image(page, "overlay", overlay)
+
+    status = upload(page, image_files["rgba"])
+    assert "Error" not in status
+
+    status = upload(page, image_files["text"])
+    assert status.startswith("Error:") and "not an image" in status
+    page.screenshot(path=tmp_path / "2-not-an-image.png", full_page=True)
+    # With the refused upload nothing is selected: Generate asks for an image.
+    page.click("#generate")
+    wait_for_text(page, "status", "Pick a test image")
+
+    status = upload(page, image_files["bomb"])
+    assert status.startswith("Error:") and "above the limit" in status
+    page.screenshot(path=tmp_path / "3-too-large.png", full_page=True)
+    page.close()
+
+
+def test_audit_results_open_in_the_explorer(browser, audit_app, tmp_path):
+    page = open_page(browser, audit_app.url)
+    page.get_by_role("tab", name="Audit results").click()
+    message = wait_for_text(page, "audit-message", "of 41 samples")
+    assert message.startswith("41 of 41")
+    grid = page.locator("#audit-table [role=grid]")
+    assert grid.get_attribute("aria-rowcount") == "42"  # with the header row
+    page.screenshot(path=tmp_path / "1-audit.png", full_page=True)
+
+    choose(page, "audit-group", "marker")
+    choose(page, "audit-outcome", "misclassified")
+    message = wait_for_text(page, "audit-message", "samples", message)
+    shown = int(message.split()[0])
+    page.wait_for_function(
+        "([selector, count]) => document.querySelector(selector)"
+        ".getAttribute('aria-rowcount') === count",
+        arg=["#audit-table [role=grid]", str(shown + 1)],
+    )
+    assert 0 < shown < 41
+    assert page.locator("#audit-table [data-testid=cell-0-5]").inner_text().strip() == "marker"
+    assert page.locator("#audit-table [data-testid=cell-0-4]").inner_text().strip() == "false"
+
+    cell = page.locator("#audit-table [data-testid=cell-0-0]")
+    sample_id = cell.inner_text().strip()
+    cell.click()
+    page.wait_for_function(
+        "([selector, value]) => document.querySelector(selector).value === value",
+        arg=["#audit-sample textarea", sample_id],
+    )
+    before = text_of(page, "status")
+    page.click("#audit-open")
+    status = wait_for_text(page, "status", "Heatmap of", before)
+    assert Path(sample_id).name in status
+    wait_for_new_image(page, "overlay", None)
+    page.screenshot(path=tmp_path / "2-opened.png", full_page=True)
+    page.close()
