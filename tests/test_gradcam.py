@@ -215,3 +215,38 @@ def test_shortcut_model_looks_at_marker_clean_model_does_not(
     shortcut, clean = attention_in_marker(shortcut_model), attention_in_marker(clean_model)
     assert shortcut >= 3 * share, (shortcut, share)
     assert clean < 2 * share, (clean, share)
+
+
+@pytest.mark.parametrize("shape", ["(B,)", "(B, 1)"])
+def test_single_logit_heads_are_binary_classifiers(shape):
+    torch.manual_seed(0)
+    trunk = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    head = nn.Linear(4, 1)
+
+    class Binary(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.head = trunk, head
+
+        def forward(self, x):
+            logit = self.head(self.trunk(x).mean(dim=(2, 3)))
+            return logit[:, 0] if shape == "(B,)" else logit
+
+    model = Binary().eval()
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        logit = model(x).reshape(-1)
+    gen = GradCAMHeatmapGenerator(model, "trunk")
+    explanation = gen.explain(x)[0]
+    np.testing.assert_array_equal(explanation.predictions, (logit > 0).long().numpy())
+    np.testing.assert_array_equal(explanation.target_indices, explanation.predictions)
+    expected_conf = torch.sigmoid(logit.abs()).numpy()
+    np.testing.assert_allclose(explanation.confidences, expected_conf, rtol=1e-6)
+    # class 1 explains the logit and class 0 its negation: for Grad-CAM the weights flip sign,
+    # so the raw maps are ReLU(cam) and ReLU(-cam)
+    positive = gen.explain(x, [("logits", 1)])[0].raw_heatmaps
+    negative = gen.explain(x, [("logits", 0)])[0].raw_heatmaps
+    assert np.all(np.minimum(positive, negative) == 0)
+    assert positive.max() > 0 and negative.max() > 0
+    with pytest.raises(ValueError, match="single-logit head"):
+        gen.generate_heatmap(x, target_index=2)

@@ -1,6 +1,14 @@
-"""shortcut_detect: see where an image model looks, and find the shortcuts it learned."""
+"""shortcut_detect: see where an image model looks, and find the shortcuts it learned.
+
+The Grad-CAM engine and the seed-compatible API are imported eagerly (they need only torch
+and numpy); the analysis, detectors and figures are imported on first use, so that
+``import shortcut_detect`` stays light and loads neither scikit-learn, matplotlib nor Gradio.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from shortcut_detect.gradcam import (
     AttentionOverlapResult,
@@ -14,6 +22,38 @@ from shortcut_detect.gradcam import (
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    # visual analysis
+    "compare_groups": "shortcut_detect.analysis.groups",
+    "attention_in_region": "shortcut_detect.analysis.regions",
+    "RegionAttention": "shortcut_detect.analysis.regions",
+    "head_overlap_over_dataset": "shortcut_detect.analysis.heads",
+    "peak_locations": "shortcut_detect.analysis.maps",
+    "entropy": "shortcut_detect.analysis.maps",
+    # detectors
+    "GradCAMMaskOverlapDetector": "shortcut_detect.detectors.mask_overlap",
+    "SpRAyDetector": "shortcut_detect.detectors.spray",
+    "ShortcutDetector": "shortcut_detect.detectors.shortcut_detector",
+    "ProbeDetector": "shortcut_detect.detectors.probe",
+    "StatisticalDetector": "shortcut_detect.detectors.statistical",
+    "HBACDetector": "shortcut_detect.detectors.hbac",
+    "GeometricDetector": "shortcut_detect.detectors.geometric",
+    "register_detector": "shortcut_detect.detectors.registry",
+    "available_detectors": "shortcut_detect.detectors.registry",
+    "extract_embeddings": "shortcut_detect.embeddings",
+    "EmbeddingExtractor": "shortcut_detect.embeddings",
+    # figures and overlays
+    "overlay_heatmap": "shortcut_detect.viz",
+    "plot_explanation": "shortcut_detect.viz",
+    "plot_group_comparison": "shortcut_detect.viz",
+    "plot_spray_clusters": "shortcut_detect.viz",
+    "plot_top_attention_grid": "shortcut_detect.viz",
+    # data, models
+    "make_shortcut_dataset": "shortcut_detect.data.synthetic",
+    "train_shortcut_model": "shortcut_detect.data.synthetic",
+    "load_model": "shortcut_detect.models",
+}
+
 __all__ = [
     "AttentionOverlapResult",
     "Explanation",
@@ -23,4 +63,15 @@ __all__ = [
     "get_activation_maps",
     "get_conv_layers",
     "get_top_predictions",
+    *sorted(_LAZY),
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -38,6 +38,7 @@ __all__ = [
     "get_activation_maps",
     "get_conv_layers",
     "get_top_predictions",
+    "head_logits",
     "select_head",
     "upsampled_raw",
 ]
@@ -91,11 +92,12 @@ class Explanation:
     raw_heatmaps:
         ``(B, *layer_spatial)`` float32 at layer resolution, after ReLU, not normalised.
     target_indices:
-        ``(B,)`` class explained per sample (``-1`` for a single-logit head).
+        ``(B,)`` class explained per sample. A single-logit head (output ``(B,)`` or
+        ``(B, 1)``) has classes 0 and 1: 1 explains the logit, 0 its negation.
     predictions, confidences:
-        ``(B,)`` arg-max class and its softmax probability (sigmoid for one logit).
+        ``(B,)`` predicted class and its probability (softmax; sigmoid for one logit).
     head_output:
-        ``(B, K)`` detached logits of the head.
+        ``(B, K)`` detached logits of the head (``(B,)`` for one logit).
     """
 
     heatmaps: np.ndarray
@@ -172,30 +174,38 @@ class HeadTargets:
         self.mappings = mappings
 
     def _logits(self, outputs: Any) -> torch.Tensor:
-        logits = select_head(outputs, self.head, self.mappings)
-        return logits.reshape(logits.shape[0], -1) if logits.ndim > 1 else logits
+        return head_logits(select_head(outputs, self.head, self.mappings))
+
+    def _scores(self, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        if logits.ndim == 1:  # one logit: class 1 is the logit, class 0 its negation
+            return logits * (2 * indices.to(logits.device) - 1).to(logits.dtype)
+        return logits.gather(1, indices.to(logits.device)[:, None])[:, 0]
 
     def __call__(self, outputs: Any) -> torch.Tensor:
-        logits = self._logits(outputs)
-        if logits.ndim == 1:
-            return logits
-        return logits.gather(1, self.indices.to(logits.device)[:, None])[:, 0]
+        return self._scores(self._logits(outputs), self.indices)
 
     def for_sample(self, outputs: Any, index: int) -> torch.Tensor:
         logits = self._logits(outputs)
-        if logits.ndim == 1:
-            return logits
-        return logits[:, int(self.indices[index])]
+        return self._scores(logits, self.indices[index].expand(logits.shape[0]))
+
+
+def head_logits(logits: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` class scores, or ``(B,)`` for a single-logit (sigmoid) head.
+
+    ``(B,)`` and ``(B, 1)`` outputs are binary classifiers: class 1 when the logit is
+    positive. Other shapes are flattened to ``(B, K)``.
+    """
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        return logits[:, 0]
+    return logits.reshape(logits.shape[0], -1) if logits.ndim > 1 else logits
 
 
 def _target_indices(target: TargetSpec, logits: torch.Tensor, head: str | int) -> torch.Tensor:
     batch = logits.shape[0]
-    if logits.ndim == 1:
-        return torch.full((batch,), -1, dtype=torch.long)
-    flat = logits.reshape(batch, -1)
-    classes = flat.shape[1]
+    flat = head_logits(logits)
+    classes = 2 if flat.ndim == 1 else flat.shape[1]
     if target is None:
-        return flat.argmax(dim=1).cpu()
+        return (flat > 0).long().cpu() if flat.ndim == 1 else flat.argmax(dim=1).cpu()
     indices = torch.as_tensor(np.asarray(target) if not torch.is_tensor(target) else target)
     if indices.is_floating_point() and not torch.equal(indices, indices.round()):
         raise ValueError(f"Target classes must be integers, got {target!r}")
@@ -211,7 +221,8 @@ def _target_indices(target: TargetSpec, logits: torch.Tensor, head: str | int) -
     if bad.any():
         raise ValueError(
             f"Target class {int(indices[bad][0])} is out of range: head {head!r} has "
-            f"{classes} classes (valid indices 0..{classes - 1})."
+            f"{classes} classes (valid indices 0..{classes - 1})"
+            + (" (a single-logit head: 1 = positive, 0 = negative)." if flat.ndim == 1 else ".")
         )
     return indices
 
@@ -377,8 +388,10 @@ class GradCAMHeatmapGenerator:
         score_fn = capture.score_fns[index]
         logits = score_fn._logits(capture.outputs).detach().float().cpu()
         if logits.ndim == 1:
-            confidences = torch.sigmoid(logits)
             predictions = (logits > 0).long()
+            confidences = torch.where(
+                predictions == 1, torch.sigmoid(logits), torch.sigmoid(-logits)
+            )
         else:
             probabilities = torch.softmax(logits, dim=1)
             confidences, predictions = probabilities.max(dim=1)
