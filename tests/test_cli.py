@@ -264,29 +264,144 @@ def test_app_command_hands_over_to_the_web_app(monkeypatch, tmp_path):
     assert calls["host"] == "127.0.0.1" and calls["model"] is None
 
 
+def _app_parser():
+    import argparse
+
+    from shortcut_detect.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["app"]
+
+
+def test_app_help_documents_every_option(capsys):
+    import inspect
+
+    from shortcut_detect.app import make_explorer, run_app
+    from shortcut_detect.app.inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
+
+    with pytest.raises(SystemExit):
+        main(["app", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    accepted = set(inspect.signature(run_app).parameters) | set(
+        inspect.signature(make_explorer).parameters
+    )
+    accepted |= {"preset", "resize", "crop", "mean", "std", "max_upload_mb"}
+    options = [a for a in _app_parser()._actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 20
+    for action in options:
+        assert action.help, f"{action.option_strings[0]} has no help text"
+        assert " ".join(action.help.split()) in text
+        assert action.dest in accepted | {"debug"}, action.dest
+    # The defaults the help states are the ones the explorer uses.
+    cache_size = inspect.signature(make_explorer).parameters["cache_size"].default
+    assert f"heatmaps kept in memory (default {cache_size})" in text
+    assert f"(default {DEFAULT_MAX_PIXELS:,})" in text
+    assert f"uploaded files (default {DEFAULT_MAX_UPLOAD_BYTES // 2**20})" in text
+
+
+def test_app_options_reach_run_app(monkeypatch, tmp_path):
+    from PIL import Image
+
+    import shortcut_detect.app as app_module
+    from shortcut_detect.app import make_explorer
+
+    for index in range(2):
+        Image.new("RGB", (40, 30), (60 * index, 90, 120)).save(tmp_path / f"{index}.png")
+    (tmp_path / "data.csv").write_text("path,label,hospital\n0.png,cat,site A\n1.png,dog,site B\n")
+    (tmp_path / "classes.txt").write_text("cat\ndog\neel\n")
+    calls = {}
+    monkeypatch.setattr(app_module, "run_app", lambda **kwargs: calls.update(kwargs))
+    status = main(
+        ["app", "--model", "torchvision:resnet18", "--num-classes", "3",
+         "--classes", str(tmp_path / "classes.txt"), "--trust-pickle", "--device", "cpu",
+         "--preset", "none", "--resize", "64", "--crop", "56", "--mean", "0.5,0.4,0.3",
+         "--std", "0.2,0.2,0.2", "--data", str(tmp_path / "data.csv"),
+         "--group-column", "hospital", "--max-pixels", "5000", "--layer", "layer3",
+         "--cache-size", "8", "--max-upload-mb", "1.5", "--host", "0.0.0.0", "--port", "7001"]
+    )  # fmt: skip
+    assert status == 0
+    assert calls == {
+        "model": "torchvision:resnet18",
+        "data": str(tmp_path / "data.csv"),
+        "audit": None,
+        "host": "0.0.0.0",
+        "port": 7001,
+        "layer": "layer3",
+        "classes": str(tmp_path / "classes.txt"),
+        "num_classes": 3,
+        "trust_pickle": True,
+        "device": "cpu",
+        "preset": "none",
+        "resize": [64],
+        "crop": [56],
+        "mean": [0.5, 0.4, 0.3],
+        "std": [0.2, 0.2, 0.2],
+        "group_column": "hospital",
+        "max_pixels": 5000,
+        "cache_size": 8,
+        "max_upload_bytes": int(1.5 * 2**20),
+    }
+    # run_app hands everything but host and port to make_explorer: they take effect there.
+    served = {key: value for key, value in calls.items() if key not in ("host", "port")}
+    explorer = make_explorer(**served)
+    model = explorer.get_model()
+    assert model.class_names == ("cat", "dog", "eel") and model.input_size == (56, 56)
+    assert model.mean == pytest.approx((0.5, 0.4, 0.3)) and model.default_layer == "layer3"
+    assert explorer.max_pixels == 5000 and explorer.max_upload_bytes == int(1.5 * 2**20)
+    assert explorer.select_sample("1.png").group == "site B"
+    # Options not given are left out, so an audit's recorded preprocessing still applies.
+    calls.clear()
+    assert main(["app", "--audit", str(tmp_path)]) == 0
+    recorded = {"weights", "classes", "num_classes", "preset", "resize", "crop", "mean", "std"}
+    assert calls["audit"] == str(tmp_path) and not recorded & set(calls)
+
+
 def test_explain_a_single_logit_model(demo_run, tmp_path, monkeypatch):
+    """One output: probabilities [1 - sigmoid, sigmoid]; class 0 explains the negated logit."""
     import torch
 
+    from shortcut_detect.data.images import load_image
     from shortcut_detect.data.synthetic import SmallCNN
+    from shortcut_detect.gradcam import GradCAMHeatmapGenerator
+    from shortcut_detect.models import load_model
 
     out, _ = demo_run
     torch.manual_seed(1)
-    torch.save(SmallCNN(num_classes=1).state_dict(), tmp_path / "w.pt")
+    net = SmallCNN(num_classes=1).eval()
+    torch.save(net.state_dict(), tmp_path / "w.pt")
     (tmp_path / "one_logit.py").write_text(
         "from shortcut_detect.data.synthetic import SmallCNN\n\n"
         "def build(num_classes=1):\n    return SmallCNN(num_classes=num_classes)\n"
     )
     monkeypatch.chdir(tmp_path)  # a user's own module next to where they run the command
-    image = str(out / "data" / "images" / "00003.png")
-    status = main(
-        [
-            "explain", image, "--model", "one_logit:build", "--weights", "w.pt",
-            "--num-classes", "1", "--preset", "none", "--resize", "48", "--out", "x",
-        ]
-    )  # fmt: skip
-    assert status == 0
-    top = json.loads((tmp_path / "x" / "explanations.json").read_text())["images"][0]
-    predictions = top["top_predictions"]
-    assert len(predictions) == 2
-    assert sum(p["confidence"] for p in predictions) == pytest.approx(1.0)
-    assert top["explained_class"] == predictions[0]["class_name"]
+    image = out / "data" / "images" / "00003.png"
+    loaded = load_model(
+        "one_logit:build", weights="w.pt", num_classes=1, preset="none", resize=[48]
+    )
+    batch = loaded.transform(load_image(image))[None]
+    with torch.no_grad():
+        logit = float(net(batch)[0, 0])
+    positive = 1 / (1 + np.exp(-logit))
+    predicted = int(logit > 0)
+    # Oracle: the logit as a two-class head [-logit, logit], through the K-class path.
+    two_class = {"two_class": lambda outputs: torch.cat([-outputs, outputs], dim=1)}
+    with GradCAMHeatmapGenerator(net, "features", head_mappings=two_class) as generator:
+        reference = generator.explain(batch, [("two_class", 0), ("two_class", 1)])
+    assert not np.allclose(reference[0].raw_heatmaps, reference[1].raw_heatmaps)
+    model = ["--model", "one_logit:build", "--weights", "w.pt", "--num-classes", "1"]
+    for target in (None, 1 - predicted):  # the predicted class, then the other one
+        chosen = [] if target is None else ["--target", str(target)]
+        status = main(
+            ["explain", str(image), *model, "--preset", "none", "--resize", "48", *chosen,
+             "--out", f"x{target}"]
+        )  # fmt: skip
+        assert status == 0
+        item = json.loads((tmp_path / f"x{target}" / "explanations.json").read_text())["images"][0]
+        explained = predicted if target is None else target
+        assert item["explained_class"] == loaded.class_names[explained]
+        top = item["top_predictions"]
+        assert [p["class_idx"] for p in top] == [predicted, 1 - predicted]
+        assert top[0]["confidence"] == pytest.approx(max(positive, 1 - positive), rel=1e-5)
+        assert top[1]["confidence"] == pytest.approx(min(positive, 1 - positive), rel=1e-4)
+        raw = np.load(Path(item["heatmap"]).with_suffix(".npy"))
+        np.testing.assert_allclose(raw, reference[explained].raw_heatmaps[0], rtol=1e-5, atol=1e-7)

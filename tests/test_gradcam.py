@@ -250,3 +250,30 @@ def test_single_logit_heads_are_binary_classifiers(shape):
     assert positive.max() > 0 and negative.max() > 0
     with pytest.raises(ValueError, match="single-logit head"):
         gen.generate_heatmap(x, target_index=2)
+
+
+def test_class_probabilities_of_one_and_several_logits():
+    from shortcut_detect.gradcam import class_probabilities
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    torch.testing.assert_close(class_probabilities(logits), torch.softmax(logits, dim=1))
+    logit = torch.tensor([1.5, -0.25, 0.0])
+    positive = 1 / (1 + np.exp(-logit.numpy()))
+    expected = torch.from_numpy(np.stack([1 - positive, positive], axis=1))
+    for shape in [(3,), (3, 1)]:  # a single-logit head has two classes
+        probabilities = class_probabilities(logit.reshape(shape))
+        torch.testing.assert_close(probabilities, expected)
+
+
+def test_top_predictions_of_a_single_logit_model():
+    model = nn.Sequential(
+        nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1)
+    )
+    image = torch.rand(3, 8, 8)
+    with torch.no_grad():
+        positive = float(torch.sigmoid(model(image[None]))[0, 0])
+    top = get_top_predictions(model, None, image, ["negative", "positive"])
+    assert [p["class_name"] for p in top] == (
+        ["positive", "negative"] if positive > 0.5 else ["negative", "positive"]
+    )
+    assert top[0]["confidence"] == pytest.approx(max(positive, 1 - positive), abs=1e-6)

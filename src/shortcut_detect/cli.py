@@ -119,6 +119,37 @@ def _model_options(required: bool = True) -> argparse.ArgumentParser:
     return parent
 
 
+def _data_options(
+    parser: argparse.ArgumentParser, *, required: bool, max_pixels_default: int
+) -> argparse._ArgumentGroup:
+    """The "data" group: ``--data``, ``--group-column``, ``--max-pixels`` (returned to extend)."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        required=required,
+        metavar="D",
+        help="image folder (one sub-folder per class) or CSV/Parquet manifest with path,label"
+        + ("" if required else " (default: the audit's images with --audit, else the demo's)"),
+    )
+    group.add_argument("--group-column", metavar="G", help="manifest column with the group")
+    group.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"refuse images with more pixels than this (default {max_pixels_default:,})",
+    )
+    return group
+
+
+def _layer_option(group: argparse._ActionsContainer, default: str = "the last spatial one") -> None:
+    group.add_argument(
+        "--layer",
+        metavar="L",
+        help=f"layer to explain (default: {default}; list them with `shortcut-detect layers`)",
+    )
+
+
 def _analysis_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("analysis")
     group.add_argument(
@@ -168,6 +199,7 @@ Exit status: 0 done, 1 error, 3 shortcut suspected (with --fail-on-shortcut), 13
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``shortcut-detect``."""
     from shortcut_detect import __version__
+    from shortcut_detect.data.images import DEFAULT_MAX_PIXELS
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -215,14 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         "incrementally, and analyse them into summary.json and report.html.",
         epilog=AUDIT_EXAMPLES,
     )
-    data = audit.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        required=True,
-        metavar="D",
-        help="image folder (one sub-folder per class) or CSV/Parquet manifest with path,label",
-    )
-    data.add_argument("--group-column", metavar="G", help="manifest column with the group")
+    data = _data_options(audit, required=True, max_pixels_default=DEFAULT_MAX_PIXELS)
     data.add_argument(
         "--mask-column",
         metavar="K",
@@ -230,18 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--path-column", default="path", metavar="C", help="default: path")
     data.add_argument("--label-column", default="label", metavar="C", help="default: label")
-    data.add_argument(
-        "--max-pixels",
-        type=int,
-        default=None,
-        metavar="N",
-        help="refuse images with more pixels than this (default 178,956,970)",
-    )
     run = audit.add_argument_group("run")
     run.add_argument("--out", required=True, metavar="DIR", help="audit directory (store, report)")
-    run.add_argument(
-        "--layer", metavar="L", help="layer to explain (default: the last spatial one)"
-    )
+    _layer_option(run)
     run.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
     run.add_argument(
         "--target",
@@ -284,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  shortcut-detect explain a.png b.jpg --model demo --out explained",
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    explain.add_argument("--layer", metavar="L", help="layer to explain")
+    _layer_option(explain)
     explain.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
     explain.add_argument("--target", metavar="C", help="class index or name (default: predicted)")
     explain.add_argument(
@@ -325,21 +341,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     app = commands.add_parser(
         "app",
-        parents=[common],
+        parents=[common, _model_options(required=False)],
         formatter_class=_Formatter,
         help="the interactive explorer (web app)",
-        description="Start the web app on a model and data, or on a finished audit.",
+        description="Start the web app on a model (--model demo: the offline demo's two models) "
+        "and its data,\nor on a finished audit (--audit DIR: its model, layer and images unless "
+        "given).",
         epilog="examples:\n  shortcut-detect app --model demo\n"
         "  shortcut-detect app --audit audit_out",
     )
-    app.add_argument("--model", metavar="SPEC")
-    app.add_argument("--weights", metavar="W")
-    app.add_argument("--classes", metavar="FILE")
-    app.add_argument("--layer", metavar="L")
-    app.add_argument("--data", metavar="D")
-    app.add_argument("--audit", metavar="DIR")
-    app.add_argument("--host", default="127.0.0.1")
-    app.add_argument("--port", type=int, default=7860)
+    # The app's defaults are stated here, not imported: building the parser must not load
+    # the app package (tests check these against shortcut_detect.app.inputs).
+    app_data = _data_options(app, required=False, max_pixels_default=40_000_000)
+    app_data.add_argument(
+        "--audit",
+        metavar="DIR",
+        help="an audit directory to browse (its model, layer and images unless given)",
+    )
+    explorer = app.add_argument_group("explorer")
+    _layer_option(explorer, default="the audit's with --audit, else the last spatial one")
+    explorer.add_argument(
+        "--cache-size", type=int, metavar="N", help="heatmaps kept in memory (default 256)"
+    )
+    explorer.add_argument(
+        "--max-upload-mb",
+        type=float,
+        metavar="MB",
+        help="refuse larger uploaded files (default 50)",
+    )
+    server = app.add_argument_group("server")
+    server.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the "
+        "page and the model to the network)",
+    )
+    server.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
     return parser
 
 
@@ -513,10 +550,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from shortcut_detect.audit.pipeline import NEGATIVE_LOGIT, binary_heads
     from shortcut_detect.cam.image import apply_colormap
     from shortcut_detect.data.images import load_image
-    from shortcut_detect.gradcam import GradCAMHeatmapGenerator
+    from shortcut_detect.gradcam import GradCAMHeatmapGenerator, class_probabilities
     from shortcut_detect.models import load_model
     from shortcut_detect.viz import overlay_heatmap
 
@@ -537,35 +573,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
     batch = torch.stack([loaded.transform(image) for _, image in images])
     try:
         generator = GradCAMHeatmapGenerator(
-            loaded.model,
-            layer,
-            device=loaded.device,
-            method=args.method,
-            head_mappings=binary_heads(loaded),
+            loaded.model, layer, device=loaded.device, method=args.method
         )
     except ValueError as error:
         raise CommandError(str(error), "list layers with `shortcut-detect layers`") from error
-    binary = loaded.num_classes == 1
     with generator:
-        if binary:  # one logit: class 1 is the logit, class 0 its negation
-            positive, negative = generator.explain(
-                batch, [("logits", None), (NEGATIVE_LOGIT, None)]
-            )
-            logit = positive.head_output.float().reshape(len(images))
-            probabilities = torch.stack([1 - torch.sigmoid(logit), torch.sigmoid(logit)], dim=1)
-            explained_classes = (
-                torch.full((len(images),), target) if target is not None else (logit > 0).long()
-            )
-            pick = (explained_classes == 1).numpy()[:, None, None]
-            heatmaps = np.where(pick, positive.heatmaps, negative.heatmaps)
-            raw_maps = np.where(pick, positive.raw_heatmaps, negative.raw_heatmaps)
-            explained_classes = explained_classes.numpy()
-        else:
-            explanation = generator.explain(batch, [("logits", target)])[0]
-            logits = explanation.head_output.float().reshape(len(images), -1)
-            probabilities = torch.softmax(logits, dim=1)
-            heatmaps, raw_maps = explanation.heatmaps, explanation.raw_heatmaps
-            explained_classes = explanation.target_indices
+        explanation = generator.explain(batch, [("logits", target)])[0]
+    probabilities = class_probabilities(explanation.head_output)
     results = []
     used: set[str] = set()
     for i, (path, image) in enumerate(images):
@@ -574,24 +588,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
             stem += "_"
         used.add(stem)
         display = loaded.transform.display(image)
-        heat = heatmaps[i]
+        heat = explanation.heatmaps[i]
         Image.fromarray(overlay_heatmap(display, heat, alpha=0.45)).save(
             out / f"{stem}_overlay.png"
         )
         Image.fromarray(np.uint8(apply_colormap(heat) * 255 + 0.5)).save(
             out / f"{stem}_heatmap.png"
         )
-        np.save(out / f"{stem}_heatmap.npy", raw_maps[i].astype(np.float32))
+        np.save(out / f"{stem}_heatmap.npy", explanation.raw_heatmaps[i].astype(np.float32))
         values, indices = probabilities[i].topk(min(args.top_k, probabilities.shape[1]))
         top = [
             {"class_idx": int(c), "class_name": loaded.class_names[int(c)], "confidence": float(v)}
             for v, c in zip(values, indices)
         ]
-        explained = int(explained_classes[i])
         results.append(
             {
                 "image": str(path),
-                "explained_class": loaded.class_names[explained] if explained >= 0 else None,
+                "explained_class": loaded.class_names[int(explanation.target_indices[i])],
                 "top_predictions": top,
                 "overlay": str(out / f"{stem}_overlay.png"),
                 "heatmap": str(out / f"{stem}_heatmap.png"),
@@ -662,15 +675,23 @@ def cmd_app(args: argparse.Namespace) -> int:
     run_app = getattr(app_module, "run_app", None)
     if run_app is None:
         raise CommandError("This version of shortcut_detect has no web app (run_app is missing)")
+    # Only what was given: run_app's own defaults (and an audit's recorded preprocessing)
+    # apply to the rest.
+    given = {
+        "group_column": args.group_column,
+        "max_pixels": args.max_pixels,
+        "cache_size": args.cache_size,
+        "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
+        **_load_kwargs(args),
+    }
     run_app(
         model=args.model,
-        weights=args.weights,
         data=args.data,
         audit=args.audit,
         host=args.host,
         port=args.port,
-        classes=args.classes,
         layer=args.layer,
+        **{key: value for key, value in given.items() if value is not None},
     )
     return EXIT_OK
 

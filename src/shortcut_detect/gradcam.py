@@ -34,6 +34,7 @@ __all__ = [
     "Explanation",
     "GradCAMHeatmapGenerator",
     "HeadTargets",
+    "class_probabilities",
     "compute_gradcam",
     "get_activation_maps",
     "get_conv_layers",
@@ -198,6 +199,19 @@ def head_logits(logits: torch.Tensor) -> torch.Tensor:
     if logits.ndim == 2 and logits.shape[1] == 1:
         return logits[:, 0]
     return logits.reshape(logits.shape[0], -1) if logits.ndim > 1 else logits
+
+
+def class_probabilities(head_output: torch.Tensor) -> torch.Tensor:
+    """``(B, K)`` float32 class probabilities from a head's output (e.g. ``head_output``).
+
+    Softmax over the classes; a single-logit head (``(B,)`` or ``(B, 1)``) has two classes
+    with probabilities ``[1 - sigmoid(logit), sigmoid(logit)]``.
+    """
+    logits = head_logits(head_output.detach().float())
+    if logits.ndim == 1:
+        positive = torch.sigmoid(logits)
+        return torch.stack([1 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
 
 
 def _target_indices(target: TargetSpec, logits: torch.Tensor, head: str | int) -> torch.Tensor:
@@ -610,7 +624,7 @@ def get_top_predictions(
         model.train(was_training)
     if not isinstance(logits, torch.Tensor):
         raise TypeError("get_top_predictions needs a model that returns one tensor of logits")
-    probabilities = torch.softmax(logits.float().reshape(1, -1), dim=1)[0]
+    probabilities = class_probabilities(logits)[0]
     if class_names is not None and len(class_names) != probabilities.numel():
         raise ValueError(
             f"{len(class_names)} class names for a model with {probabilities.numel()} outputs"

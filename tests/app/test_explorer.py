@@ -198,3 +198,50 @@ def test_render_views_enlarges_and_blends_without_recomputing(explorer):
     assert explorer.computations == computed
     with pytest.raises(ExplorerInputError, match="between 0 and 1"):
         blend(result, 1.5)
+
+
+def test_a_one_logit_model_is_a_binary_classifier(demo_source, test_data):
+    """Class 1 explains the logit, class 0 its negation; probabilities are the sigmoid."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import BinaryClassifierOutputTarget
+
+    from shortcut_detect.app.models import ExplorerModel, ResizeToTensor
+    from shortcut_detect.data.synthetic import SmallCNN
+
+    torch.manual_seed(0)
+    net = SmallCNN(num_classes=1).eval()
+    one_logit = ExplorerModel(
+        name="one logit",
+        model=net,
+        class_names=("disk", "cross"),
+        transform=ResizeToTensor((48, 48)),
+        input_size=(48, 48),
+        default_layer="features",
+    )
+    explorer = Explorer([one_logit], demo_source)
+    selection = explorer.select_sample("4")
+    predicted, disk, cross = explorer.explain(selection, targets=[PREDICTED, 0, "cross"])
+    assert explorer.computations == 1
+    image = torch.from_numpy(test_data.images[4:5])
+    with torch.inference_mode():
+        logit = float(net(image)[0, 0])
+    positive = 1 / (1 + np.exp(-logit))
+    winner = int(logit > 0)
+    assert predicted.target_index == winner
+    assert [name for name, _ in predicted.top] == [
+        ("disk", "cross")[i] for i in (winner, 1 - winner)
+    ]
+    np.testing.assert_allclose(
+        [p for _, p in predicted.top], sorted([positive, 1 - positive], reverse=True), rtol=1e-5
+    )
+    assert (disk.target_index, cross.target_index) == (0, 1)
+    assert disk.target_probability == pytest.approx(1 - positive, rel=1e-5)
+    assert cross.target_probability == pytest.approx(positive, rel=1e-5)
+    with GradCAM(net, [net.features]) as cam:
+        for result, target in ((disk, 0), (cross, 1)):
+            expected = cam(image, targets=[BinaryClassifierOutputTarget(target)])[0]
+            np.testing.assert_allclose(result.heatmap, expected, atol=1e-5)
+    # two real (not all-zero) and different maps
+    assert disk.heatmap.max() == pytest.approx(1.0) and cross.heatmap.max() == pytest.approx(1.0)
+    assert not np.allclose(disk.heatmap, cross.heatmap, atol=0.1)
+    np.testing.assert_array_equal(predicted.heatmap, (disk, cross)[winner].heatmap)

@@ -179,14 +179,19 @@ def test_grayscale_images_feed_an_rgb_model(demo_manifest, tmp_path):
     assert {r["label_name"]: r["label"] for r in table} == {"disk": 0, "cross": 1}
 
 
-def test_single_logit_binary_model(demo_manifest, tmp_path, shortcut_model):
-    """One output = a sigmoid classifier: class 1 when the logit is positive."""
+@pytest.mark.parametrize("target", ["predicted", "label"])
+def test_single_logit_binary_model(demo_manifest, tmp_path, target):
+    """One output = a sigmoid classifier: class 1 when the logit is positive.
+
+    Class 1 is explained by the logit and class 0 by its negation, also when the class
+    explained (the label) is not the predicted one.
+    """
     from shortcut_detect.data.synthetic import SmallCNN
     from shortcut_detect.data.transforms import Preprocessing
 
     torch.manual_seed(0)
     model = SmallCNN(num_classes=1).eval()
-    first = [line.split(",")[0] for line in demo_manifest.read_text().splitlines()[1:9]]
+    first = [line.split(",")[0] for line in demo_manifest.read_text().splitlines()[1:17]]
     recipe = Preprocessing(size=(48, 48))
     batch = torch.stack([recipe(load_image(demo_manifest.parent / p)) for p in first])
     with torch.no_grad():  # centre the logits so that both classes are predicted
@@ -213,28 +218,36 @@ def test_single_logit_binary_model(demo_manifest, tmp_path, shortcut_model):
         sys.path.remove(str(tmp_path))
     assert loaded.num_classes == 1 and loaded.class_names == ["disk", "cross"]
     run = run_audit(
-        _options(demo_manifest, tmp_path / "out", report=False), loaded=loaded, log=_quiet
+        _options(demo_manifest, tmp_path / "out", report=False, target=target),
+        loaded=loaded,
+        log=_quiet,
     )
-    rows = run.store.table().slice(0, 8).to_pylist()
+    rows = run.store.table().slice(0, 16).to_pylist()
     images = torch.stack([loaded.transform(load_image(r["path"])) for r in rows])
     with torch.no_grad():
-        logits = model(images)[:, 0].numpy()
-    mappings = {"negated": lambda outputs: -outputs}
-    with GradCAMHeatmapGenerator(model, "features", head_mappings=mappings) as generator:
-        positive, negative = generator.explain(images, [("logits", None), ("negated", None)])
+        logits = model(images)[:, 0].numpy().astype(np.float64)
+    predicted = (logits > 0).astype(np.int64)
+    labels = np.array([r["label"] for r in rows])
+    explained = labels if target == "label" else predicted
+    assert (predicted == 1).any() and (predicted == 0).any()
+    if target == "label":
+        assert (labels != predicted).any()  # some samples explain the class not predicted
+    # Oracle: the same logit as a two-class head [-logit, logit], through the K-class path.
+    two_class = {"two_class": lambda outputs: torch.cat([-outputs, outputs], dim=1)}
+    with GradCAMHeatmapGenerator(model, "features", head_mappings=two_class) as generator:
+        reference = generator.explain(images, [("two_class", explained)])[0]
     stored = run.store.heatmaps([r["sample_id"] for r in rows])
     cam_max = np.array([r["cam_max"] for r in rows])[:, None, None]
-    expected_maps = np.where(
-        (logits > 0)[:, None, None], positive.raw_heatmaps, negative.raw_heatmaps
-    )
-    assert (logits > 0).any() and (logits <= 0).any()
     np.testing.assert_allclose(
-        stored * cam_max, expected_maps, rtol=2e-3, atol=1e-3 * cam_max.max()
+        stored * cam_max, reference.raw_heatmaps, rtol=2e-3, atol=1e-3 * cam_max.max()
     )
-    for row, logit in zip(rows, logits):
+    positive = 1 / (1 + np.exp(-logits))
+    for row, logit, p, cls in zip(rows, logits, positive, explained):
         assert row["prediction"] == int(logit > 0)
+        assert row["prediction_name"] == ["disk", "cross"][int(logit > 0)]
+        assert row["target"] == cls
         # the explained score: the logit for class 1, the negated logit for class 0
-        assert row["target_score"] == pytest.approx(abs(float(logit)), rel=1e-4, abs=1e-6)
-        positive = 1 / (1 + np.exp(-logit))
-        expected = positive if row["label"] == 1 else 1 - positive
+        assert row["target_score"] == pytest.approx(logit if cls == 1 else -logit, rel=1e-4)
+        assert row["confidence"] == pytest.approx(max(p, 1 - p), rel=1e-5)
+        expected = p if row["label"] == 1 else 1 - p
         assert row["label_probability"] == pytest.approx(expected, rel=1e-4)

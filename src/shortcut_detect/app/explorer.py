@@ -258,15 +258,11 @@ def _display_image(selection: Selection, tensor: torch.Tensor, model: ExplorerMo
     return to_display_image(values.numpy())
 
 
-def _probabilities(logits: torch.Tensor, class_count: int) -> torch.Tensor:
-    """Class probabilities of one sample: softmax, or sigmoid for a one-logit head."""
-    row = logits.detach().float().reshape(logits.shape[0], -1)[0] if logits.ndim > 1 else logits
-    row = row.float().reshape(-1)
-    if row.numel() == 1:
-        positive = torch.sigmoid(row)[0]
-        probabilities = torch.stack([1 - positive, positive])
-    else:
-        probabilities = torch.softmax(row, dim=0)
+def _probabilities(head_output: torch.Tensor, class_count: int) -> torch.Tensor:
+    """Class probabilities of the first sample: softmax, or sigmoid for a one-logit head."""
+    from shortcut_detect.gradcam import class_probabilities
+
+    probabilities = class_probabilities(head_output[:1])[0]
     if probabilities.numel() != class_count:
         raise ExplorerInputError(
             f"The model gives {probabilities.numel()} class scores but has {class_count} class "
@@ -582,8 +578,6 @@ class Explorer:
         results = []
         for explanation in explanations:
             target = int(explanation.target_indices[0])
-            if target < 0:  # one-logit head: the explained class is the positive one
-                target = len(model.class_names) - 1
             results.append(
                 HeatmapResult(
                     heatmap=np.ascontiguousarray(explanation.heatmaps[0], dtype=np.float32),

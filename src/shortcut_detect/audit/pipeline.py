@@ -37,19 +37,16 @@ from shortcut_detect.data.images import (
 from shortcut_detect.models import LoadedModel, load_model
 
 __all__ = [
-    "NEGATIVE_LOGIT",
     "AuditError",
     "AuditInterrupted",
     "AuditOptions",
     "AuditRun",
     "BatchResult",
-    "binary_heads",
     "explain_batch",
     "run_audit",
 ]
 
 TARGETS = ("predicted", "label")
-NEGATIVE_LOGIT = "negative_logit"
 
 
 class AuditError(ValueError):
@@ -274,30 +271,18 @@ def explain_batch(
 
     labels = np.array([r.label for r in records], dtype=np.int64)
     by_label = target == "label" and bool((labels >= 0).all())
-    if NEGATIVE_LOGIT in getattr(generator, "head_mappings", {}):
-        # One logit: class 1 is explained by the logit, class 0 by its negation (both from
-        # one forward pass), as pytorch-grad-cam's BinaryClassifierOutputTarget does.
-        positive_cam, negative_cam = generator.explain(
-            images, [("logits", None), (NEGATIVE_LOGIT, None)]
-        )
-        logit = positive_cam.head_output.float().numpy().reshape(len(labels)).astype(np.float64)
-        predictions = (logit > 0).astype(np.int64)
-        targets = labels if by_label else predictions
-        raw = np.where(
-            targets[:, None, None] == 1, positive_cam.raw_heatmaps, negative_cam.raw_heatmaps
-        )
-        positive = 1.0 / (1.0 + np.exp(-logit))
+    request = torch.from_numpy(labels) if by_label else None
+    explanation = generator.explain(images, [("logits", request)])[0]
+    raw = explanation.raw_heatmaps
+    predictions = explanation.predictions.astype(np.int64)
+    targets = explanation.target_indices.astype(np.int64)
+    # numpy, not torch: on a busy CPU torch's thread pool makes tiny ops cost milliseconds.
+    logits = explanation.head_output.float().numpy().astype(np.float64)
+    if logits.ndim == 1:  # one logit: class 1 is the logit, class 0 its negation
+        positive = 1.0 / (1.0 + np.exp(-logits))
         probabilities = np.stack([1.0 - positive, positive], axis=1)
-        target_scores = np.where(targets == 1, logit, -logit)
+        target_scores = np.where(targets == 1, logits, -logits)
     else:
-        request = torch.from_numpy(labels) if by_label else None
-        explanation = generator.explain(images, [("logits", request)])[0]
-        raw = explanation.raw_heatmaps
-        # numpy, not torch: on a busy CPU torch's thread pool makes tiny ops cost milliseconds.
-        logits = explanation.head_output.float().numpy().reshape(len(labels), -1)
-        logits = logits.astype(np.float64)
-        predictions = explanation.predictions.astype(np.int64)
-        targets = explanation.target_indices.astype(np.int64)
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
         target_scores = logits[np.arange(len(labels)), targets]
@@ -376,17 +361,6 @@ def explain_batch(
             }
         )
     return BatchResult(rows=rows, maps=stored)
-
-
-def binary_heads(loaded: LoadedModel) -> dict[str, Any] | None:
-    """For a one-logit model, a head that explains class 0 (the negated logit)."""
-    if loaded.num_classes != 1:
-        return None
-
-    def negated(outputs: Any) -> torch.Tensor:
-        return -outputs
-
-    return {NEGATIVE_LOGIT: negated}
 
 
 def _nan_to_none(value: float) -> float | None:
@@ -529,7 +503,6 @@ def run_audit(
             layer,
             device=loaded.device,
             method=options.method,
-            head_mappings=binary_heads(loaded),
         )
     except ValueError as error:
         raise AuditError(str(error)) from error
