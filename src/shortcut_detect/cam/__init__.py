@@ -3,13 +3,45 @@
 Tutorial code written for pytorch-grad-cam runs by changing its imports to this package::
 
     from shortcut_detect.cam import GradCAM, ClassifierOutputTarget, show_cam_on_image
+
+(``from shortcut_detect.cam.utils.image import ...`` and ``...utils.model_targets`` work
+too, mirroring pytorch-grad-cam's module layout.)
 """
 
 from __future__ import annotations
 
 from shortcut_detect.cam.base import BaseCAM, GradCAM
 from shortcut_detect.cam.engine import CAMEngine, Capture, TargetScores
+from shortcut_detect.cam.guided import (
+    GuidedBackpropReLUModel,
+    guided_backprop,
+    guided_backprop_for_scores,
+)
+from shortcut_detect.cam.image import (
+    apply_colormap,
+    deprocess_image,
+    preprocess_image,
+    show_cam_on_image,
+)
 from shortcut_detect.cam.layers import LayerInfo, default_layer, resolve_layer, spatial_layers
+from shortcut_detect.cam.methods import (
+    EigenCAM,
+    EigenGradCAM,
+    GradCAMElementWise,
+    GradCAMPlusPlus,
+    HiResCAM,
+    LayerCAM,
+    XGradCAM,
+)
+from shortcut_detect.cam.metrics import (
+    ConfidenceChange,
+    ROADResult,
+    compare_methods,
+    confidence_change,
+    road,
+)
+from shortcut_detect.cam.perturbation import AblationCAM, ScoreCAM
+from shortcut_detect.cam.reshape import swin_reshape_transform, vit_reshape_transform
 from shortcut_detect.cam.targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputSoftmaxTarget,
@@ -18,15 +50,38 @@ from shortcut_detect.cam.targets import (
     SemanticSegmentationTarget,
 )
 
-METHODS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM}
+METHODS: dict[str, type[BaseCAM]] = {
+    "gradcam": GradCAM,
+    "hirescam": HiResCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "gradcam++": GradCAMPlusPlus,
+    "xgradcam": XGradCAM,
+    "layercam": LayerCAM,
+    "eigencam": EigenCAM,
+    "eigengradcam": EigenGradCAM,
+    "scorecam": ScoreCAM,
+    "ablationcam": AblationCAM,
+}
+"""CAM classes by name: lowercase, no punctuation ("gradcam++" keeps its plus signs)."""
+
+
+def _method_key(name: str) -> str:
+    key = "".join(ch for ch in str(name).lower() if ch.isalnum() or ch == "+")
+    for long_form in ("plusplus", "pp"):
+        if key.endswith(long_form) and key[: -len(long_form)] in ("gradcam",):
+            key = key[: -len(long_form)] + "++"
+    return key
 
 
 def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
-    """A CAM class from its name (case and punctuation ignored) or the class itself."""
+    """A CAM class from its name (case and punctuation ignored) or the class itself.
+
+    ``"GradCAMPlusPlus"``, ``"gradcam_pp"`` and ``"Grad-CAM++"`` all give
+    :class:`GradCAMPlusPlus`.
+    """
     if isinstance(method, type) and issubclass(method, BaseCAM):
         return method
-    key = str(method).lower().replace("-", "").replace("_", "").replace(" ", "")
-    key = key.replace("plusplus", "++")
+    key = _method_key(str(method))
     if key not in METHODS:
         raise ValueError(f"Unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
     return METHODS[key]
@@ -34,19 +89,42 @@ def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
 
 __all__ = [
     "METHODS",
+    "AblationCAM",
     "BaseCAM",
     "BinaryClassifierOutputTarget",
     "CAMEngine",
     "Capture",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "ConfidenceChange",
+    "EigenCAM",
+    "EigenGradCAM",
     "GradCAM",
+    "GradCAMElementWise",
+    "GradCAMPlusPlus",
+    "GuidedBackpropReLUModel",
+    "HiResCAM",
+    "LayerCAM",
     "LayerInfo",
+    "ROADResult",
     "RawScoresOutputTarget",
+    "ScoreCAM",
     "SemanticSegmentationTarget",
     "TargetScores",
+    "XGradCAM",
+    "apply_colormap",
+    "compare_methods",
+    "confidence_change",
     "default_layer",
+    "deprocess_image",
     "get_method",
+    "guided_backprop",
+    "guided_backprop_for_scores",
+    "preprocess_image",
     "resolve_layer",
+    "road",
+    "show_cam_on_image",
     "spatial_layers",
+    "swin_reshape_transform",
+    "vit_reshape_transform",
 ]

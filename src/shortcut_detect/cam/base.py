@@ -8,6 +8,7 @@ layers, smoothing) happens once, here and in :mod:`shortcut_detect.cam.engine`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ from shortcut_detect.cam.engine import (
 from shortcut_detect.cam.layers import LayerSpec
 from shortcut_detect.cam.targets import ClassifierOutputTarget
 
-__all__ = ["BaseCAM", "GradCAM", "eigen_projection", "spatial_mean"]
+__all__ = ["BaseCAM", "GradCAM", "eigen_projection", "require_gradients", "spatial_mean"]
 
 
 def spatial_mean(tensor: torch.Tensor) -> torch.Tensor:
@@ -39,25 +40,25 @@ def spatial_mean(tensor: torch.Tensor) -> torch.Tensor:
 def eigen_projection(weighted: torch.Tensor) -> torch.Tensor:
     """Projection of ``(B, C, *spatial)`` on its first principal component: ``(B, *spatial)``.
 
-    Per sample, the channel vectors at each position are centred and the map is their
-    projection on the first right-singular vector (pytorch-grad-cam's ``eigen_smooth``).
-    The sign is chosen so that the map is positively correlated with the channel sum
-    (our documented convention; the SVD sign itself is arbitrary).
+    Per sample, the channel vectors at each position are centred and projected on the
+    first right-singular vector, as pytorch-grad-cam's ``eigen_smooth`` / EigenCAM do.
+
+    The sign of a singular vector is arbitrary, so we fix it: the direction is oriented
+    so that its components sum to a positive number, which makes the map correlate
+    positively with the channel sum (where the layer is most active). pytorch-grad-cam
+    keeps whatever sign LAPACK returns, so its EigenCAM map is either ours or the map of
+    the opposite direction.
     """
     batch, channels = weighted.shape[:2]
     spatial = weighted.shape[2:]
-    maps = []
-    for sample in weighted.detach().to(torch.float64):
-        points = sample.reshape(channels, -1).T  # (positions, channels)
-        points = torch.nan_to_num(points)
-        centred = points - points.mean(dim=0, keepdim=True)
-        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        projection = points @ vh[0]
-        reference = points.sum(dim=1)
-        if torch.dot(projection - projection.mean(), reference - reference.mean()) < 0:
-            projection = -projection
-        maps.append(projection.reshape(spatial))
-    return torch.stack(maps).to(weighted.dtype).reshape(batch, *spatial)
+    points = torch.nan_to_num(weighted.detach().to(torch.float64), nan=0.0)
+    points = points.reshape(batch, channels, -1).transpose(1, 2)  # (B, positions, C)
+    centred = points - points.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
+    direction = vh[:, 0, :]  # (B, C)
+    sign = torch.where(direction.sum(dim=1) < 0, -1.0, 1.0).to(direction)
+    projection = (centred @ (direction * sign[:, None]).unsqueeze(-1)).squeeze(-1)
+    return projection.to(weighted.dtype).reshape(batch, *spatial)
 
 
 class BaseCAM:
@@ -73,7 +74,19 @@ class BaseCAM:
         Layers (modules or dotted paths) whose activations are weighted. With several
         layers, each layer's map is normalised, resized, and the maps are averaged.
     reshape_transform:
-        Turns a non-spatial layer output into ``(B, C, *spatial)`` (ViT, Swin).
+        Turns a non-spatial layer output into ``(B, C, *spatial)`` (ViT, Swin); see
+        :mod:`shortcut_detect.cam.reshape`.
+    compute_input_gradient:
+        Accepted for compatibility; maps never need the input gradient.
+    uses_gradients:
+        Accepted for compatibility; each method knows whether it needs gradients.
+    tta_transforms:
+        Test-time augmentations for ``aug_smooth=True``: any iterable of objects with
+        ``augment_image(tensor)`` and ``deaugment_mask(tensor)`` (e.g. a ``ttach.Compose``).
+        ``None`` uses horizontal flips times brightness factors (0.9, 1, 1.1), as
+        pytorch-grad-cam does.
+    detach:
+        Must be ``True``; maps are always detached from the graph.
     device:
         ``None`` uses the model's device.
     """
@@ -91,13 +104,23 @@ class BaseCAM:
         detach: bool = True,
         device: str | torch.device | None = None,
     ) -> None:
+        if not detach:
+            raise ValueError(
+                "detach=False (keeping the graph for second-order gradients) is not supported; "
+                "maps are always detached."
+            )
+        if uses_gradients is not None and bool(uses_gradients) != type(self).uses_gradients:
+            kind = "needs" if type(self).uses_gradients else "does not use"
+            raise ValueError(
+                f"{type(self).__name__} {kind} gradients; drop uses_gradients={uses_gradients}."
+            )
         self.model = model
         self.engine = CAMEngine(model, target_layers, reshape_transform, device)
         self.device = self.engine.device
         self.target_layers = self.engine.target_layers
         self.reshape_transform = reshape_transform
-        if uses_gradients is not None:
-            self.uses_gradients = uses_gradients
+        self.compute_input_gradient = compute_input_gradient
+        self.tta_transforms = tta_transforms
         self.outputs: Any = None
 
     # -- what a method defines -----------------------------------------------------------
@@ -147,11 +170,15 @@ class BaseCAM:
 
     @staticmethod
     def combine(layer_maps: Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-        """Resize each layer's map to ``size``, normalise, average, normalise again."""
-        resized = [minmax_normalize(upsample(cam, size)) for cam in layer_maps]
-        if len(resized) == 1:
-            return resized[0]
-        return minmax_normalize(torch.stack(resized).mean(dim=0))
+        """Normalise each layer's map, resize it to ``size``, average, normalise again.
+
+        The order is pytorch-grad-cam's: with several layers, normalising before or after
+        resizing weighs the layers slightly differently (bilinear resizing does not keep
+        interior extremes), so the same order gives the same maps.
+        """
+        resized = [upsample(minmax_normalize(cam), size) for cam in layer_maps]
+        combined = resized[0] if len(resized) == 1 else torch.stack(resized).mean(dim=0)
+        return minmax_normalize(combined)
 
     @staticmethod
     def _score_resolver(targets: Sequence[Any] | None) -> Callable[[Any], list[ScoreFn]]:
@@ -195,16 +222,23 @@ class BaseCAM:
         targets: Sequence[Any] | None = None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
-        """Average of the maps over horizontal flips and brightness scales (0.9, 1, 1.1)."""
+        """Mean of the maps over test-time augmentations, each mapped back to the input frame.
+
+        By default: horizontal flip (off, on) times brightness factors (0.9, 1, 1.1).
+        """
         inputs = prepare_inputs(input_tensor, self.device)
         maps = []
-        for flip in (False, True):
-            for factor in (0.9, 1.0, 1.1):
-                augmented = inputs * factor
-                if flip:
-                    augmented = augmented.flip(-1)
-                cam = self.forward(augmented, targets, eigen_smooth)
-                maps.append(cam[..., ::-1] if flip else cam)
+        if self.tta_transforms is not None:
+            for transform in self.tta_transforms:
+                cam = self.forward(transform.augment_image(inputs), targets, eigen_smooth)
+                restored = transform.deaugment_mask(torch.from_numpy(cam)[:, None])[:, 0]
+                maps.append(np.asarray(restored, dtype=np.float32))
+        else:
+            for flip in (False, True):
+                for factor in (0.9, 1.0, 1.1):
+                    augmented = inputs.flip(-1) if flip else inputs
+                    cam = self.forward(augmented * factor, targets, eigen_smooth)
+                    maps.append(cam[..., ::-1] if flip else cam)
         return np.mean(np.stack(maps), axis=0).astype(np.float32)
 
     def __call__(
@@ -231,10 +265,18 @@ class BaseCAM:
         return False
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
+
+
+def require_gradients(method: BaseCAM, gradients: torch.Tensor | None) -> torch.Tensor:
+    """The gradients a gradient method was given, or a clear error."""
+    if gradients is None:
+        raise ValueError(
+            f"{type(method).__name__} needs gradients, but the capture has none; capture with "
+            "need_gradients=True."
+        )
+    return gradients
 
 
 class GradCAM(BaseCAM):
@@ -243,4 +285,4 @@ class GradCAM(BaseCAM):
     def channel_weights(
         self, activations: torch.Tensor, gradients: torch.Tensor | None, **context: Any
     ) -> torch.Tensor:
-        return spatial_mean(gradients)
+        return spatial_mean(require_gradients(self, gradients))

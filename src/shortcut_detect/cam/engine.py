@@ -6,13 +6,18 @@ so only the layers *after* the target layer are recorded, and ``torch.autograd.g
 taken with respect to the captured activation alone (no parameter gradients, nothing left
 in ``.grad``). Downstream layers receive a clone of the activation, so an in-place
 operation after the target layer (``ReLU(inplace=True)``, ``out += identity``) cannot
-change the activation or its gradient.
+change the activation or its gradient. Without gradients (EigenCAM, ScoreCAM,
+AblationCAM) the forward pass runs under ``torch.inference_mode`` and the activation is
+copied for the same reason. Extra forward passes (:meth:`CAMEngine.run`,
+:meth:`CAMEngine.run_replacing`) restore the model the same way.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +33,7 @@ __all__ = [
     "Capture",
     "ScoreFn",
     "TargetScores",
+    "current_input_size",
     "minmax_normalize",
     "prepare_inputs",
     "resolve_device",
@@ -43,6 +49,18 @@ perturbed copies of one sample, e.g. ScoreCAM); see :class:`TargetScores`.
 """
 
 ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
+
+_INPUT_SIZE: ContextVar[tuple[int, ...] | None] = ContextVar(
+    "shortcut_detect_input_size", default=None
+)
+
+
+def current_input_size() -> tuple[int, ...] | None:
+    """Spatial size of the input being explained, while the engine runs (else ``None``).
+
+    Lets reshape transforms infer a token grid from the image's shape.
+    """
+    return _INPUT_SIZE.get()
 
 
 def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
@@ -202,8 +220,8 @@ class CAMEngine:
     Parameters
     ----------
     model:
-        Any ``nn.Module``. Its train/eval mode and ``requires_grad`` flags are restored
-        after every call; it is run in eval mode.
+        Any ``nn.Module``. It is run in eval mode; every module's train/eval mode is
+        restored after each call, and its ``requires_grad`` flags are never changed.
     target_layers:
         One layer or several, as modules or dotted paths.
     reshape_transform:
@@ -245,16 +263,19 @@ class CAMEngine:
         self.close()
 
     # -- the forward pass ----------------------------------------------------------------
-    def _to_spatial(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    def _to_spatial(
+        self, index: int, tensor: torch.Tensor, input_spatial_dims: int | None = None
+    ) -> torch.Tensor:
+        name = self.layer_names[index]
         if self.reshape_transform is not None:
             tensor = self.reshape_transform(tensor)
-        if tensor.ndim < 3:
-            raise ValueError(
-                f"Layer {name!r} outputs shape {tuple(tensor.shape)}, which has no spatial "
-                "axes. Choose a convolutional layer, or pass a reshape_transform "
-                "(vit_reshape_transform for ViT tokens (B, N, C), swin_reshape_transform "
-                "for (B, H, W, C))."
-            )
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim < 3:
+                raise ValueError(
+                    f"reshape_transform turned layer {name!r}'s output into "
+                    f"{_describe(tensor)}; it must return (B, C, *spatial)."
+                )
+            return tensor
+        _check_spatial_layout(name, self.target_layers[index], tensor, input_spatial_dims)
         return tensor
 
     def capture(
@@ -280,7 +301,6 @@ class CAMEngine:
         need_gradients:
             ``False`` runs under ``torch.inference_mode`` and records activations only.
         """
-        model = self.model
         layer_count = len(self.target_layers)
         raw: list[torch.Tensor | None] = [None] * layer_count
         calls = [0] * layer_count
@@ -296,7 +316,8 @@ class CAMEngine:
                         "output is a tensor (e.g. a sub-module of this one)."
                     )
                 if not need_gradients:
-                    raw[index] = output.detach()
+                    # A copy: an in-place op downstream must not change what was captured.
+                    raw[index] = output.detach().clone()
                     return None
                 if not torch.is_grad_enabled():
                     # First target layer reached: start recording the graph from here.
@@ -309,14 +330,11 @@ class CAMEngine:
 
             return hook
 
-        was_training = model.training
-        requires_grad = [p.requires_grad for p in model.parameters()]
-        grad_mode = torch.is_grad_enabled()
-        self._handles = [
-            layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(self.target_layers)
-        ]
-        try:
-            model.eval()
+        with self._model_state(inputs):
+            self._handles = [
+                layer.register_forward_hook(make_hook(i))
+                for i, layer in enumerate(self.target_layers)
+            ]
             if need_gradients:
                 with torch.no_grad():
                     outputs = self._forward(inputs)
@@ -325,9 +343,10 @@ class CAMEngine:
                     outputs = self._forward(inputs)
             self._check_calls(calls)
             detached = _detach_output(outputs)
+            spatial_dims = inputs.ndim - 2
             activations = [
-                self._to_spatial(name, tensor.detach())
-                for name, tensor in zip(self.layer_names, raw)  # type: ignore[arg-type]
+                self._to_spatial(i, tensor.detach(), spatial_dims)  # type: ignore[union-attr]
+                for i, tensor in enumerate(raw)
             ]
             capture = Capture(
                 outputs=detached, activations=activations, input_size=tuple(inputs.shape[2:])
@@ -366,20 +385,61 @@ class CAMEngine:
                             "choose a layer that feeds the prediction head you explain."
                         )
                     capture.gradients.append(
-                        [
-                            self._to_spatial(name, grad.detach())
-                            for name, grad in zip(self.layer_names, grads)
-                        ]
+                        [self._to_spatial(i, grad.detach()) for i, grad in enumerate(grads)]
                     )
                     capture.scores.append(scores.detach())
             return capture
+
+    @contextmanager
+    def _model_state(self, inputs: torch.Tensor) -> Iterator[None]:
+        """Eval mode inside; hooks removed, grad mode and every module's mode restored after.
+
+        Modes are restored module by module, so a mixed state (e.g. a training model with
+        frozen BatchNorm) comes back exactly. Reshape transforms called inside can read the
+        input size (:func:`current_input_size`).
+        """
+        model = self.model
+        modes = [(module, module.training) for module in model.modules()]
+        grad_mode = torch.is_grad_enabled()
+        size_token = _INPUT_SIZE.set(tuple(int(s) for s in inputs.shape[2:]))
+        try:
+            if any(training for _, training in modes):
+                model.eval()
+            yield
         finally:
+            _INPUT_SIZE.reset(size_token)
             self.close()
             torch.set_grad_enabled(grad_mode)
-            model.train(was_training)
-            for param, flag in zip(model.parameters(), requires_grad):
-                if param.requires_grad != flag:
-                    param.requires_grad_(flag)
+            for module, training in modes:
+                if module.training != training:
+                    module.training = training
+
+    # -- extra forward passes (gradient-free methods) ------------------------------------
+    def run(self, inputs: torch.Tensor) -> Any:
+        """The model's output for ``inputs`` in eval mode under ``torch.inference_mode``."""
+        with self._model_state(inputs), torch.inference_mode():
+            return self._forward(inputs)
+
+    def run_replacing(
+        self,
+        inputs: torch.Tensor,
+        layer_index: int,
+        replace: Callable[[torch.Tensor], torch.Tensor],
+    ) -> Any:
+        """Run the model with target layer ``layer_index``'s output swapped for ``replace(output)``.
+
+        The raw layer output (before any reshape transform) is passed to ``replace``, whose
+        result goes downstream; it may have more rows than ``inputs`` (e.g. ablated copies of
+        one sample), as long as the layers after it treat rows independently.
+        """
+
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            return replace(output)
+
+        layer = self.target_layers[layer_index]
+        with self._model_state(inputs), torch.inference_mode():
+            self._handles = [layer.register_forward_hook(hook)]
+            return self._forward(inputs)
 
     def _forward(self, inputs: torch.Tensor) -> Any:
         try:
@@ -419,3 +479,44 @@ def _channel_hint(model: nn.Module, inputs: torch.Tensor) -> str:
                 )
             return ""
     return ""
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+_LAYOUTS = {1: "(B, C, L)", 2: "(B, C, H, W)", 3: "(B, C, D, H, W)"}
+_TOKEN_HINT = (
+    "pass reshape_transform=shortcut_detect.cam.vit_reshape_transform for ViT-style tokens "
+    "(B, N, C) (class/register tokens are dropped, the grid is inferred), or "
+    "swin_reshape_transform for Swin-style (B, H, W, C) outputs"
+)
+
+
+def _check_spatial_layout(
+    name: str, module: nn.Module, tensor: torch.Tensor, input_spatial_dims: int | None
+) -> None:
+    """Refuse layer outputs that are not ``(B, C, *spatial)`` when no transform was given."""
+    shape = tuple(tensor.shape)
+    if tensor.ndim < 3:
+        raise ValueError(
+            f"Layer {name!r} outputs shape {shape}, which has no spatial axes. Choose a "
+            f"convolutional layer, or {_TOKEN_HINT}."
+        )
+    if input_spatial_dims is not None and tensor.ndim != input_spatial_dims + 2:
+        raise ValueError(
+            f"Layer {name!r} outputs shape {shape}, but inputs with {input_spatial_dims} "
+            f"spatial axes need a {_LAYOUTS.get(input_spatial_dims, '(B, C, *spatial)')} "
+            "layer output. "
+            f"This looks like a transformer layer: {_TOKEN_HINT}."
+        )
+    normalises_last_axis = isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (
+        shape[-1],
+    )
+    if tensor.ndim == 4 and (normalises_last_axis or "swin" in type(module).__name__.lower()):
+        raise ValueError(
+            f"Layer {name!r} ({type(module).__name__}) outputs shape {shape}, channels last "
+            "(B, H, W, C). Pass reshape_transform=shortcut_detect.cam.swin_reshape_transform."
+        )

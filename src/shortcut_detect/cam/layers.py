@@ -128,7 +128,8 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     raise ValueError(
         f"No layer named {layer!r} in {type(model).__name__}. "
         f"Closest valid names: {', '.join(close)}. "
-        "List all candidates with shortcut_detect.get_conv_layers(model) or `shortcut-detect layers`."
+        "List all candidates with shortcut_detect.get_conv_layers(model) or "
+        "`shortcut-detect layers`."
     )
 
 

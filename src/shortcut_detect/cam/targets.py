@@ -6,9 +6,6 @@ returns a scalar score tensor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 import torch
 

@@ -1,0 +1,5 @@
+"""Same names as ``pytorch_grad_cam.utils.image``."""
+
+from shortcut_detect.cam.image import deprocess_image, preprocess_image, show_cam_on_image
+
+__all__ = ["deprocess_image", "preprocess_image", "show_cam_on_image"]
