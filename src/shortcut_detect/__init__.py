@@ -24,6 +24,15 @@ from shortcut_detect.gradcam import (
 __version__ = "0.1.0"
 
 _LAZY = {
+    # CAM family (the full pytorch-grad-cam style surface lives in shortcut_detect.cam)
+    "GuidedBackpropReLUModel": "shortcut_detect.cam",
+    "vit_reshape_transform": "shortcut_detect.cam",
+    "swin_reshape_transform": "shortcut_detect.cam",
+    "show_cam_on_image": "shortcut_detect.cam",
+    "get_method": "shortcut_detect.cam",
+    "confidence_change": "shortcut_detect.cam",
+    "road": "shortcut_detect.cam",
+    "compare_methods": "shortcut_detect.cam",
     # visual analysis
     "compare_groups": "shortcut_detect.analysis.groups",
     "attention_in_region": "shortcut_detect.analysis.regions",
