@@ -277,3 +277,14 @@ def test_top_predictions_of_a_single_logit_model():
         ["positive", "negative"] if positive > 0.5 else ["negative", "positive"]
     )
     assert top[0]["confidence"] == pytest.approx(max(positive, 1 - positive), abs=1e-6)
+
+
+def test_upsampled_raw_reproduces_the_live_heatmaps(shortcut_model, test_data):
+    from shortcut_detect.gradcam import upsampled_raw
+
+    explanation = GradCAMHeatmapGenerator(shortcut_model, "features").explain(test_data.images[:4])[
+        0
+    ]
+    np.testing.assert_allclose(
+        upsampled_raw(explanation.raw_heatmaps, (48, 48)), explanation.heatmaps, atol=1e-6
+    )

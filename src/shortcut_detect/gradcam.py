@@ -25,7 +25,6 @@ from shortcut_detect.cam.engine import (
     minmax_normalize,
     prepare_inputs,
     resolve_device,
-    upsample,
 )
 from shortcut_detect.cam.layers import LayerSpec, default_layer, resolve_layer
 
@@ -655,6 +654,7 @@ def get_activation_maps(
 
 
 def upsampled_raw(raw: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Upsample stored raw (layer-resolution) maps to ``size`` and normalise them."""
+    """Upsample stored raw (layer-resolution) maps to ``size`` and normalise them, exactly as
+    the engine turns raw maps into heatmaps (see :meth:`BaseCAM.combine`)."""
     tensor = torch.from_numpy(np.asarray(raw, dtype=np.float32))
-    return minmax_normalize(upsample(tensor, size)).numpy()
+    return BaseCAM.combine([tensor], size).numpy()
