@@ -51,7 +51,7 @@ class ProgressBar:
         self._progress: Any = None
         self._task: Any = None
         self._started = time.perf_counter()
-        self._count = 0
+        self.count = 0
         if self.enabled and importlib.util.find_spec("rich") is not None and total != 0:
             from rich.console import Console
             from rich.progress import (
@@ -80,12 +80,12 @@ class ProgressBar:
 
     def advance(self, count: int = 1) -> None:
         """Count ``count`` more items."""
-        self._count += count
-        rate = self._count / max(time.perf_counter() - self._started, 1e-9)
+        self.count += count
+        rate = self.count / max(time.perf_counter() - self._started, 1e-9)
         if self._progress is not None:
             self._progress.update(self._task, advance=count, rate=f"{rate:.1f} {self.unit}/s")
         else:
-            _LOG.debug("%s: %d done (%.1f %s/s)", self.label, self._count, rate, self.unit)
+            _LOG.debug("%s: %d done (%.1f %s/s)", self.label, self.count, rate, self.unit)
 
     def close(self) -> None:
         """Stop drawing (idempotent)."""
