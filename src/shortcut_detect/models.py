@@ -541,9 +541,7 @@ def _import_user_module(spec: str, module_name: str) -> Any:
                 "folder that contains it, or add that folder to PYTHONPATH "
                 "(PYTHONPATH=/path/to/project)."
             ) from error
-        raise ModelLoadError(
-            f"model={spec}: importing {module_name!r} failed: {error}"
-        ) from error
+        raise ModelLoadError(f"model={spec}: importing {module_name!r} failed: {error}") from error
     except Exception as error:  # the user's module raised while importing
         raise ModelLoadError(
             f"model={spec}: importing {module_name!r} failed: {type(error).__name__}: {error}"
@@ -927,9 +925,7 @@ class ModelOptions:
         )
 
 
-_LOAD_OPTION_NAMES = tuple(
-    name for name in ModelOptions.__dataclass_fields__ if name != "spec"
-)
+_LOAD_OPTION_NAMES = tuple(name for name in ModelOptions.__dataclass_fields__ if name != "spec")
 
 
 class UnknownClassError(ValueError):
