@@ -209,7 +209,10 @@ def test_factory_without_num_classes_is_checked_against_the_class_list(
 
 
 def test_user_module_import_errors_say_what_to_do(tmp_path, monkeypatch):
-    with pytest.raises(ModelLoadError, match=r"no module 'nowhere_pkg'.*set.*PYTHONPATH"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"no module 'nowhere_pkg.nets' on the Python path\. Run from the folder.*PYTHONPATH",
+    ):
         load_model("nowhere_pkg.nets:build")
     _user_module(tmp_path, monkeypatch, "import a_dependency_that_is_missing\n")
     with pytest.raises(ModelLoadError, match=r"importing 'usernets' failed: No module named"):

@@ -834,7 +834,9 @@ _FLAG_PARAMETERS = (
     "model",
 )
 _PARAMETER = re.compile(
-    r"\b(" + "|".join(_FLAG_PARAMETERS) + r')=(?:"([^"]*)"|(\S+?)(?=[\s,;)]|[:.](?:\s|$)|$))?'
+    r"\b(" + "|".join(_FLAG_PARAMETERS) + r")="
+    # an optional value: quoted, or up to a space, comma, ";", ")" or a final ":"/"."
+    r'(?:"([^"]*)"|(?![.,;:)])(\S+?)(?=[\s,;)]|[:.](?:\s|$)|$))?'
 )
 
 
