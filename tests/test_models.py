@@ -174,7 +174,7 @@ def test_default_weights_without_internet_say_it_needs_the_internet(tmp_path, mo
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ModelLoadError, match="needs the internet") as info:
         load_model("torchvision:resnet18", weights="DEFAULT")
-    assert "--weights FILE" in str(info.value)
+    assert "weights=FILE" in str(info.value)
 
 
 def _user_module(tmp_path, monkeypatch, source):
