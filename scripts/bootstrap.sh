@@ -14,10 +14,28 @@ if [ ! -x .venv/bin/python ]; then
     "$python_bin" -m venv .venv
 fi
 pip=(.venv/bin/python -m pip install --disable-pip-version-check --progress-bar off -q)
+# The torch spec installed last is remembered, so a different TORCH_SPEC is honoured
+# (reinstalled) instead of silently ignored once .venv has torch.
+torch_stamp=".venv/.torch-spec"
+installed_spec="$(cat "$torch_stamp" 2>/dev/null || true)"
 if ! .venv/bin/python -c "import torch, torchvision" >/dev/null 2>&1; then
     echo "[bootstrap] installing $torch_spec (a large download the first time)"
     # shellcheck disable=SC2086
     "${pip[@]}" $torch_spec
+    printf '%s\n' "$torch_spec" >"$torch_stamp"
+elif [ "$installed_spec" != "$torch_spec" ]; then
+    if [ -z "$installed_spec" ] && [ -z "${TORCH_SPEC:-}" ]; then
+        # torch was there before this script kept a stamp and no spec was asked for:
+        # keep it, and remember the default spec as installed.
+        printf '%s\n' "$torch_spec" >"$torch_stamp"
+    else
+        echo "[bootstrap] TORCH_SPEC changed (${installed_spec:-unknown} -> $torch_spec): reinstalling"
+        # shellcheck disable=SC2086
+        "${pip[@]}" --force-reinstall --no-deps $torch_spec
+        # shellcheck disable=SC2086
+        "${pip[@]}" $torch_spec
+        printf '%s\n' "$torch_spec" >"$torch_stamp"
+    fi
 fi
 stamp=".venv/.installed-$extras"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from shortcut_detect.cli import EXIT_SHORTCUT, main
+from shortcut_detect.data.demo_files import write_image_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,7 +245,7 @@ def test_explain_target_by_name_and_bad_target(demo_run, tmp_path, capsys):
         main(["explain", image, "--model", "demo", "--target", "horse", "--out", str(tmp_path)])
         == 1
     )
-    assert "not a class name or index" in capsys.readouterr().err
+    assert "--target: Unknown class 'horse': not a class name or index" in capsys.readouterr().err
 
 
 def test_layers_lists_candidates_and_marks_the_default(capsys):
@@ -405,3 +406,178 @@ def test_explain_a_single_logit_model(demo_run, tmp_path, monkeypatch):
         assert top[1]["confidence"] == pytest.approx(min(positive, 1 - positive), rel=1e-4)
         raw = np.load(Path(item["heatmap"]).with_suffix(".npy"))
         np.testing.assert_allclose(raw, reference[explained].raw_heatmaps[0], rtol=1e-5, atol=1e-7)
+
+
+# -- issue #10: what a new user trips over --------------------------------------------------------
+
+USER_NET = textwrap.dedent(
+    """
+    from shortcut_detect.data.synthetic import SmallCNN
+
+
+    def net():  # builds its own two-class head: no num_classes argument
+        return SmallCNN(num_classes=2)
+    """
+)
+
+
+@pytest.fixture
+def user_project(tmp_path, monkeypatch, test_data, demo_models):
+    """A user's folder: mypkg/models.py with a factory, its weights, 48x48 PNGs."""
+    (tmp_path / "mypkg").mkdir()
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (tmp_path / "mypkg" / "models.py").write_text(USER_NET)
+    (tmp_path / "w.pt").write_bytes(demo_models.shortcut_weights.read_bytes())
+    manifest = write_image_dataset(test_data.subset(np.arange(12)), tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    for name in ("mypkg", "mypkg.models"):
+        sys.modules.pop(name, None)
+    return tmp_path, manifest
+
+
+def test_app_without_arguments_serves_the_demo(monkeypatch):
+    import shortcut_detect.app as app_module
+    from shortcut_detect.app import make_explorer
+    from shortcut_detect.app.sources import DemoSource
+
+    calls = {}
+    monkeypatch.setattr(app_module, "run_app", lambda **kwargs: calls.update(kwargs))
+    assert main(["app"]) == 0
+    assert calls["model"] is None and calls["audit"] is None and calls["data"] is None
+    served = {key: value for key, value in calls.items() if key not in ("host", "port")}
+    explorer = make_explorer(**served)
+    assert explorer.model_names == ["demo: shortcut model", "demo: clean model"]
+    assert isinstance(explorer.source, DemoSource)
+
+
+def test_layers_of_a_user_model_need_no_preprocessing(user_project, capsys):
+    assert main(["layers", "--model", "mypkg.models:net"]) == 0
+    out = capsys.readouterr().out
+    assert "input size unknown, so no output shapes" in out
+    listed = [line.split() for line in out.splitlines() if line.startswith("   ")]
+    assert ["features", "Sequential"] in listed and ["features.0", "Conv2d"] in listed
+    assert "add --resize N" in out
+
+
+def test_audit_feeds_images_at_their_own_size(user_project, capsys):
+    from shortcut_detect.audit.store import AuditStore
+
+    folder, manifest = user_project
+    model = ["--model", "mypkg.models:net", "--weights", "w.pt", "--classes", "classes.txt"]
+    (folder / "classes.txt").write_text("disk\ncross\n")
+    run = ["--data", str(manifest), "--no-report", "--num-workers", "0", "--no-progress"]
+    status = main(["audit", *model, "--mean", "0", "0", "0", "--std", "1,1,1", *run, "--out", "a"])
+    assert status == 0, capsys.readouterr().err
+    resized = ["--preset", "none", "--resize", "48", *run, "--out", "b"]
+    assert main(["audit", *model, *resized]) == 0
+    native, reference = AuditStore(folder / "a"), AuditStore(folder / "b")
+    assert native.config["preprocessing"]["native"] is True
+    assert native.table().num_rows == 12
+    # 48x48 images at their own size are exactly what resizing to 48 gives.
+    np.testing.assert_allclose(
+        native.table().column("target_score").to_numpy(),
+        reference.table().column("target_score").to_numpy(),
+        rtol=1e-5,
+    )
+    from PIL import Image
+
+    Image.new("RGB", (64, 40)).save(folder / "data" / "images" / "00005.png")
+    capsys.readouterr()
+    assert main(["audit", *model, "--preset", "none", *run, "--out", "c"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "is 48x48" in err[0] and "00005.png is 64x40" in err[0] and "--resize N" in err[0]
+    assert not (folder / "c").exists()  # stopped before the run started
+
+
+def test_number_lists_take_commas_or_spaces(demo_run, tmp_path):
+    out, _ = demo_run
+    image = str(out / "data" / "images" / "00000.png")
+    spaced = ["--mean", "0.5", "0.5", "0.5", "--std", "0.25", "0.25", "0.25", image]
+    comma = [image, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"]
+    heatmaps = []
+    for name, options in (("spaced", spaced), ("comma", comma), ("plain", [image])):
+        target = tmp_path / name
+        assert main(["explain", "--model", "demo", *options, "--out", str(target)]) == 0
+        heatmaps.append(np.load(target / "00000_heatmap.npy"))
+    np.testing.assert_array_equal(heatmaps[0], heatmaps[1])
+    assert not np.allclose(heatmaps[0], heatmaps[2])  # the normalisation did take effect
+
+
+def test_factory_without_num_classes_uses_the_class_file(user_project, capsys):
+    folder, _ = user_project
+    (folder / "three.txt").write_text("disk\ncross\nring\n")
+    image = str(folder / "data" / "images" / "00000.png")
+    model = ["--model", "mypkg.models:net", "--weights", "w.pt", "--preset", "none"]
+    assert main(["explain", image, *model, "--classes", "three.txt", "--out", "x"]) == 1
+    assert "--classes lists 3 names but the model has 2 output(s)" in capsys.readouterr().err
+    (folder / "two.txt").write_text("disk\ncross\n")
+    assert main(["explain", image, *model, "--classes", "two.txt", "--out", "x"]) == 0
+    item = json.loads((folder / "x" / "explanations.json").read_text())["images"][0]
+    assert item["explained_class"] in ("disk", "cross")
+
+
+def test_audit_help_examples_run_as_written(tmp_path, test_data, monkeypatch):
+    import shlex
+
+    import torch
+    import torchvision
+    from PIL import Image
+
+    from shortcut_detect.cli import AUDIT_EXAMPLES
+
+    text = AUDIT_EXAMPLES.replace("\\\n", " ")
+    commands = [
+        shlex.split(line)[1:]
+        for line in text.splitlines()
+        if line.strip().startswith("shortcut-detect audit") and "..." not in line
+    ]
+    assert len(commands) == 2
+    # The files the examples name.
+    write_image_dataset(test_data.subset(np.arange(40)), tmp_path / "demo_output" / "data")
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), tmp_path / "model.pt")
+    (tmp_path / "classes.txt").write_text("normal\npneumonia\n")
+    for index in range(6):
+        folder = tmp_path / "xrays" / ("normal", "pneumonia")[index % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (90, 80), 40 * index).save(folder / f"{index}.png")
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        out = tmp_path / command[command.index("--out") + 1]
+        assert main(command) in (0, EXIT_SHORTCUT)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["audit"]["samples_stored"] == (40 if "demo" in command else 6)
+        assert (out / "report.html").is_file()
+
+
+def test_an_unavailable_device_is_one_line_and_status_2(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["layers", "--model", "demo", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]
+
+
+def test_help_says_where_torchscript_and_user_modules_work(capsys):
+    with pytest.raises(SystemExit):
+        main(["audit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "TorchScript files cannot be explained" in text
+    assert "run from its folder or set PYTHONPATH" in text
+    assert "TorchScript/pickled model file" not in text
+
+
+def test_hints_point_at_the_command_used(tmp_path, capsys, demo_run):
+    out, _ = demo_run
+    image = str(out / "data" / "images" / "00000.png")
+    missing = str(tmp_path / "missing.pt")
+    assert main(["explain", image, "--model", "torchvision:resnet18", "--weights", missing]) == 1
+    err = capsys.readouterr().err
+    assert f"error: --weights {missing}: no such file" in err
+    assert "hint: see `shortcut-detect explain --help`" in err
+    assert (
+        main(["explain", image, "--model", "demo", "--method", "foo", "--out", str(tmp_path)]) == 1
+    )
+    err = capsys.readouterr().err
+    assert "Unknown CAM method 'foo'; choose one of: gradcam" in err
+    assert "layers" not in err

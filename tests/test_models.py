@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
-from shortcut_detect.models import ModelLoadError, load_model
+from shortcut_detect.audit.pipeline import AuditOptions
+from shortcut_detect.common.device import DeviceUnavailableError
+from shortcut_detect.models import (
+    ModelLoadError,
+    ModelOptions,
+    UnknownClassError,
+    UnknownInputSizeError,
+    build_model,
+    class_index,
+    load_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +77,7 @@ def test_safetensors_and_class_names(resnet_file, tmp_path):
 
 def test_weights_that_do_not_fit_say_so(resnet_file):
     _, path = resnet_file
-    with pytest.raises(ModelLoadError, match=r"do not fit the model: size mismatch.*--num-classes"):
+    with pytest.raises(ModelLoadError, match=r"do not fit the model: size mismatch.*num_classes="):
         load_model("torchvision:resnet50", weights=path, resize=[64])
 
 
@@ -83,11 +95,11 @@ def test_pickled_model_needs_trust(tmp_path):
     model = torchvision.models.resnet18(num_classes=2).eval()
     path = tmp_path / "full.pt"
     torch.save(model, path)
-    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+    with pytest.raises(ModelLoadError, match="trust_pickle=True"):
         load_model(str(path), resize=[64])
     loaded = load_model(str(path), trust_pickle=True, preset="imagenet")
     assert loaded.num_classes == 2 and loaded.default_layer == "layer4"
-    with pytest.raises(ModelLoadError, match="--trust-pickle"):
+    with pytest.raises(ModelLoadError, match="trust_pickle=True"):
         load_model("torchvision:resnet18", weights=path, resize=[64])
 
 
@@ -132,7 +144,7 @@ def test_user_factory_with_weights(tmp_path, monkeypatch, shortcut_model):
     x = torch.rand(1, 3, 48, 48)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), shortcut_model(x))
-    with pytest.raises(ModelLoadError, match="input size and normalisation are not known"):
+    with pytest.raises(UnknownInputSizeError, match="input size and normalisation are not known"):
         load_model("mypkg.nets:build", weights=weights)
     with pytest.raises(ModelLoadError, match="no callable 'nothing'"):
         load_model("mypkg.nets:nothing")
@@ -162,4 +174,109 @@ def test_default_weights_without_internet_say_it_needs_the_internet(tmp_path, mo
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(ModelLoadError, match="needs the internet") as info:
         load_model("torchvision:resnet18", weights="DEFAULT")
-    assert "--weights FILE" in str(info.value)
+    assert "weights=FILE" in str(info.value)
+
+
+def _user_module(tmp_path, monkeypatch, source):
+    (tmp_path / "usernets.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("usernets", None)
+
+
+def test_factory_without_num_classes_is_checked_against_the_class_list(
+    tmp_path, monkeypatch, shortcut_model
+):
+    _user_module(
+        tmp_path,
+        monkeypatch,
+        """
+        from shortcut_detect.data.synthetic import SmallCNN
+
+        def net():
+            return SmallCNN(num_classes=2)
+        """,
+    )
+    torch.save(shortcut_model.state_dict(), tmp_path / "w.pt")
+    loaded = load_model(
+        "usernets:net", weights=tmp_path / "w.pt", classes=["disk", "cross"], resize=[48],
+        preset="none",
+    )  # fmt: skip
+    assert loaded.class_names == ["disk", "cross"] and loaded.num_classes == 2
+    with pytest.raises(ModelLoadError, match=r"classes= lists 3 names but the model has 2 output"):
+        load_model("usernets:net", classes=["a", "b", "c"], resize=[48], preset="none")
+    with pytest.raises(ModelLoadError, match=r"num_classes= is 5 but the model has 2 outputs"):
+        load_model("usernets:net", num_classes=5, resize=[48], preset="none")
+
+
+def test_user_module_import_errors_say_what_to_do(tmp_path, monkeypatch):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"no module 'nowhere_pkg.nets' on the Python path\. Run from the folder.*PYTHONPATH",
+    ):
+        load_model("nowhere_pkg.nets:build")
+    _user_module(tmp_path, monkeypatch, "import a_dependency_that_is_missing\n")
+    with pytest.raises(ModelLoadError, match=r"importing 'usernets' failed: No module named"):
+        load_model("usernets:build")
+
+
+def test_native_size_model_probes_with_the_given_image_size(tmp_path, monkeypatch):
+    _user_module(
+        tmp_path,
+        monkeypatch,
+        """
+        from shortcut_detect.data.synthetic import SmallCNN
+
+        def net(num_classes=2):
+            return SmallCNN(num_classes=num_classes)
+        """,
+    )
+    loaded = load_model("usernets:net", mean=[0, 0, 0], std=[1, 1, 1], image_size=(40, 56))
+    assert loaded.transform.native and loaded.input_size == (40, 56)
+    with pytest.raises(UnknownInputSizeError, match="fed at their own size"):
+        load_model("usernets:net", mean=[0, 0, 0], std=[1, 1, 1])
+    # Only the module: no preprocessing needed.
+    assert isinstance(build_model("usernets:net"), torch.nn.Module)
+
+
+def test_an_unavailable_device_is_an_error_not_a_fallback(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+        load_model("demo", device="cuda")
+    assert load_model("demo").device == torch.device("cpu")
+
+
+def test_class_index_by_name_index_or_predicted():
+    names = ("disk", "cross")
+    assert class_index(None, names) is None and class_index("predicted", names) is None
+    assert class_index("cross", names) == 1 and class_index("0", names) == 0
+    assert class_index(np.int64(1), names) == 1
+    with pytest.raises(UnknownClassError, match=r"'horse': not a class name or index.*disk"):
+        class_index("horse", names)
+    with pytest.raises(UnknownClassError, match=r"out of range 0..1"):
+        class_index(2, names)
+
+
+def test_model_options_come_from_the_command_line_once():
+    import argparse
+
+    args = argparse.Namespace(
+        model="demo", weights=None, num_classes=None, classes=None, trust_pickle=False,
+        device=None, preset="none", resize=[48], crop=None, mean=None, std=None, data="d",
+    )  # fmt: skip
+    options = ModelOptions.from_args(args)
+    assert options.spec == "demo" and options.load_kwargs()["resize"] == [48]
+    audit = AuditOptions(model="demo", data="d", out="o", **options.load_kwargs())
+    assert audit.model_options() == options and audit.load_kwargs() == options.load_kwargs()
+    assert options.load().input_size == (48, 48)
+
+
+def test_library_messages_name_parameters_and_the_cli_names_flags(tmp_path):
+    from shortcut_detect.cli import as_flags
+
+    with pytest.raises(ModelLoadError, match="weights=") as error:
+        load_model("torchvision:resnet18", weights=str(tmp_path / "missing.pt"))
+    assert "--" not in str(error.value)
+    assert as_flags(str(error.value)) == f"--weights {tmp_path / 'missing.pt'}: no such file"
+    assert as_flags('pass trust_pickle=True; or preset="imagenet", num_classes=.') == (
+        "pass --trust-pickle; or --preset imagenet, --num-classes."
+    )

@@ -9,17 +9,54 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main"]
+import numpy as np
+import torch
+from PIL import Image
+
+import shortcut_detect.app as app_module
+from shortcut_detect import __version__
+from shortcut_detect.app.inputs import ExplorerInputError
+from shortcut_detect.audit.demo import run_demo
+from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
+from shortcut_detect.audit.report import build_report
+from shortcut_detect.audit.store import AuditStore, StoreError
+from shortcut_detect.cam import get_method
+from shortcut_detect.cam.image import apply_colormap
+from shortcut_detect.cam.layers import spatial_layers
+from shortcut_detect.common.device import DeviceUnavailableError, resolve_device
+from shortcut_detect.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ManifestError,
+    common_image_size,
+    load_image,
+    read_image_set,
+)
+from shortcut_detect.gradcam import GradCAMHeatmapGenerator, class_probabilities
+from shortcut_detect.models import (
+    LoadedModel,
+    ModelLoadError,
+    ModelOptions,
+    UnknownClassError,
+    UnknownInputSizeError,
+    class_index,
+    load_model,
+)
+from shortcut_detect.viz import overlay_heatmap
+
+__all__ = ["as_flags", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+EXIT_USAGE = 2  # also argparse's status for bad arguments
 EXIT_SHORTCUT = 3
 EXIT_INTERRUPTED = 130
 
@@ -75,16 +112,44 @@ def _common() -> argparse.ArgumentParser:
     return parent
 
 
+MODEL_HELP = (
+    "demo[:shortcut|:clean], torchvision:NAME, timm:NAME, package.module:factory (your code: "
+    "run from its folder or set PYTHONPATH), or a pickled full model file (with "
+    "--trust-pickle). TorchScript files cannot be explained: they take no layer hooks"
+)
+
+# Options that take several numbers: "0.5,0.5,0.5" and "0.5 0.5 0.5" both work.
+_NUMBER_LIST_OPTIONS = ("--mean", "--std", "--resize", "--crop")
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,?$")
+
+
+def _join_number_lists(argv: Sequence[str]) -> list[str]:
+    """Merge the numbers after ``--mean``/``--std``/``--resize``/``--crop`` into one value.
+
+    argparse cannot take "one to three numbers" without also swallowing a positional
+    argument that follows (``explain --mean 0.5 0.5 0.5 cat.png``), so the values are
+    joined before parsing: only tokens that are numbers are taken.
+    """
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        joined.append(token)
+        index += 1
+        if token in _NUMBER_LIST_OPTIONS:
+            values = []
+            while index < len(argv) and _NUMBER.match(argv[index]):
+                values.append(argv[index].rstrip(","))
+                index += 1
+            if values:
+                joined.append(",".join(values))
+    return joined
+
+
 def _model_options(required: bool = True) -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("model")
-    group.add_argument(
-        "--model",
-        required=required,
-        metavar="SPEC",
-        help="demo[:shortcut|:clean], torchvision:NAME, timm:NAME, package.module:factory, "
-        "or a TorchScript/pickled model file",
-    )
+    group.add_argument("--model", required=required, metavar="SPEC", help=MODEL_HELP)
     group.add_argument(
         "--weights",
         metavar="W",
@@ -100,10 +165,20 @@ def _model_options(required: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="allow loading a pickled full model (runs code from the file)",
     )
-    group.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda if available)")
+    group.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu; asking for a "
+        "device this machine lacks is an error)",
+    )
     prep = parent.add_argument_group("preprocessing (default: from the model's weights)")
     prep.add_argument("--preset", choices=["imagenet", "none"], help="a standard recipe")
-    prep.add_argument("--resize", type=_ints, metavar="N", help="resize images to N (or H,W)")
+    prep.add_argument(
+        "--resize",
+        type=_ints,
+        metavar="N",
+        help="resize images to N (or H,W); without it, a model with no known recipe gets each "
+        "image at its own size",
+    )
     prep.add_argument(
         "--crop",
         type=_ints,
@@ -111,7 +186,10 @@ def _model_options(required: bool = True) -> argparse.ArgumentParser:
         help="with --resize: resize the shorter side, centre-crop N",
     )
     prep.add_argument(
-        "--mean", type=_floats, metavar="M", help="normalisation mean, e.g. 0.5,0.5,0.5"
+        "--mean",
+        type=_floats,
+        metavar="M",
+        help="normalisation mean, e.g. 0.5,0.5,0.5 or 0.5 0.5 0.5",
     )
     prep.add_argument(
         "--std", type=_floats, metavar="S", help="normalisation std, e.g. 0.5,0.5,0.5"
@@ -185,45 +263,36 @@ AUDIT_EXAMPLES = """
 examples:
   shortcut-detect audit --model demo --data demo_output/data/manifest.csv \\
       --group-column group --mask-column mask --out audit_demo
-  shortcut-detect audit --model torchvision:resnet50 --weights model.pt --classes classes.txt \\
+  shortcut-detect audit --model torchvision:resnet18 --weights model.pt --classes classes.txt \\
       --data xrays/ --out audit_xrays --fail-on-shortcut
   # four workers, one shard each, then merge and report:
   shortcut-detect audit ... --num-shards 4 --shard-index 0 --out audit_big
   shortcut-detect report audit_big
 
+The first runs after `shortcut-detect demo` (which writes demo_output/); the second needs
+a state dict model.pt, class names in classes.txt and an image folder xrays/CLASS/*.png.
 A killed or interrupted run continues where it stopped when run again with the same command.
-Exit status: 0 done, 1 error, 3 shortcut suspected (with --fail-on-shortcut), 130 interrupted.
+Exit status: 0 done, 1 error, 2 device not available, 3 shortcut suspected (with
+--fail-on-shortcut), 130 interrupted.
 """
 
+MAIN_EPILOG = """
+examples:
+  shortcut-detect demo                      # offline demo: two models, two reports
+  shortcut-detect audit --model M --data D --out DIR
+  shortcut-detect explain cat.png --model torchvision:resnet50 --weights DEFAULT
+  shortcut-detect layers --model torchvision:resnet50
+  shortcut-detect report DIR                # rebuild a report from an audit store
+  shortcut-detect app                       # the explorer on the built-in demo, offline
+  shortcut-detect app --audit DIR           # browse an audit in the web app
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``shortcut-detect``."""
-    from shortcut_detect import __version__
-    from shortcut_detect.data.images import DEFAULT_MAX_PIXELS
+Run `shortcut-detect COMMAND --help` for the options of a command.
+"""
 
-    common = _common()
-    parser = argparse.ArgumentParser(
-        prog="shortcut-detect",
-        description="See where an image model looks and find the shortcuts it learned.",
-        epilog=textwrap.dedent(
-            """
-            examples:
-              shortcut-detect demo                      # offline demo: two models, two reports
-              shortcut-detect audit --model M --data D --out DIR
-              shortcut-detect explain cat.png --model torchvision:resnet50 --weights DEFAULT
-              shortcut-detect layers --model torchvision:resnet50
-              shortcut-detect report DIR                # rebuild a report from an audit store
-              shortcut-detect app --audit DIR           # browse an audit in the web app
+_Commands = Any  # argparse's private _SubParsersAction
 
-            Run `shortcut-detect COMMAND --help` for the options of a command.
-            """
-        ),
-        formatter_class=_Formatter,
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"shortcut-detect {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+def _add_demo(commands: _Commands, common: argparse.ArgumentParser) -> None:
     demo = commands.add_parser(
         "demo",
         parents=[common],
@@ -238,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--samples", type=int, default=400, help="test images (default 400)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+
+def _add_audit(commands: _Commands, common: argparse.ArgumentParser, max_pixels: int) -> None:
     audit = commands.add_parser(
         "audit",
         parents=[common, _model_options()],
@@ -247,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "incrementally, and analyse them into summary.json and report.html.",
         epilog=AUDIT_EXAMPLES,
     )
-    data = _data_options(audit, required=True, max_pixels_default=DEFAULT_MAX_PIXELS)
+    data = _data_options(audit, required=True, max_pixels_default=max_pixels)
     data.add_argument(
         "--mask-column",
         metavar="K",
@@ -291,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _analysis_options(audit)
 
+
+def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
     explain = commands.add_parser(
         "explain",
         parents=[common, _model_options()],
@@ -308,19 +381,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("--top-k", type=int, default=5, metavar="K", help="predictions to list")
 
+
+def _add_layers(commands: _Commands, common: argparse.ArgumentParser) -> None:
     layers = commands.add_parser(
         "layers",
         parents=[common, _model_options()],
         formatter_class=_Formatter,
         help="list the layers Grad-CAM can explain",
         description="Candidate target layers with their output shapes, from one dry forward pass; "
-        "the default is marked with *.",
-        epilog="example:\n  shortcut-detect layers --model torchvision:resnet50",
+        "the default is marked with *. Without a known input size (no recipe, no --resize) "
+        "the modules are listed without shapes.",
+        epilog="examples:\n  shortcut-detect layers --model torchvision:resnet50\n"
+        "  shortcut-detect layers --model mypkg.models:net",
     )
     layers.add_argument(
         "--all", action="store_true", help="list every spatial layer, not only blocks"
     )
 
+
+def _add_report(commands: _Commands, common: argparse.ArgumentParser) -> None:
     report = commands.add_parser(
         "report",
         parents=[common],
@@ -339,15 +418,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--batch-size", type=int, default=32, metavar="N")
     _analysis_options(report)
 
+
+def _add_app(commands: _Commands, common: argparse.ArgumentParser) -> None:
     app = commands.add_parser(
         "app",
         parents=[common, _model_options(required=False)],
         formatter_class=_Formatter,
         help="the interactive explorer (web app)",
-        description="Start the web app on a model (--model demo: the offline demo's two models) "
-        "and its data,\nor on a finished audit (--audit DIR: its model, layer and images unless "
-        "given).",
-        epilog="examples:\n  shortcut-detect app --model demo\n"
+        description="Start the web app: with no options on the built-in demo (its two models and "
+        "test images, offline); on a model (--model) and its data (--data); or on a finished "
+        "audit (--audit DIR: its model, layer and images unless given).",
+        epilog="examples:\n  shortcut-detect app\n  shortcut-detect app --model M --data D\n"
         "  shortcut-detect app --audit audit_out",
     )
     # The app's defaults are stated here, not imported: building the parser must not load
@@ -377,25 +458,30 @@ def build_parser() -> argparse.ArgumentParser:
         "page and the model to the network)",
     )
     server.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``shortcut-detect``."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="shortcut-detect",
+        description="See where an image model looks and find the shortcuts it learned.",
+        epilog=MAIN_EPILOG,
+        formatter_class=_Formatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"shortcut-detect {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_demo(commands, common)
+    _add_audit(commands, common, DEFAULT_MAX_PIXELS)
+    _add_explain(commands, common)
+    _add_layers(commands, common)
+    _add_report(commands, common)
+    _add_app(commands, common)
     return parser
 
 
 # -- commands ----------------------------------------------------------------------------------
-
-
-def _load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "weights": args.weights,
-        "num_classes": args.num_classes,
-        "classes": args.classes,
-        "trust_pickle": args.trust_pickle,
-        "device": args.device,
-        "preset": args.preset,
-        "resize": args.resize,
-        "crop": args.crop,
-        "mean": args.mean,
-        "std": args.std,
-    }
 
 
 def _print_verdict(summary: dict[str, Any], title: str = "") -> None:
@@ -407,12 +493,24 @@ def _print_verdict(summary: dict[str, Any], title: str = "") -> None:
         _print(textwrap.fill(reason, width=100, initial_indent="  - ", subsequent_indent="    "))
 
 
-def _audit_options(args: argparse.Namespace) -> Any:
-    from shortcut_detect.audit.pipeline import AuditOptions
-    from shortcut_detect.data.images import DEFAULT_MAX_PIXELS
+def _data_image_size(args: argparse.Namespace) -> Callable[[], tuple[int, int]]:
+    """The size the images of ``--data`` share (read from file headers, only when needed)."""
 
+    def read() -> tuple[int, int]:
+        image_set = read_image_set(
+            args.data,
+            path_column=getattr(args, "path_column", "path"),
+            label_column=getattr(args, "label_column", "label"),
+            group_column=args.group_column,
+        )
+        return common_image_size(record.path for record in image_set.records)
+
+    return read
+
+
+def _audit_options(args: argparse.Namespace, model: ModelOptions) -> AuditOptions:
     return AuditOptions(
-        model=args.model,
+        model=model.spec,
         data=args.data,
         out=args.out,
         layer=args.layer,
@@ -435,7 +533,7 @@ def _audit_options(args: argparse.Namespace) -> Any:
         embedding_samples=args.embedding_samples,
         seed=args.seed,
         report=not args.no_report,
-        **_load_kwargs(args),
+        **model.load_kwargs(),
     )
 
 
@@ -461,24 +559,23 @@ def _finish_run(run: Any, fail_on_shortcut: bool) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from shortcut_detect.audit.pipeline import run_audit
-
-    run = run_audit(_audit_options(args), log=_log)
+    model = ModelOptions.from_args(args)
+    # Loaded here, not in run_audit, so a model fed images at their own size learns that
+    # size from the data's file headers, and mixed sizes stop the run before it starts.
+    loaded = model.load(image_size=_data_image_size(args))
+    run = run_audit(_audit_options(args, model), loaded=loaded, log=_log)
     return _finish_run(run, args.fail_on_shortcut)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from shortcut_detect.audit.report import build_report
-    from shortcut_detect.audit.store import AuditStore
-
     store = AuditStore(args.directory)
     loaded = None
     if not args.no_model and store.config.get("has_groups") and args.embedding_samples > 0:
-        from shortcut_detect.models import load_model
-
         options = dict(store.config.get("load_options", {}))
         try:
-            loaded = load_model(store.config["model"], **options)
+            loaded = load_model(
+                store.config["model"], image_size=tuple(store.input_size), **options
+            )
         except Exception as error:  # the report is still useful without the embedding tests
             _log(f"note: could not reload the model for the embedding tests ({error})")
     status = store.shard_status()
@@ -507,8 +604,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from shortcut_detect.audit.demo import run_demo
-
     started = time.perf_counter()
     results = run_demo(
         args.out,
@@ -528,35 +623,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _target_index(target: str | None, class_names: list[str]) -> int | None:
-    if target is None:
-        return None
-    if target in class_names:
-        return class_names.index(target)
+def _layers_hint(spec: str) -> str:
+    return f"list the layers with `shortcut-detect layers --model {spec}`"
+
+
+def _explainable(args: argparse.Namespace) -> tuple[LoadedModel, str]:
+    """The model of ``explain`` and the layer to explain, checked before any work."""
     try:
-        index = int(target)
+        get_method(args.method)
     except ValueError as error:
-        raise CommandError(
-            f"--target {target!r} is not a class name or index",
-            f"class names: {', '.join(class_names[:10])}{' ...' if len(class_names) > 10 else ''}",
-        ) from error
-    if not 0 <= index < len(class_names):
-        raise CommandError(f"--target {index} is out of range 0..{len(class_names) - 1}")
-    return index
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from shortcut_detect.cam.image import apply_colormap
-    from shortcut_detect.data.images import load_image
-    from shortcut_detect.gradcam import GradCAMHeatmapGenerator, class_probabilities
-    from shortcut_detect.models import load_model
-    from shortcut_detect.viz import overlay_heatmap
-
-    loaded = load_model(args.model, **_load_kwargs(args))
+        raise CommandError(str(error)) from error
+    loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(args.images))
     if loaded.is_torchscript:
         raise CommandError(
             "Grad-CAM needs layer hooks, which TorchScript models do not support",
@@ -565,8 +642,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
         )
     layer = args.layer or loaded.default_layer
     if layer is None:
-        raise CommandError("No spatial layer found to explain", "pass --layer (see `layers`)")
-    target = _target_index(args.target, loaded.class_names)
+        raise CommandError("No spatial layer found to explain", _layers_hint(args.model))
+    return loaded, layer
+
+
+def _write_explanation(
+    out: Path, stem: str, display: np.ndarray, heat: np.ndarray, raw: np.ndarray
+) -> dict[str, str]:
+    overlay_path, heatmap_path = out / f"{stem}_overlay.png", out / f"{stem}_heatmap.png"
+    Image.fromarray(overlay_heatmap(display, heat, alpha=0.45)).save(overlay_path)
+    Image.fromarray(np.uint8(apply_colormap(heat) * 255 + 0.5)).save(heatmap_path)
+    np.save(out / f"{stem}_heatmap.npy", raw.astype(np.float32))
+    return {"overlay": str(overlay_path), "heatmap": str(heatmap_path)}
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    loaded, layer = _explainable(args)
+    try:
+        target = class_index(args.target, loaded.class_names)
+    except UnknownClassError as error:
+        raise CommandError(f"--target: {error}") from error
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = [(Path(p), load_image(p)) for p in args.images]
@@ -576,7 +671,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             loaded.model, layer, device=loaded.device, method=args.method
         )
     except ValueError as error:
-        raise CommandError(str(error), "list layers with `shortcut-detect layers`") from error
+        raise CommandError(str(error), _layers_hint(args.model)) from error
     with generator:
         explanation = generator.explain(batch, [("logits", target)])[0]
     probabilities = class_probabilities(explanation.head_output)
@@ -587,30 +682,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
         while stem in used:
             stem += "_"
         used.add(stem)
-        display = loaded.transform.display(image)
-        heat = explanation.heatmaps[i]
-        Image.fromarray(overlay_heatmap(display, heat, alpha=0.45)).save(
-            out / f"{stem}_overlay.png"
+        files = _write_explanation(
+            out,
+            stem,
+            loaded.transform.display(image),
+            explanation.heatmaps[i],
+            explanation.raw_heatmaps[i],
         )
-        Image.fromarray(np.uint8(apply_colormap(heat) * 255 + 0.5)).save(
-            out / f"{stem}_heatmap.png"
-        )
-        np.save(out / f"{stem}_heatmap.npy", explanation.raw_heatmaps[i].astype(np.float32))
         values, indices = probabilities[i].topk(min(args.top_k, probabilities.shape[1]))
         top = [
             {"class_idx": int(c), "class_name": loaded.class_names[int(c)], "confidence": float(v)}
             for v, c in zip(values, indices)
         ]
+        explained = loaded.class_names[int(explanation.target_indices[i])]
         results.append(
-            {
-                "image": str(path),
-                "explained_class": loaded.class_names[int(explanation.target_indices[i])],
-                "top_predictions": top,
-                "overlay": str(out / f"{stem}_overlay.png"),
-                "heatmap": str(out / f"{stem}_heatmap.png"),
-            }
+            {"image": str(path), "explained_class": explained, "top_predictions": top, **files}
         )
-        _print(f"{path}: explained class '{results[-1]['explained_class']}'")
+        _print(f"{path}: explained class '{explained}'")
         for rank, item in enumerate(top, 1):
             _print(f"  {rank}. {item['class_name']:<24} {item['confidence']:7.2%}")
     (out / "explanations.json").write_text(
@@ -623,13 +711,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _list_modules(model: ModelOptions, reason: str) -> int:
+    """``layers`` without an input size: module names and types, no shapes."""
+    module = model.build()
+    rows = [
+        (name, type(child).__name__)
+        for name, child in module.named_modules()
+        if name
+        and (
+            isinstance(child, (torch.nn.Conv2d, torch.nn.Conv3d))
+            or next(child.children(), None) is not None
+        )
+    ]
+    _print(f"{model.spec}: input size unknown, so no output shapes ({reason})")
+    width = max((len(name) for name, _ in rows), default=10)
+    _print(f"   {'layer':<{width}}  type")
+    for name, kind in rows:
+        _print(f"   {name:<{width}}  {kind}")
+    _print(
+        "Explain one with --layer NAME; add --resize N (and --mean/--std) to see output shapes "
+        "and the default layer."
+    )
+    return EXIT_OK
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
-    import torch
-
-    from shortcut_detect.cam.layers import spatial_layers
-    from shortcut_detect.models import load_model
-
-    loaded = load_model(args.model, **_load_kwargs(args))
+    model = ModelOptions.from_args(args)
+    try:
+        loaded = model.load()
+    except UnknownInputSizeError:
+        return _list_modules(model, "no preprocessing recipe and no --resize")
     if loaded.is_torchscript:
         raise CommandError(
             "TorchScript models cannot be inspected layer by layer (no hooks)",
@@ -666,32 +777,25 @@ def cmd_app(args: argparse.Namespace) -> int:
             "The web app needs gradio, which is not installed",
             "pip install 'shortcut-detect[app]'",
         ) from error
-    if not args.model and not args.audit:
-        raise CommandError(
-            "Give --model (with --data) or --audit DIR", "shortcut-detect app --model demo"
-        )
-    import shortcut_detect.app as app_module
-
-    run_app = getattr(app_module, "run_app", None)
-    if run_app is None:
-        raise CommandError("This version of shortcut_detect has no web app (run_app is missing)")
     # Only what was given: run_app's own defaults (and an audit's recorded preprocessing)
-    # apply to the rest.
-    given = {
+    # apply to the rest. No --model and no --audit: the built-in demo models and data.
+    given: dict[str, Any] = {
         "group_column": args.group_column,
         "max_pixels": args.max_pixels,
         "cache_size": args.cache_size,
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
-        **_load_kwargs(args),
     }
-    run_app(
+    given.update(ModelOptions.from_args(args).load_kwargs())
+    if args.model and args.data and not (args.resize or args.crop):
+        given["image_size"] = _data_image_size(args)  # read only if the model needs it
+    app_module.run_app(
         model=args.model,
         data=args.data,
         audit=args.audit,
         host=args.host,
         port=args.port,
         layer=args.layer,
-        **{key: value for key, value in given.items() if value is not None},
+        **{key: value for key, value in given.items() if value is not None and value is not False},
     )
     return EXIT_OK
 
@@ -705,24 +809,53 @@ COMMANDS = {
     "app": cmd_app,
 }
 
+_KNOWN_ERRORS = (
+    CommandError,
+    AuditError,
+    StoreError,
+    ManifestError,
+    ImageLoadError,
+    ModelLoadError,
+    ExplorerInputError,
+)
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from shortcut_detect.audit.pipeline import AuditError
-    from shortcut_detect.audit.store import StoreError
-    from shortcut_detect.data.images import ImageLoadError, ManifestError
-    from shortcut_detect.models import ModelLoadError
+# Library messages name parameters (``num_classes=3``); the command line shows its flags.
+_FLAG_PARAMETERS = (
+    "weights",
+    "num_classes",
+    "classes",
+    "trust_pickle",
+    "device",
+    "preset",
+    "resize",
+    "crop",
+    "mean",
+    "std",
+    "model",
+)
+_PARAMETER = re.compile(
+    r"\b(" + "|".join(_FLAG_PARAMETERS) + r")="
+    # an optional value: quoted, or up to a space, comma, ";", ")" or a final ":"/"."
+    r'(?:"([^"]*)"|(?![.,;:)])(\S+?)(?=[\s,;)]|[:.](?:\s|$)|$))?'
+)
 
-    return (CommandError, AuditError, StoreError, ManifestError, ImageLoadError, ModelLoadError)
+
+def as_flags(message: str) -> str:
+    """A library message in command-line terms: ``num_classes=3`` -> ``--num-classes 3``."""
+
+    def flag(match: re.Match[str]) -> str:
+        name = "--" + match.group(1).replace("_", "-")
+        value = match.group(2) if match.group(2) is not None else match.group(3)
+        return name if value in (None, "", "True") else f"{name} {value}"
+
+    return _PARAMETER.sub(flag, message)
 
 
-def _hint_for(error: BaseException) -> str:
-    from shortcut_detect.data.images import ManifestError
-    from shortcut_detect.models import ModelLoadError
-
+def _hint_for(error: BaseException, command: str) -> str:
     if isinstance(error, CommandError):
         return error.hint
     if isinstance(error, ModelLoadError):
-        return "see `shortcut-detect audit --help` for the model options"
+        return f"see `shortcut-detect {command} --help` for the model options"
     if isinstance(error, ManifestError):
         return (
             "a manifest is a CSV/Parquet file with path,label columns (plus optional group "
@@ -731,8 +864,8 @@ def _hint_for(error: BaseException) -> str:
     return ""
 
 
-def _report_error(error: BaseException, known: bool) -> None:
-    text = str(error).strip() or type(error).__name__
+def _report_error(error: BaseException, known: bool, command: str) -> None:
+    text = as_flags(str(error).strip()) or type(error).__name__
     lines = text.splitlines()
     if known:
         _log(f"error: {lines[0]}")
@@ -740,7 +873,7 @@ def _report_error(error: BaseException, known: bool) -> None:
         _log(f"error: {type(error).__name__}: {lines[0]}")
     for line in lines[1:]:
         _log(f"  {line}")
-    hint = _hint_for(error) if known else "rerun with --debug to see the traceback"
+    hint = _hint_for(error, command) if known else "rerun with --debug to see the traceback"
     if hint:
         _log(f"hint: {hint}")
 
@@ -748,13 +881,15 @@ def _report_error(error: BaseException, known: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``shortcut-detect``; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_number_lists(sys.argv[1:] if argv is None else argv))
     if args.command is None:
         parser.print_help()
         return EXIT_ERROR
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     handler = COMMANDS[args.command]
     try:
+        if getattr(args, "device", None):
+            resolve_device(args.device)  # before any work: a wrong device is a usage error
         return handler(args)
     except KeyboardInterrupt as interrupt:
         if args.debug:
@@ -762,13 +897,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(interrupt) or "Interrupted."
         _log(message)
         return EXIT_INTERRUPTED
+    except DeviceUnavailableError as error:
+        if args.debug:
+            raise
+        _log(f"error: {as_flags(str(error))}")
+        return EXIT_USAGE
     except Exception as error:
         if args.debug:
             raise
-        known = isinstance(error, _known_errors())
+        known = isinstance(error, _KNOWN_ERRORS)
         if not known and isinstance(error, (FileNotFoundError, PermissionError)):
             known = True
-        _report_error(error, known)
+        _report_error(error, known, args.command)
         return EXIT_ERROR
 
 

@@ -17,6 +17,7 @@ Weights files are state dicts loaded with ``torch.load(weights_only=True)`` or s
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import pickle
@@ -24,20 +25,33 @@ import re
 import socket
 import sys
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from shortcut_detect.data.transforms import Preprocessing, preprocessing_from_options
+from shortcut_detect.cam.layers import default_layer
+from shortcut_detect.common.device import resolve_device
+from shortcut_detect.data.transforms import (
+    InputSizeError,
+    Preprocessing,
+    preprocessing_from_options,
+)
 
 __all__ = [
     "MODEL_SPEC_FORMS",
+    "PREDICTED_CLASS",
     "LoadedModel",
     "ModelLoadError",
+    "ModelOptions",
+    "UnknownClassError",
+    "UnknownInputSizeError",
+    "build_model",
+    "class_index",
     "load_model",
     "load_state_dict_file",
     "read_class_names",
@@ -45,10 +59,12 @@ __all__ = [
 
 MODEL_SPEC_FORMS = (
     "demo | demo:shortcut | demo:clean (built-in demo models)",
-    "torchvision:NAME, e.g. torchvision:resnet50 with --weights DEFAULT or --weights FILE",
-    "timm:NAME, e.g. timm:resnet18 with --weights DEFAULT or --weights FILE",
-    "package.module:factory (your code returns the model) with --weights FILE",
-    "path/to/model.pt (TorchScript; a pickled full model needs --trust-pickle)",
+    "torchvision:NAME, e.g. torchvision:resnet50 with weights=DEFAULT or weights=FILE",
+    "timm:NAME, e.g. timm:resnet18 with weights=DEFAULT or weights=FILE",
+    "package.module:factory (your code returns the model; run from its folder or set "
+    "PYTHONPATH) with weights=FILE",
+    "path/to/model.pt: a pickled full model (needs trust_pickle=True); a TorchScript file "
+    "loads for predictions only (no heatmaps: it cannot take layer hooks)",
 )
 
 _FACTORY_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -57,6 +73,10 @@ _MODEL_FILE_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit", ".pkl", ".
 
 class ModelLoadError(ValueError):
     """The model could not be loaded as specified; the message says what to do."""
+
+
+class UnknownInputSizeError(ModelLoadError):
+    """The model's input size is not known (no recipe, no ``resize``, no ``image_size``)."""
 
 
 @dataclass
@@ -143,7 +163,7 @@ def load_state_dict_file(path: str | os.PathLike[str], *, trust_pickle: bool = F
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelLoadError(f"--weights {path}: no such file")
+        raise ModelLoadError(f"weights={path}: no such file")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -169,7 +189,7 @@ def load_state_dict_file(path: str | os.PathLike[str], *, trust_pickle: bool = F
         if not trust_pickle:
             raise ModelLoadError(
                 f"{path} contains pickled Python objects, not just tensors; loading it can run "
-                "code from the file. If you trust the file, pass --trust-pickle (or save a "
+                "code from the file. If you trust the file, pass trust_pickle=True (or save a "
                 "state dict: torch.save(model.state_dict(), 'weights.pt'))."
             ) from error
         loaded = torch.load(path, map_location="cpu", weights_only=False)
@@ -211,7 +231,7 @@ def _classes_in_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> in
 
 
 def _apply_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    hint = "Check the architecture name and --num-classes."
+    hint = "Check the architecture name and num_classes=."
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
@@ -235,26 +255,26 @@ def read_class_names(path: str | os.PathLike[str]) -> list[str]:
     """Class names from a text file (one per line) or a JSON list / ``{index: name}`` map."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelLoadError(f"--classes {path}: no such file")
+        raise ModelLoadError(f"classes={path}: no such file")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
-            raise ModelLoadError(f"--classes {path}: invalid JSON ({error})") from error
+            raise ModelLoadError(f"classes={path}: invalid JSON ({error})") from error
         if isinstance(data, dict):
             try:
                 return [str(data[k]) for k in sorted(data, key=int)]
             except ValueError as error:
                 raise ModelLoadError(
-                    f"--classes {path}: a JSON object must map class indices to names"
+                    f"classes={path}: a JSON object must map class indices to names"
                 ) from error
         if isinstance(data, list):
             return [str(v) for v in data]
-        raise ModelLoadError(f"--classes {path}: expected a JSON list of names")
+        raise ModelLoadError(f"classes={path}: expected a JSON list of names")
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise ModelLoadError(f"--classes {path}: the file is empty")
+        raise ModelLoadError(f"classes={path}: the file is empty")
     return names
 
 
@@ -274,7 +294,7 @@ class _Built:
 def _needs_internet(what: str, url: str, error: BaseException, local_hint: str) -> ModelLoadError:
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return ModelLoadError(
-        f"--weights DEFAULT downloads {what} from {url}, which needs the internet ({reason}). "
+        f"weights=DEFAULT downloads {what} from {url}, which needs the internet ({reason}). "
         f"{local_hint}"
     )
 
@@ -285,7 +305,7 @@ def _build_demo(variant: str, weights: str | None) -> _Built:
     if variant not in ("", "shortcut", "clean"):
         raise ModelLoadError(f"Unknown demo model {variant!r}; use demo:shortcut or demo:clean")
     if weights is not None:
-        raise ModelLoadError("The demo models bring their own weights; drop --weights")
+        raise ModelLoadError("The demo models bring their own weights; drop weights=")
     models = load_demo_models()
     clean = variant == "clean"
     model = models.clean_model if clean else models.shortcut_model
@@ -352,13 +372,13 @@ def _build_torchvision(
         except KeyError as error:
             names = ", ".join(["DEFAULT", *(w.name for w in weights_enum_cls)])
             raise ModelLoadError(
-                f"--weights {weights}: not a weights file or a torchvision weights name for "
+                f"weights={weights}: not a weights file or a torchvision weights name for "
                 f"{name} ({names})"
             ) from error
         categories = list(chosen.meta.get("categories") or [])
         if num_classes is not None and categories and num_classes != len(categories):
             raise ModelLoadError(
-                f"--weights {weights} has {len(categories)} classes but --num-classes is "
+                f"weights={weights} has {len(categories)} classes but num_classes= is "
                 f"{num_classes}; fine-tuned weights must come as a file"
             )
         try:
@@ -370,7 +390,7 @@ def _build_torchvision(
                 chosen.url,
                 error,
                 f"Download the file on a connected machine into {hub}/ (torchvision's cache) or "
-                "pass it with --weights FILE.",
+                "pass it with weights=FILE.",
             ) from error
         return _Built(
             model=model,
@@ -390,13 +410,13 @@ def _build_torchvision(
             notes.append(f"{inferred} classes, read from the weights file")
         _apply_state(model, state, str(weights))
     else:
-        notes.append("no --weights given: the model has random weights")
+        notes.append("no weights= given: the model has random weights")
     base = _torchvision_base(default_enum) if default_enum is not None else None
     if base is not None:
         base.source = f"torchvision {default_enum} recipe (assumed)"
         notes.append(
             f"preprocessing assumed to be that of {default_enum}; override with "
-            "--preset/--resize/--mean/--std if the model was trained otherwise"
+            "preset=, resize=, mean= and std= if the model was trained otherwise"
         )
     return _Built(model=model, weights=str(weights) if weights else None, base=base, notes=notes)
 
@@ -412,7 +432,7 @@ def _check_class_count(inferred: int | None, num_classes: int | None, weights: s
     if inferred is not None and num_classes is not None and inferred != num_classes:
         raise ModelLoadError(
             f"The weights file {weights} has {inferred} classes but {num_classes} were given "
-            "(--num-classes or the number of --classes names)"
+            "(num_classes= or the number of classes= names)"
         )
 
 
@@ -460,7 +480,7 @@ def _build_timm(name: str, weights: str | None, num_classes: int | None, trust: 
                 "huggingface.co",
                 error,
                 "Download them on a connected machine (they are cached under ~/.cache/huggingface) "
-                "or pass a weights file with --weights FILE.",
+                "or pass a weights file with weights=FILE.",
             ) from error
         finally:
             if previous is None:
@@ -484,7 +504,7 @@ def _build_timm(name: str, weights: str | None, num_classes: int | None, trust: 
                 notes.append(f"{inferred} classes, read from the weights file")
             _apply_state(model, state, str(weights))
         else:
-            notes.append("no --weights given: the model has random weights")
+            notes.append("no weights= given: the model has random weights")
     base = None
     try:
         from timm.data import resolve_data_config
@@ -507,37 +527,60 @@ def _build_timm(name: str, weights: str | None, num_classes: int | None, trust: 
     return _Built(model=model, weights=str(weights) if weights else None, base=base, notes=notes)
 
 
-def _build_factory(spec: str, weights: str | None, num_classes: int | None, trust: bool) -> _Built:
-    module_name, _, attribute = spec.partition(":")
+def _import_user_module(spec: str, module_name: str) -> Any:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)  # a user's own package next to where they run the command
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise ModelLoadError(
+                f"model={spec}: no module {module_name!r} on the Python path. Run from the "
+                "folder that contains it, or add that folder to PYTHONPATH "
+                "(PYTHONPATH=/path/to/project)."
+            ) from error
+        raise ModelLoadError(f"model={spec}: importing {module_name!r} failed: {error}") from error
+    except Exception as error:  # the user's module raised while importing
         raise ModelLoadError(
-            f"--model {spec}: cannot import {module_name!r} ({error}). Run from the folder that "
-            "contains it or add it to PYTHONPATH."
+            f"model={spec}: importing {module_name!r} failed: {type(error).__name__}: {error}"
         ) from error
+
+
+def _accepts_num_classes(factory: Any) -> bool:
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature (some builtins): try the keyword
+        return True
+    return any(
+        p.name == "num_classes" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters
+    )
+
+
+def _build_factory(spec: str, weights: str | None, num_classes: int | None, trust: bool) -> _Built:
+    module_name, _, attribute = spec.partition(":")
+    module = _import_user_module(spec, module_name)
     factory = getattr(module, attribute, None)
     if factory is None or not callable(factory):
-        raise ModelLoadError(f"--model {spec}: {module_name} has no callable {attribute!r}")
+        raise ModelLoadError(f"model={spec}: {module_name} has no callable {attribute!r}")
+    # A factory without num_classes builds its own head; load_model checks its outputs
+    # against the class count.
+    kwargs = _classes_kw(num_classes) if _accepts_num_classes(factory) else {}
     try:
-        model = factory(**_classes_kw(num_classes))
+        model = factory(**kwargs)
     except TypeError as error:
-        raise ModelLoadError(
-            f"--model {spec}: calling {attribute}({'num_classes=...' if num_classes else ''}) "
-            f"failed: {error}"
-        ) from error
+        call = f"{attribute}({'num_classes=...' if kwargs else ''})"
+        raise ModelLoadError(f"model={spec}: calling {call} failed: {error}") from error
     if not isinstance(model, nn.Module):
         raise ModelLoadError(
-            f"--model {spec}: {attribute}() returned {type(model).__name__}, not a torch.nn.Module"
+            f"model={spec}: {attribute}() returned {type(model).__name__}, not a torch.nn.Module"
         )
     notes = []
     if weights:
         _apply_state(model, load_state_dict_file(weights, trust_pickle=trust), str(weights))
     else:
-        notes.append(f"no --weights given: using the weights {attribute}() returned")
+        notes.append(f"no weights= given: using the weights {attribute}() returned")
     return _Built(model=model, weights=str(weights) if weights else None, notes=notes)
 
 
@@ -563,8 +606,8 @@ def _jit_load(path: Path) -> torch.jit.ScriptModule:
 def _build_file(path: Path, weights: str | None, trust: bool) -> _Built:
     if weights:
         raise ModelLoadError(
-            f"--model {path} is a model file with its own weights; drop --weights (or give "
-            "the architecture as --model torchvision:NAME / package.module:factory)"
+            f"model={path} is a model file with its own weights; drop weights= (or give "
+            "the architecture as model=torchvision:NAME / package.module:factory)"
         )
     if _is_torchscript_file(path):
         try:
@@ -586,9 +629,9 @@ def _build_file(path: Path, weights: str | None, trust: bool) -> _Built:
         if not trust:
             raise ModelLoadError(
                 f"{path} is a pickled model object; loading it runs code from the file. If you "
-                "trust the file, pass --trust-pickle; otherwise give the architecture "
-                "(--model torchvision:NAME or package.module:factory) and a state dict as "
-                "--weights."
+                "trust the file, pass trust_pickle=True; otherwise give the architecture "
+                "(model=torchvision:NAME or package.module:factory) and a state dict as "
+                "weights=FILE."
             ) from error
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=False)
@@ -603,8 +646,8 @@ def _build_file(path: Path, weights: str | None, trust: bool) -> _Built:
         return _Built(model=loaded, weights=str(path))
     raise ModelLoadError(
         f"{path} holds {'a state dict' if isinstance(loaded, Mapping) else type(loaded).__name__}"
-        ", not a model. Give the architecture with --model torchvision:NAME or "
-        f"package.module:factory and pass this file as --weights {path}."
+        ", not a model. Give the architecture with model=torchvision:NAME or "
+        f"package.module:factory and pass this file as weights={path}."
     )
 
 
@@ -636,7 +679,7 @@ def _build(spec: str, weights: str | None, num_classes: int | None, trust: bool)
     if _FACTORY_SPEC.match(text):
         return _build_factory(text, weights, num_classes, trust)
     if _looks_like_file(text):
-        raise ModelLoadError(f"--model {text}: no such file")
+        raise ModelLoadError(f"model={text}: no such file")
     raise _unknown_spec(text)
 
 
@@ -665,6 +708,55 @@ def _count_outputs(model: nn.Module, example: torch.Tensor) -> int:
     return int(output.reshape(output.shape[0], -1).shape[1])
 
 
+def _class_names_option(
+    classes: str | os.PathLike[str] | Sequence[str] | None, num_classes: int | None
+) -> tuple[list[str] | None, int | None]:
+    """The class names given (read from a file if needed) and the class count they imply."""
+    if classes is None:
+        names = None
+    else:
+        names = read_class_names(classes) if isinstance(classes, (str, os.PathLike)) else classes
+        names = [str(n) for n in names]
+        binary = num_classes == 1 and len(names) == 2
+        if num_classes is not None and num_classes != len(names) and not binary:
+            raise ModelLoadError(
+                f"classes= lists {len(names)} names but num_classes= is {num_classes}"
+            )
+        num_classes = num_classes or len(names)
+    if num_classes is not None and num_classes < 1:
+        raise ModelLoadError(f"num_classes= must be at least 1, got {num_classes}")
+    return names, num_classes
+
+
+def _check_outputs(outputs: int, names: list[str] | None, num_classes: int | None) -> None:
+    """The model's output count against the class names or count that were given."""
+    # A single output is a sigmoid classifier with two classes (logit > 0: class 1).
+    wanted = 2 if outputs == 1 else outputs
+    if names is not None and len(names) != wanted:
+        raise ModelLoadError(
+            f"classes= lists {len(names)} names but the model has {outputs} output(s)"
+            + (" (one logit: give two names, negative then positive)" if outputs == 1 else "")
+        )
+    if names is None and num_classes is not None and num_classes not in (outputs, wanted):
+        raise ModelLoadError(f"num_classes= is {num_classes} but the model has {outputs} outputs")
+
+
+def build_model(
+    spec: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    trust_pickle: bool = False,
+) -> nn.Module:
+    """Only the module of a spec, in eval mode on the CPU: no preprocessing, no probing.
+
+    For what needs no input (listing a model's modules); :func:`load_model` gives a model
+    ready to explain. Parameters and errors are those of :func:`load_model`.
+    """
+    built = _build(spec, None if weights is None else str(weights), num_classes, trust_pickle)
+    return built.model.eval()
+
+
 def load_model(
     spec: str,
     *,
@@ -678,6 +770,7 @@ def load_model(
     crop: int | Sequence[int] | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    image_size: tuple[int, int] | Callable[[], tuple[int, int]] | None = None,
 ) -> LoadedModel:
     """Load a model from a spec (see :data:`MODEL_SPEC_FORMS`) with its preprocessing.
 
@@ -690,47 +783,39 @@ def load_model(
         ``"DEFAULT"`` (or a torchvision weights name) for the published weights, or a state
         dict file (``.pt``/``.pth``/``.safetensors``).
     num_classes:
-        Number of outputs; read from the weights file (or ``classes``) when not given.
+        Number of outputs; read from the weights file (or ``classes``) when not given. A
+        ``package.module:factory`` whose factory takes no ``num_classes`` is called without
+        it, and its output count is checked against this.
     classes:
         Class names in output order, or a file with them (one per line, or JSON).
     trust_pickle:
         Allow unpickling a full model object (runs code from the file).
     device:
-        ``"cpu"``, ``"cuda"``, ...; ``None`` picks CUDA when available.
+        ``"cpu"``, ``"cuda"``, ...; ``None`` picks CUDA when available (see
+        :func:`~shortcut_detect.common.device.resolve_device`).
     preset, resize, crop, mean, std:
         Preprocessing overrides, see
-        :func:`~shortcut_detect.data.transforms.preprocessing_from_options`.
+        :func:`~shortcut_detect.data.transforms.preprocessing_from_options`. With the
+        normalisation but no size (``mean``/``std`` or ``preset="none"``, no ``resize``, and
+        a model without a known recipe) each image is fed at its own size.
+    image_size:
+        ``(height, width)`` of the images, or a function returning it: the model's input
+        size when images are fed at their own size (only then is it used or called).
 
     Raises
     ------
     ModelLoadError
         Unknown spec (the message lists the accepted forms), weights that do not fit, a
-        pickled model without ``trust_pickle``, published weights without internet.
+        pickled model without ``trust_pickle``, published weights without internet, a class
+        list that does not match the outputs. :class:`UnknownInputSizeError` (a
+        ``ModelLoadError``) when the input size is not known.
+    DeviceUnavailableError
+        ``device`` names a device this machine does not have.
     """
-    weights = None if weights is None else str(weights)
-    names: list[str] | None = None
-    if classes is not None:
-        names = (
-            read_class_names(classes) if isinstance(classes, (str, os.PathLike)) else list(classes)
-        )
-        names = [str(n) for n in names]
-        binary = num_classes == 1 and len(names) == 2
-        if num_classes is not None and num_classes != len(names) and not binary:
-            raise ModelLoadError(
-                f"--classes lists {len(names)} names but --num-classes is {num_classes}"
-            )
-        num_classes = num_classes or len(names)
-    if num_classes is not None and num_classes < 1:
-        raise ModelLoadError(f"--num-classes must be at least 1, got {num_classes}")
-    built = _build(spec, weights, num_classes, trust_pickle)
+    resolved = resolve_device(device)
+    names, num_classes = _class_names_option(classes, num_classes)
+    built = _build(spec, None if weights is None else str(weights), num_classes, trust_pickle)
     model = built.model.eval()
-    resolved = (
-        torch.device(device)
-        if device
-        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("--device cuda was asked for but CUDA is not available here")
     model.to(resolved)
     channels = _in_channels(model)
     try:
@@ -742,7 +827,10 @@ def load_model(
             crop=crop,
             mean=mean,
             std=std,
+            image_size=image_size,
         )
+    except InputSizeError as error:
+        raise UnknownInputSizeError(str(error)) from error
     except ValueError as error:
         raise ModelLoadError(str(error)) from error
     example = torch.zeros(1, transform.channels, *transform.size, device=resolved)
@@ -753,23 +841,16 @@ def load_model(
     except Exception as error:
         raise ModelLoadError(
             f"The model failed on a {tuple(example.shape)} input: {str(error).splitlines()[0]}. "
-            "Check --resize/--preset and the model's input channels."
+            "Check resize= or preset= and the model's input channels."
         ) from error
-    # A single output is a sigmoid classifier with two classes (logit > 0: class 1).
+    _check_outputs(outputs, names, num_classes)
     wanted = 2 if outputs == 1 else outputs
-    if names is not None and len(names) != wanted:
-        raise ModelLoadError(
-            f"--classes lists {len(names)} names but the model has {outputs} output(s)"
-            + (" (one logit: give two names, negative then positive)" if outputs == 1 else "")
-        )
     known = names is not None or bool(built.class_names)
     class_names = names or built.class_names or [str(i) for i in range(wanted)]
     if len(class_names) != wanted:
         class_names, known = [str(i) for i in range(wanted)], False
     layer = built.default_layer
     if layer is None and not isinstance(model, torch.jit.ScriptModule):
-        from shortcut_detect.cam.layers import default_layer
-
         try:
             layer = default_layer(model, example).name
         except (ValueError, RuntimeError):
@@ -788,3 +869,106 @@ def load_model(
         device=resolved,
         notes=built.notes + transform.notes,
     )
+
+
+# -- options and classes ------------------------------------------------------------------------
+
+
+@dataclass
+class ModelOptions:
+    """How to load a model: a spec and the options of :func:`load_model`, built once.
+
+    ``shortcut-detect`` builds one from its command line (:meth:`from_args`); the audit
+    records :meth:`load_kwargs` so a report can reload the same model.
+    """
+
+    spec: str
+    weights: str | None = None
+    num_classes: int | None = None
+    classes: str | Sequence[str] | None = None
+    trust_pickle: bool = False
+    device: str | None = None
+    preset: str | None = None
+    resize: list[int] | None = None
+    crop: list[int] | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> ModelOptions:
+        """From an ``argparse.Namespace`` with ``model`` and attributes named like the fields."""
+        values = {name: getattr(args, name, None) for name in _LOAD_OPTION_NAMES}
+        values["trust_pickle"] = bool(values["trust_pickle"])
+        return cls(spec=args.model, **values)
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`load_model` (everything but the spec)."""
+        return {name: getattr(self, name) for name in _LOAD_OPTION_NAMES}
+
+    def given(self) -> dict[str, Any]:
+        """The options that were set (``None``/``False`` left out)."""
+        return {name: value for name, value in self.load_kwargs().items() if value}
+
+    def load(
+        self, *, image_size: tuple[int, int] | Callable[[], tuple[int, int]] | None = None
+    ) -> LoadedModel:
+        """:func:`load_model` with these options."""
+        return load_model(self.spec, image_size=image_size, **self.load_kwargs())
+
+    def build(self) -> nn.Module:
+        """:func:`build_model` with these options (the module only)."""
+        return build_model(
+            self.spec,
+            weights=self.weights,
+            num_classes=self.num_classes,
+            trust_pickle=self.trust_pickle,
+        )
+
+
+_LOAD_OPTION_NAMES = tuple(name for name in ModelOptions.__dataclass_fields__ if name != "spec")
+
+
+class UnknownClassError(ValueError):
+    """A class given by name or index that the model does not have."""
+
+
+PREDICTED_CLASS = "predicted"
+
+
+def class_index(target: object, class_names: Sequence[str]) -> int | None:
+    """The class index a target means: ``None`` for each image's predicted class.
+
+    Parameters
+    ----------
+    target:
+        ``None``, ``""`` or ``"predicted"`` (the predicted class), a class index (int or
+        digit string) or a class name.
+    class_names:
+        The model's class names in output order.
+
+    Raises
+    ------
+    UnknownClassError
+        An unknown name or an index out of range; the message lists the classes.
+    """
+    if target is None or (isinstance(target, str) and target.strip() in ("", PREDICTED_CLASS)):
+        return None
+    names = list(class_names)
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        index = int(target)
+    else:
+        text = str(target).strip()
+        if text in names:
+            return names.index(text)
+        if not text.lstrip("-").isdigit():
+            listed = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+            raise UnknownClassError(
+                f"Unknown class {text!r}: not a class name or index; choose one of: {listed}"
+            )
+        index = int(text)
+    if not 0 <= index < len(names):
+        raise UnknownClassError(
+            f"Class index {index} is out of range 0..{len(names) - 1}: the model has "
+            f"{len(names)} classes"
+        )
+    return index

@@ -11,10 +11,15 @@ from shortcut_detect.data.images import (
     ImageLoadError,
     ImageRecordDataset,
     ManifestError,
+    common_image_size,
     load_image,
     read_image_set,
 )
-from shortcut_detect.data.transforms import Preprocessing, preprocessing_from_options
+from shortcut_detect.data.transforms import (
+    InputSizeError,
+    Preprocessing,
+    preprocessing_from_options,
+)
 
 
 def _save(path, array, mode=None):
@@ -176,10 +181,48 @@ def test_grayscale_and_rgb_adapt_to_the_model_channels():
 
 
 def test_preprocessing_needs_a_size():
-    with pytest.raises(ValueError, match="--preset imagenet"):
+    with pytest.raises(InputSizeError, match='preset="imagenet"'):
         preprocessing_from_options(base=None, channels=3)
-    with pytest.raises(ValueError, match="both --mean and --std"):
+    with pytest.raises(ValueError, match="both mean= and std="):
         preprocessing_from_options(base=None, channels=3, resize=[32], mean=[0.5])
+    # Normalisation but no size: each image at its own size, which must then be given.
+    with pytest.raises(InputSizeError, match=r"pass image_size=\(height, width\), or resize=N"):
+        preprocessing_from_options(base=None, channels=3, mean=[0.5], std=[0.5])
+
+
+def test_native_size_feeds_images_unresized_and_refuses_other_sizes():
+    native = preprocessing_from_options(
+        base=None, channels=3, preset="none", image_size=lambda: (30, 40)
+    )
+    assert native.native and native.size == (30, 40)
+    image = Image.fromarray(np.arange(30 * 40 * 3, dtype=np.uint8).reshape(30, 40, 3))
+    tensor = native(image)
+    assert tensor.shape == (3, 30, 40)
+    np.testing.assert_array_equal(
+        tensor.permute(1, 2, 0).numpy(), np.asarray(image, dtype=np.float32) / 255.0
+    )
+    assert "each image at its own size (40x30" in native.describe()
+    assert Preprocessing.from_dict(native.to_dict()).native
+    with pytest.raises(ValueError, match="the image is 41x30 but images are fed at their own"):
+        native(Image.new("RGB", (41, 30)))
+    # The size function is only called when it is needed.
+    sized = preprocessing_from_options(
+        base=None, channels=3, preset="none", resize=[16], image_size=lambda: 1 / 0
+    )
+    assert sized.size == (16, 16) and not sized.native
+
+
+def test_common_image_size_reads_headers_and_names_two_sizes(tmp_path):
+    for name, size in (("a.png", (40, 30)), ("b.png", (40, 30)), ("c.png", (50, 20))):
+        Image.new("RGB", size).save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    same = [tmp_path / "a.png", tmp_path / "broken.png", tmp_path / "b.png"]
+    assert common_image_size(same) == (30, 40)
+    mixed = [*same, tmp_path / "c.png"]
+    with pytest.raises(ImageLoadError, match=r"a.png is 40x30, .*c.png is 50x20.*resize=N"):
+        common_image_size(mixed)
+    with pytest.raises(ImageLoadError, match="None of the images could be read"):
+        common_image_size([tmp_path / "broken.png"])
 
 
 def test_dataset_turns_bad_files_into_counted_failures(tmp_path):

@@ -33,6 +33,7 @@ from shortcut_detect.app.inputs import (
 from shortcut_detect.app.models import ExplorerModel
 from shortcut_detect.app.sources import Sample, SampleSource, to_uint8_rgb
 from shortcut_detect.cam.image import apply_colormap
+from shortcut_detect.models import UnknownClassError, class_index
 from shortcut_detect.viz import overlay_heatmap
 
 if TYPE_CHECKING:
@@ -181,30 +182,14 @@ class _LRU:
 
 
 def resolve_target(value: object, class_names: Sequence[str]) -> int | None:
-    """The class index a picker value means: ``None`` for the predicted class.
+    """The class index a picker value means (:func:`shortcut_detect.models.class_index`).
 
-    Accepts :data:`PREDICTED` (or empty), an index (int or digit string) or a class name.
+    Unknown classes raise :class:`ExplorerInputError`, shown on the page.
     """
-    if value is None or (isinstance(value, str) and value.strip() in ("", PREDICTED)):
-        return None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        index = int(value)
-    else:
-        text = str(value).strip()
-        if text.lstrip("-").isdigit():
-            index = int(text)
-        elif text in class_names:
-            index = list(class_names).index(text)
-        else:
-            raise ExplorerInputError(
-                f"Unknown class {text!r}; choose one of: {', '.join(class_names[:20])}"
-                + (" ..." if len(class_names) > 20 else "")
-            )
-    if not 0 <= index < len(class_names):
-        raise ExplorerInputError(
-            f"Class index {index} is out of range; the model has {len(class_names)} classes."
-        )
-    return index
+    try:
+        return class_index(value, class_names)
+    except UnknownClassError as error:
+        raise ExplorerInputError(str(error)) from error
 
 
 def _method_registry() -> dict[str, type]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from shortcut_detect.data.images import (
     mask_text,
     read_image_set,
 )
-from shortcut_detect.models import LoadedModel, load_model
+from shortcut_detect.models import LoadedModel, ModelOptions, load_model
 
 __all__ = [
     "AuditError",
@@ -96,20 +96,14 @@ class AuditOptions:
     seed: int = 0
     report: bool = True
 
+    def model_options(self) -> ModelOptions:
+        """The model part of these options (the fields named like :class:`ModelOptions`')."""
+        names = [f.name for f in fields(ModelOptions) if f.name != "spec"]
+        return ModelOptions(spec=self.model, **{name: getattr(self, name) for name in names})
+
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for :func:`~shortcut_detect.models.load_model`."""
-        return {
-            "weights": self.weights,
-            "num_classes": self.num_classes,
-            "classes": self.classes,
-            "trust_pickle": self.trust_pickle,
-            "device": self.device,
-            "preset": self.preset,
-            "resize": self.resize,
-            "crop": self.crop,
-            "mean": self.mean,
-            "std": self.std,
-        }
+        return self.model_options().load_kwargs()
 
 
 @dataclass

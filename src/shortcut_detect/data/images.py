@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -33,6 +33,7 @@ __all__ = [
     "ImageSet",
     "ManifestError",
     "collate_samples",
+    "common_image_size",
     "load_image",
     "make_loader",
     "mask_from_text",
@@ -136,6 +137,41 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
 
 
 # -- records --------------------------------------------------------------------------------
+
+
+def common_image_size(paths: Iterable[str | os.PathLike[str]]) -> tuple[int, int]:
+    """The ``(height, width)`` all the images share, read from the file headers only.
+
+    For models fed each image at its own size: a batch needs one size, so mixed sizes are
+    refused here, before a long run would stop on them. Unreadable files are skipped (they
+    are reported when the run reads them).
+
+    Raises
+    ------
+    ImageLoadError
+        When the images differ in size (naming two of them) or none could be read.
+    """
+    from PIL import Image
+
+    found: tuple[int, int] | None = None
+    first = ""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, SyntaxError, ValueError):
+            continue
+        if found is None:
+            found, first = (height, width), str(path)
+        elif (height, width) != found:
+            raise ImageLoadError(
+                f"The images differ in size ({first} is {found[1]}x{found[0]}, {path} is "
+                f"{width}x{height}) and no resize= was given to bring them to one size; "
+                "add resize=N with the model's input size"
+            )
+    if found is None:
+        raise ImageLoadError("None of the images could be read to find their size")
+    return found
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ a display copy without normalisation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -18,6 +18,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PRESETS",
+    "InputSizeError",
     "Preprocessing",
     "preprocessing_from_options",
 ]
@@ -46,6 +47,10 @@ def _pair(value: int | Sequence[int] | None) -> tuple[int, int] | None:
     return (values[0], values[1])
 
 
+class InputSizeError(ValueError):
+    """The model's input size is not known, so a model input cannot be made yet."""
+
+
 @dataclass
 class Preprocessing:
     """How an image becomes a model input.
@@ -68,6 +73,9 @@ class Preprocessing:
         ``"bilinear"``, ``"bicubic"`` or ``"nearest"``.
     source:
         Where the recipe came from (shown in reports).
+    native:
+        Images are fed at their own size, without resizing; ``size`` is the size they all
+        share, and an image of another size is refused (never silently resized).
     """
 
     size: tuple[int, int]
@@ -79,6 +87,7 @@ class Preprocessing:
     interpolation: str = "bilinear"
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    native: bool = False
 
     def __post_init__(self) -> None:
         self.size = _pair(self.size)  # type: ignore[assignment]
@@ -102,12 +111,12 @@ class Preprocessing:
                     self.notes.append(f"{name} averaged over RGB for a 1-channel model")
                 else:
                     raise ValueError(
-                        f"--{name} has {len(values)} values for a model with "
+                        f"{name}= has {len(values)} values for a model with "
                         f"{self.channels} input channels"
                     )
             setattr(self, name, values)
         if self.std is not None and any(v <= 0 for v in self.std):
-            raise ValueError(f"--std values must be positive, got {self.std}")
+            raise ValueError(f"std= values must be positive, got {self.std}")
 
     # -- geometry --------------------------------------------------------------------------
     def _interpolation(self, name: str | None = None) -> Any:
@@ -124,6 +133,14 @@ class Preprocessing:
         from torchvision.transforms import functional as TF
 
         mode = self._interpolation("nearest" if nearest else None)
+        if self.native:
+            height, width = self.size
+            if tuple(image.size) != (width, height):
+                raise ValueError(
+                    f"the image is {image.size[0]}x{image.size[1]} but images are fed at their "
+                    f"own size, {width}x{height} like the others; pass resize= to resize them all"
+                )
+            return image
         if self.crop:
             shorter = self.resize[0] if self.resize else min(self.size)
             image = TF.resize(image, [shorter], interpolation=mode)
@@ -209,7 +226,9 @@ class Preprocessing:
     def describe(self) -> str:
         """One line, e.g. ``resize 256, centre-crop 224x224, ImageNet mean/std, RGB``."""
         height, width = self.size
-        if self.crop:
+        if self.native:
+            geometry = f"each image at its own size ({width}x{height}, no resizing)"
+        elif self.crop:
             shorter = self.resize[0] if self.resize else min(self.size)
             geometry = f"resize shorter side to {shorter}, centre-crop {height}x{width}"
         else:
@@ -235,13 +254,22 @@ def preprocessing_from_options(
     crop: Sequence[int] | int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
+    image_size: tuple[int, int] | Callable[[], tuple[int, int]] | None = None,
 ) -> Preprocessing:
     """Combine a model's known recipe (``base``) with user options (which win).
 
+    When neither ``base``, ``preset="imagenet"``, ``resize`` nor ``crop`` gives an input
+    size but the normalisation is given (``mean``/``std``, or ``preset="none"``), images are
+    fed at their own size (:attr:`Preprocessing.native`); ``image_size`` is then their
+    ``(height, width)``, or a function returning it (called only in that case, so a data set
+    is scanned only when needed).
+
     Raises
     ------
-    ValueError
+    InputSizeError
         When no input size can be determined, naming the options that give one.
+    ValueError
+        For inconsistent options (only one of ``mean`` and ``std``, an unknown preset).
     """
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
@@ -279,13 +307,23 @@ def preprocessing_from_options(
         recipe["std"] = tuple(std)
         user.append("std")
     if (recipe.get("mean") is None) != (recipe.get("std") is None):
-        raise ValueError("Give both --mean and --std (or neither)")
+        raise ValueError("Give both mean= and std= (or neither)")
+    native = False
     if recipe.get("size") is None:
-        raise ValueError(
-            "The model's input size and normalisation are not known. Pass --preset imagenet "
-            "(resize 256, crop 224, ImageNet mean/std), or --resize N with --mean/--std as "
-            "the model was trained (or --preset none --resize N for pixels in [0, 1])."
-        )
+        if preset is None and mean is None:
+            raise InputSizeError(
+                "The model's input size and normalisation are not known. Pass "
+                'preset="imagenet" (resize 256, crop 224, ImageNet mean/std), or mean= and '
+                "std= as the model was trained (images are then fed at their own size; add "
+                'resize=N to resize them), or preset="none" for pixels in [0, 1].'
+            )
+        if image_size is None:
+            raise InputSizeError(
+                "Images are fed at their own size (no resize= given), so the input size is "
+                "the images' size; pass image_size=(height, width), or resize=N."
+            )
+        recipe["size"] = image_size() if callable(image_size) else image_size
+        native = True
     if user:
         source = f"{source} + --{'/--'.join(user)}" if source else "command-line options"
     return Preprocessing(
@@ -297,4 +335,5 @@ def preprocessing_from_options(
         channels=channels,
         interpolation=recipe.get("interpolation", "bilinear"),
         source=source,
+        native=native,
     )
