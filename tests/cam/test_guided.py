@@ -27,7 +27,7 @@ def _scores(classes):
 
 
 @pytest.mark.parametrize("model_name", ["resnet18", "vgg11_bn"])
-def test_guided_backprop_equals_captum(zoo, model_name):
+def test_guided_backprop_equals_captum(zoo, model_name, captum):
     from captum.attr import GuidedBackprop
 
     zm = zoo(model_name)
@@ -45,8 +45,7 @@ def test_guided_backprop_equals_captum(zoo, model_name):
     assert (plain - reference).abs().max() > 1e-2 * scale
 
 
-def test_guided_backprop_relu_model_equals_pytorch_grad_cam(zoo):
-    pgc = pytest.importorskip("pytorch_grad_cam")
+def test_guided_backprop_relu_model_equals_pytorch_grad_cam(zoo, pgc):
     zm = zoo("resnet18")
     image = zm.inputs[:1]
     ours = sc.GuidedBackpropReLUModel(zm.model, device="cpu")(image, target_category=7)

@@ -13,10 +13,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, vgg11, vgg11_bn
 
+import shortcut_detect.cam as sc
 from shortcut_detect import GradCAMHeatmapGenerator
 from shortcut_detect.cam.engine import CAMEngine, minmax_normalize, prepare_inputs, upsample
 from shortcut_detect.cam.layers import default_layer, resolve_layer
+from shortcut_detect.common.device import DeviceUnavailableError
 from shortcut_detect.data.synthetic import SmallCNN, make_shortcut_dataset, train_classifier
+from shortcut_detect.embeddings import EmbeddingExtractor
+from shortcut_detect.gradcam import compute_gradcam, get_activation_maps, get_top_predictions
 
 
 class FixedFeatureModel(nn.Module):
@@ -270,12 +274,35 @@ def test_input_validation_errors():
         gen.generate_heatmap(torch.rand(2, 1, 48, 48))
 
 
-def test_cuda_request_without_cuda_warns_and_uses_cpu():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
-        gen = GradCAMHeatmapGenerator(SmallCNN().eval(), "features", device="cuda")
-    assert gen.device.type == "cpu"
+def test_device_rule_is_the_packages_one(monkeypatch):
+    """An explicit CUDA device where there is none is an error everywhere; no device means
+    the model's own device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = SmallCNN().eval()
+    x = torch.rand(1, 3, 48, 48)
+    constructors = {
+        "GradCAMHeatmapGenerator": lambda: GradCAMHeatmapGenerator(
+            model, "features", device="cuda"
+        ),
+        "CAMEngine": lambda: sc.CAMEngine(model, ["features"], device="cuda"),
+        "GradCAM": lambda: sc.GradCAM(model, ["features"], device="cuda"),
+        "GuidedBackpropReLUModel": lambda: sc.GuidedBackpropReLUModel(model, device="cuda"),
+        "EmbeddingExtractor": lambda: EmbeddingExtractor(model, device="cuda"),
+        "compute_gradcam": lambda: compute_gradcam(model, "cuda", x[0], "features"),
+        "get_top_predictions": lambda: get_top_predictions(model, "cuda:0", x[0], None),
+        "get_activation_maps": lambda: get_activation_maps(model, "cuda", x[0], "features"),
+        "confidence_change": lambda: sc.confidence_change(
+            model, x, np.ones((1, 48, 48)), device="cuda"
+        ),
+    }
+    for name, construct in constructors.items():
+        with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+            construct()
+        assert all(p.device.type == "cpu" for p in model.parameters()), name
+    with pytest.raises(DeviceUnavailableError, match="unknown device 'gpu'"):
+        GradCAMHeatmapGenerator(model, "features", device="gpu")
+    assert GradCAMHeatmapGenerator(model, "features").device == torch.device("cpu")
+    assert GradCAMHeatmapGenerator(model, "features", device="cpu").device.type == "cpu"
 
 
 def test_layer_paths_and_errors():
