@@ -122,6 +122,7 @@ ALL_CALLS = sorted(
 )
 
 
+@pytest.mark.filterwarnings("ignore:No target_layer given")
 @pytest.mark.parametrize("name", ALL_CALLS)
 def test_single_head_calls_restore_every_modules_flag(name):
     torch.manual_seed(1)

@@ -125,13 +125,7 @@ def head_overlap_over_dataset(
         "summary": {name: summarize_values(values) for name, values in arrays.items()},
     }
     if codes is not None:
-        by_group: dict[Hashable, dict[str, Any]] = {}
-        for code, label in enumerate(groups):
-            members = codes == code
-            by_group[label] = {"n": int(members.sum())}
-            for name, values in arrays.items():
-                by_group[label][name] = summarize_values(values[members])
-        result_dict["by_group"] = by_group
+        result_dict["by_group"] = _summaries_by_group(arrays, groups, codes)
     if predictions["disease"]:
         result_dict["disease_predictions"] = np.concatenate(predictions["disease"])
         result_dict["attribute_predictions"] = np.concatenate(predictions["attribute"])
@@ -139,3 +133,16 @@ def head_overlap_over_dataset(
         result_dict["disease_heatmaps"] = np.concatenate(kept_maps["disease"])
         result_dict["attribute_heatmaps"] = np.concatenate(kept_maps["attribute"])
     return result_dict
+
+
+def _summaries_by_group(
+    arrays: dict[str, np.ndarray], groups: list[Hashable], codes: np.ndarray
+) -> dict[Hashable, dict[str, Any]]:
+    """``{label: {"n", metric: summary, ...}}`` for the samples of each group."""
+    by_group: dict[Hashable, dict[str, Any]] = {}
+    for code, label in enumerate(groups):
+        members = codes == code
+        by_group[label] = {"n": int(members.sum())}
+        for name, values in arrays.items():
+            by_group[label][name] = summarize_values(values[members])
+    return by_group
