@@ -148,3 +148,17 @@ def captum():
 def scipy():
     """scipy (the ``analysis`` extra), which ROAD's imputation needs."""
     return pytest.importorskip("scipy", reason="ROAD needs scipy (the analysis extra)")
+
+
+def _relu_out_of_place(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return clone
+
+
+@pytest.fixture(scope="session")
+def relu_out_of_place() -> Callable[[nn.Module], nn.Module]:
+    """``relu_out_of_place(model)``: a copy of the model whose ReLUs are not in place."""
+    return _relu_out_of_place

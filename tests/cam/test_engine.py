@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import gc
 import warnings
 
@@ -119,19 +118,11 @@ def test_matches_reference_on_torchvision(builder, layer):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def _out_of_place(model: nn.Module) -> nn.Module:
-    clone = copy.deepcopy(model)
-    for module in clone.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    return clone
-
-
 @pytest.mark.parametrize("layer", ["layer4.1.bn1", "layer4.0.bn2", "layer3"])
-def test_inplace_ops_after_target_match_out_of_place_model(layer):
+def test_inplace_ops_after_target_match_out_of_place_model(layer, relu_out_of_place):
     torch.manual_seed(1)
     model = calibrate_bn(resnet18(num_classes=5), (4, 3, 64, 64))
-    reference = _out_of_place(model)
+    reference = relu_out_of_place(model)
     x = torch.randn(2, 3, 64, 64)
     got = GradCAMHeatmapGenerator(model, layer).explain(x, [("logits", 1)])[0]
     want = GradCAMHeatmapGenerator(reference, layer).explain(x, [("logits", 1)])[0]
@@ -142,11 +133,11 @@ def test_inplace_ops_after_target_match_out_of_place_model(layer):
     assert any(isinstance(m, nn.ReLU) and m.inplace for m in model.modules())
 
 
-def test_inplace_relu_directly_after_target_small_cnn(shortcut_model, test_data):
+def test_inplace_relu_directly_after_target_small_cnn(shortcut_model, test_data, relu_out_of_place):
     x = torch.from_numpy(test_data.images[:4])
     for layer in ("features.1", "features.9"):  # BatchNorms followed by ReLU(inplace=True)
         got = GradCAMHeatmapGenerator(shortcut_model, layer).explain(x)[0]
-        want = GradCAMHeatmapGenerator(_out_of_place(shortcut_model), layer).explain(x)[0]
+        want = GradCAMHeatmapGenerator(relu_out_of_place(shortcut_model), layer).explain(x)[0]
         np.testing.assert_allclose(got.raw_heatmaps, want.raw_heatmaps, rtol=1e-5, atol=1e-6)
         # raw maps of a pre-ReLU layer are not all non-negative activations: a post-ReLU
         # capture (the in-place bug) would make the two differ above.
@@ -208,7 +199,7 @@ def test_hooks_removed_when_call_raises():
     with pytest.raises(ValueError, match="2 classes"):
         gen.generate_heatmap(torch.rand(2, 3, 48, 48), target_index=5)
     assert all(not m._forward_hooks for m in model.modules())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expects 3 channels but the inputs have 5"):
         gen.generate_heatmap(torch.rand(2, 5, 48, 48))  # wrong channel count
     assert all(not m._forward_hooks for m in model.modules())
     assert torch.is_grad_enabled()
