@@ -392,3 +392,32 @@ def test_upsampled_raw_reproduces_the_live_heatmaps(shortcut_model, test_data):
     np.testing.assert_allclose(
         upsampled_raw(explanation.raw_heatmaps, (48, 48)), explanation.heatmaps, atol=1e-6
     )
+
+
+def test_result_types_and_generator_protocols_live_in_results():
+    import shortcut_detect
+    import shortcut_detect.gradcam as gradcam
+    from shortcut_detect import results
+    from shortcut_detect.analysis.batches import heatmaps_from_images
+
+    for name in ("AttentionOverlapResult", "Explanation"):  # re-exported where users look
+        assert getattr(gradcam, name) is getattr(results, name) is getattr(shortcut_detect, name)
+    gen = GradCAMHeatmapGenerator(TwoHeadModel().eval(), "trunk")
+    for protocol in (
+        results.HeatmapGenerator,
+        results.HeadExplainer,
+        results.AttentionOverlapGenerator,
+    ):
+        assert isinstance(gen, protocol), protocol.__name__
+        assert not isinstance(object(), protocol), protocol.__name__
+
+    class Constant:
+        """Makes heatmaps without being a GradCAMHeatmapGenerator."""
+
+        def generate_heatmap(self, inputs, head="logits", target_index=None):
+            return np.ones((len(inputs), 4, 4))
+
+    assert isinstance(Constant(), results.HeatmapGenerator)
+    assert heatmaps_from_images(Constant(), np.zeros((5, 3, 8, 8)), batch_size=2).shape == (5, 4, 4)
+    with pytest.raises(TypeError, match=r"needs a generator with generate_heatmap\(\)"):
+        heatmaps_from_images(object(), np.zeros((5, 3, 8, 8)))
