@@ -316,7 +316,10 @@ class GradCAMHeatmapGenerator:
         call and warns which one was chosen.
     head_mappings:
         Head name -> tuple index, dict key, or callable ``fn(output) -> Tensor``. Merged
-        into the defaults ``{"logits": whole output, "disease": 0, "attribute": 1}``.
+        into the defaults ``{"logits": the scores, "disease": 0, "attribute": 1}``. The
+        default head ``"logits"`` is a tensor output itself, the first element of a tuple
+        or list (said once in a warning), or the ``"logits"`` entry of a dict (or the
+        ``.logits`` attribute of an output object); see :func:`primary_output`.
     device:
         ``None`` uses the model's device; a device given is moved to, and asking for CUDA
         (or MPS) where there is none raises
