@@ -150,8 +150,8 @@ class EmbeddingExtractor:
     pool:
         How a feature map becomes a vector, see :func:`pool_features`.
     device:
-        ``None`` uses the model's device; CUDA or MPS where there is none is an error
-        (:class:`~shortcut_detect.common.device.DeviceUnavailableError`).
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
 
     Attributes
     ----------
@@ -313,8 +313,8 @@ def extract_embeddings(
         ``"avg"`` (default), ``"max"``, ``"flatten"``, ``"tokens"``, ``"cls"`` or a callable,
         see :func:`pool_features`.
     device:
-        ``None`` uses the model's device; CUDA or MPS where there is none is an error
-        (:class:`~shortcut_detect.common.device.DeviceUnavailableError`).
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     progress:
         ``None`` shows a progress bar only for inputs of at least 10 batches (or of unknown
         length) when stderr is a terminal; ``True`` / ``False`` force it on / off.

@@ -88,8 +88,8 @@ class BaseCAM:
     detach:
         Must be ``True``; maps are always detached from the graph.
     device:
-        ``None`` uses the model's device; CUDA or MPS where there is none is an error
-        (:class:`~shortcut_detect.common.device.DeviceUnavailableError`).
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     """
 
     uses_gradients: bool = True

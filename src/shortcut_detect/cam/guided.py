@@ -118,8 +118,8 @@ class GuidedBackpropReLUModel:
     model:
         The model; it is never modified (pytorch-grad-cam swaps its ReLU modules).
     device:
-        ``None`` uses the model's device; CUDA or MPS where there is none is an error
-        (:class:`~shortcut_detect.common.device.DeviceUnavailableError`).
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
