@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from shortcut_detect.gradcam import GradCAMHeatmapGenerator
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SHORTCUT_DETECT_CACHE", str(REPO / ".cache"))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -45,6 +47,27 @@ def test_data():
     from shortcut_detect.data.demo import make_demo_test_set
 
     return make_demo_test_set(400, seed=1234)
+
+
+DEMO_TARGET_LAYER = "features"  # SmallCNN: 12x12 map for 48x48 input (stride 4)
+
+
+def _explain_demo(model, images):
+    with GradCAMHeatmapGenerator(model, DEMO_TARGET_LAYER) as gen:
+        return gen.explain(torch.from_numpy(images), [("logits", None)])[0]
+
+
+@pytest.fixture(scope="session")
+def shortcut_explanation(shortcut_model, test_data):
+    """Grad-CAM of each held-out sample's predicted class by the shortcut model:
+    ``heatmaps`` 48x48, ``raw_heatmaps`` 12x12."""
+    return _explain_demo(shortcut_model, test_data.images)
+
+
+@pytest.fixture(scope="session")
+def clean_explanation(clean_model, test_data):
+    """As ``shortcut_explanation``, for the clean model."""
+    return _explain_demo(clean_model, test_data.images)
 
 
 @pytest.fixture

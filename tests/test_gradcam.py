@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -87,8 +89,63 @@ def test_head_by_index_and_unknown_head_on_tensor_output():
         gen.generate_heatmap(x, 1, 0), gen.generate_heatmap(x, "attribute", 0), atol=1e-7
     )
     single = GradCAMHeatmapGenerator(SmallCNN().eval(), "features")
-    with pytest.raises(KeyError, match="Available heads: logits"):
+    with pytest.raises(KeyError, match=r"returns a single tensor of shape \(1, 2\), so it has one"):
         single.generate_heatmap(torch.rand(1, 3, 48, 48), "disease")
+    with pytest.raises(KeyError, match="head='logits'") as error:
+        single.generate_attention_overlap(torch.rand(1, 3, 48, 48))
+    assert "head_mappings" not in str(error.value)
+
+
+class Outputs:
+    """A Hugging Face style output object (not a dict) with ``.logits``."""
+
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class Wrapped(nn.Module):
+    """TwoHeadModel's disease scores as a tuple with extras, a dict or an output object."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.inner = TwoHeadModel()
+        self.kind = kind
+
+    def forward(self, x):
+        disease, attribute = self.inner(x)
+        if self.kind == "list":
+            return [disease, attribute]
+        if self.kind == "dict":
+            return {"pooled": attribute, "logits": disease}
+        if self.kind == "dict without logits":
+            return {"dx": disease, "sex": attribute}
+        return Outputs(disease)
+
+
+def test_default_head_of_tuple_dict_and_object_outputs():
+    x = torch.rand(3, 3, 16, 16)
+    model = TwoHeadModel().eval()
+    expected = GradCAMHeatmapGenerator(model, "trunk").generate_heatmap(x, "disease")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gen = GradCAMHeatmapGenerator(model, "trunk")
+        first = gen.generate_heatmap(x)  # a tuple: the first output, said once
+        again = gen.generate_heatmap(x)
+    messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(messages) == 1 and "tuple of 2 outputs" in messages[0], messages
+    assert "explains the first one" in messages[0] and "head=1" in messages[0]
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(again, expected)
+    for kind in ("list", "dict", "object"):
+        wrapped = Wrapped(kind).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            maps = GradCAMHeatmapGenerator(wrapped, "inner.trunk").generate_heatmap(x)
+        np.testing.assert_allclose(maps, expected, atol=1e-7, err_msg=kind)
+    no_logits = GradCAMHeatmapGenerator(Wrapped("dict without logits").eval(), "inner.trunk")
+    with pytest.raises(KeyError, match=r"without a 'logits' entry \(keys: 'dx', 'sex'\)"):
+        no_logits.generate_heatmap(x)
+    np.testing.assert_allclose(no_logits.generate_heatmap(x, "dx"), expected, atol=1e-7)
 
 
 def test_targets_none_int_and_per_sample(shortcut_model, test_data):
@@ -265,6 +322,53 @@ def test_class_probabilities_of_one_and_several_logits():
         torch.testing.assert_close(probabilities, expected)
 
 
+def test_class_probabilities_of_arrays_equal_those_of_tensors():
+    from shortcut_detect.gradcam import class_probabilities
+
+    rng = np.random.default_rng(0)
+    for logits in (rng.normal(size=(4, 5)) * 10, rng.normal(size=4) * 10, rng.normal(size=(4, 1))):
+        from_array = class_probabilities(logits)
+        from_tensor = class_probabilities(torch.from_numpy(logits))
+        assert isinstance(from_array, np.ndarray) and from_array.dtype == np.float64
+        assert isinstance(from_tensor, torch.Tensor) and from_tensor.dtype == torch.float32
+        np.testing.assert_allclose(from_array, from_tensor.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(from_array.sum(axis=1), 1.0)
+    extreme = class_probabilities(np.array([1000.0, -1000.0]))  # no overflow, no NaN
+    np.testing.assert_array_equal(extreme, [[0.0, 1.0], [1.0, 0.0]])
+
+
+def test_top_predictions_from_probabilities():
+    from shortcut_detect.gradcam import top_predictions
+
+    probabilities = np.array([0.1, 0.4, 0.1, 0.4])
+    top = top_predictions(probabilities, ["a", "b", "c", "d"], top_k=3)
+    assert [p["class_name"] for p in top] == ["b", "d", "a"]  # ties: lower index first
+    assert [p["confidence"] for p in top] == [0.4, 0.4, 0.1]
+    assert top_predictions(torch.tensor([0.25, 0.75]), top_k=5) == [
+        {"class_idx": 1, "class_name": "1", "confidence": 0.75},
+        {"class_idx": 0, "class_name": "0", "confidence": 0.25},
+    ]
+    with pytest.raises(ValueError, match=r"one sample, got shape \(2, 2\)"):
+        top_predictions(np.eye(2))
+    with pytest.raises(ValueError, match="3 class names for a model with 4 outputs"):
+        top_predictions(probabilities, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        top_predictions(probabilities, top_k=0)
+
+
+def test_top_predictions_of_a_tuple_output_model_use_the_first_output():
+    model = TwoHeadModel().eval()
+    image = torch.rand(3, 16, 16)
+    with torch.no_grad():
+        expected = torch.softmax(model(image[None])[0][0], 0)
+    with pytest.warns(UserWarning, match="explains the first one"):
+        top = get_top_predictions(model, None, image, None, top_k=3)
+    assert [p["class_idx"] for p in top] == torch.argsort(expected, descending=True).tolist()
+    np.testing.assert_allclose(
+        [p["confidence"] for p in top], expected.sort(descending=True).values, rtol=1e-6
+    )
+
+
 def test_top_predictions_of_a_single_logit_model():
     model = nn.Sequential(
         nn.Conv2d(3, 2, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 1)
@@ -288,3 +392,32 @@ def test_upsampled_raw_reproduces_the_live_heatmaps(shortcut_model, test_data):
     np.testing.assert_allclose(
         upsampled_raw(explanation.raw_heatmaps, (48, 48)), explanation.heatmaps, atol=1e-6
     )
+
+
+def test_result_types_and_generator_protocols_live_in_results():
+    import shortcut_detect
+    import shortcut_detect.gradcam as gradcam
+    from shortcut_detect import results
+    from shortcut_detect.analysis.batches import heatmaps_from_images
+
+    for name in ("AttentionOverlapResult", "Explanation"):  # re-exported where users look
+        assert getattr(gradcam, name) is getattr(results, name) is getattr(shortcut_detect, name)
+    gen = GradCAMHeatmapGenerator(TwoHeadModel().eval(), "trunk")
+    for protocol in (
+        results.HeatmapGenerator,
+        results.HeadExplainer,
+        results.AttentionOverlapGenerator,
+    ):
+        assert isinstance(gen, protocol), protocol.__name__
+        assert not isinstance(object(), protocol), protocol.__name__
+
+    class Constant:
+        """Makes heatmaps without being a GradCAMHeatmapGenerator."""
+
+        def generate_heatmap(self, inputs, head="logits", target_index=None):
+            return np.ones((len(inputs), 4, 4))
+
+    assert isinstance(Constant(), results.HeatmapGenerator)
+    assert heatmaps_from_images(Constant(), np.zeros((5, 3, 8, 8)), batch_size=2).shape == (5, 4, 4)
+    with pytest.raises(TypeError, match=r"needs a generator with generate_heatmap\(\)"):
+        heatmaps_from_images(object(), np.zeros((5, 3, 8, 8)))

@@ -8,20 +8,24 @@ and numpy); the analysis, detectors and figures are imported on first use, so th
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import Any
 
 from shortcut_detect.gradcam import (
-    AttentionOverlapResult,
-    Explanation,
     GradCAMHeatmapGenerator,
     class_probabilities,
     compute_gradcam,
     get_activation_maps,
     get_conv_layers,
     get_top_predictions,
+    top_predictions,
 )
+from shortcut_detect.results import AttentionOverlapResult, Explanation, HeatmapGenerator
 
-__version__ = "0.1.0"
+try:  # the version is written once, in pyproject.toml
+    __version__ = importlib.metadata.version("shortcut-detect")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     # CAM family (the full pytorch-grad-cam style surface lives in shortcut_detect.cam)
@@ -68,12 +72,14 @@ __all__ = [
     "AttentionOverlapResult",
     "Explanation",
     "GradCAMHeatmapGenerator",
+    "HeatmapGenerator",
     "__version__",
     "class_probabilities",
     "compute_gradcam",
     "get_activation_maps",
     "get_conv_layers",
     "get_top_predictions",
+    "top_predictions",
     *sorted(_LAZY),
 ]
 

@@ -11,7 +11,6 @@ output, pooled over the spatial axes.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -19,8 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from shortcut_detect.cam.engine import prepare_inputs, resolve_device
+from shortcut_detect.cam.engine import prepare_inputs
 from shortcut_detect.cam.layers import LayerSpec, resolve_layer
+from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.modes import eval_mode
+from shortcut_detect.common.progress import ProgressBar
 
 __all__ = ["POOLING_MODES", "EmbeddingExtractor", "extract_embeddings", "pool_features"]
 
@@ -148,7 +150,8 @@ class EmbeddingExtractor:
     pool:
         How a feature map becomes a vector, see :func:`pool_features`.
     device:
-        ``None`` uses the model's device.
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
 
     Attributes
     ----------
@@ -170,7 +173,7 @@ class EmbeddingExtractor:
             raise ValueError(f"pool must be one of {POOLING_MODES} or a callable, got {pool!r}")
         self.model = model
         self.pool = pool
-        self.device = resolve_device(model, device)
+        self.device = resolve_device(device, model)
         self.layer_name: str | None = None
         self._module: nn.Module | None = None
         self._use_input = layer is None  # default: the *input* of the final linear layer
@@ -238,16 +241,11 @@ class EmbeddingExtractor:
     def __call__(self, images: Any) -> np.ndarray:
         """Embeddings ``(B, D)`` float32 of one batch (tensor or array)."""
         inputs = _as_batch_tensor(images, self.device)
-        was_training = self.model.training
-        try:
-            self.model.eval()
-            with torch.inference_mode():
-                if self._module is None:
-                    features = self._capture_final_linear_input(inputs)
-                else:
-                    features = self._capture(inputs)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode():
+            if self._module is None:
+                features = self._capture_final_linear_input(inputs)
+            else:
+                features = self._capture(inputs)
         return features.detach().float().reshape(features.shape[0], -1).cpu().numpy()
 
 
@@ -276,21 +274,11 @@ def _iter_batches(images_or_loader: Any, batch_size: int) -> tuple[Iterator[Any]
 
 
 def _progress(batches: Iterator[Any], total: int | None, enabled: bool | None) -> Iterator[Any]:
-    """Wrap in a progress bar for long inputs on a terminal (``enabled=None``: decide)."""
-    if enabled is None:
-        long_input = total is None or total >= PROGRESS_MIN_BATCHES
-        enabled = long_input and sys.stderr.isatty()
-    if not enabled:
-        return batches
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        try:
-            from rich.progress import track
-        except ImportError:
-            return batches
-        return iter(track(batches, total=total, description="Embeddings"))
-    return iter(tqdm(batches, total=total, desc="Embeddings", unit="batch", leave=False))
+    """The batches, counted by a progress bar; ``enabled=None`` shows it for long inputs
+    (at least :data:`PROGRESS_MIN_BATCHES` batches, or of unknown length) on a terminal."""
+    if enabled is None and total is not None and total < PROGRESS_MIN_BATCHES:
+        enabled = False
+    return ProgressBar(total, "Embeddings", enabled=enabled, unit="batch").track(batches)
 
 
 def extract_embeddings(
@@ -325,7 +313,8 @@ def extract_embeddings(
         ``"avg"`` (default), ``"max"``, ``"flatten"``, ``"tokens"``, ``"cls"`` or a callable,
         see :func:`pool_features`.
     device:
-        ``None`` uses the model's device.
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     progress:
         ``None`` shows a progress bar only for inputs of at least 10 batches (or of unknown
         length) when stderr is a terminal; ``True`` / ``False`` force it on / off.

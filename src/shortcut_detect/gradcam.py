@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from shortcut_detect.analysis.groups import compare_groups as compare_group_attention
+from shortcut_detect.analysis.maps import overlap_per_sample
+from shortcut_detect.cam import get_method
 from shortcut_detect.cam.base import BaseCAM
-from shortcut_detect.cam.engine import (
-    CAMEngine,
-    Capture,
-    minmax_normalize,
-    prepare_inputs,
-    resolve_device,
-)
+from shortcut_detect.cam.engine import CAMEngine, Capture, minmax_normalize, prepare_inputs
+from shortcut_detect.cam.guided import guided_backprop_for_scores
 from shortcut_detect.cam.layers import LayerSpec, default_layer, resolve_layer
+from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.modes import eval_mode
+from shortcut_detect.results import AttentionOverlapResult, Explanation
+from shortcut_detect.viz import overlay_heatmap
 
 __all__ = [
     "AttentionOverlapResult",
@@ -39,7 +40,9 @@ __all__ = [
     "get_conv_layers",
     "get_top_predictions",
     "head_logits",
+    "primary_output",
     "select_head",
+    "top_predictions",
     "upsampled_raw",
 ]
 
@@ -48,65 +51,6 @@ HeadMapping = int | str | Callable[[Any], torch.Tensor] | None
 TargetSpec = int | Sequence[int] | np.ndarray | torch.Tensor | None
 
 DEFAULT_HEAD_MAPPINGS: dict[str, HeadMapping] = {"logits": None, "disease": 0, "attribute": 1}
-
-
-@dataclass
-class AttentionOverlapResult:
-    """Overlap of two attention patterns: two heads of one model, or groups of samples.
-
-    Attributes
-    ----------
-    overlap_score:
-        Similarity in [0, 1] (dice of the thresholded maps for two heads; for groups,
-        see :meth:`GradCAMHeatmapGenerator.compare_groups`).
-    metrics:
-        ``{"dice", "iou", "cosine", ...}``.
-    disease_heatmap, attribute_heatmap:
-        ``(B, H, W)`` maps of the two heads, when the result came from two heads.
-    group_heatmaps:
-        Mean map per group label, when the result came from a group comparison.
-    divergence_regions:
-        ``(H, W)`` map of where the groups' attention differs.
-    summary:
-        A paragraph a person can read.
-    """
-
-    overlap_score: float
-    metrics: dict[str, Any] = field(default_factory=dict)
-    disease_heatmap: np.ndarray | None = None
-    attribute_heatmap: np.ndarray | None = None
-    group_heatmaps: dict[Hashable, np.ndarray] = field(default_factory=dict)
-    divergence_regions: np.ndarray | None = None
-    summary: str = ""
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Explanation:
-    """Heatmaps for one (head, target) request, with what the model predicted.
-
-    Attributes
-    ----------
-    heatmaps:
-        ``(B, *input_size)`` float32 in [0, 1].
-    raw_heatmaps:
-        ``(B, *layer_spatial)`` float32 at layer resolution, after ReLU, not normalised.
-    target_indices:
-        ``(B,)`` class explained per sample. A single-logit head (output ``(B,)`` or
-        ``(B, 1)``) has classes 0 and 1: 1 explains the logit, 0 its negation.
-    predictions, confidences:
-        ``(B,)`` predicted class and its probability (softmax; sigmoid for one logit).
-    head_output:
-        ``(B, K)`` detached logits of the head (``(B,)`` for one logit).
-    """
-
-    heatmaps: np.ndarray
-    raw_heatmaps: np.ndarray
-    target_indices: np.ndarray
-    predictions: np.ndarray
-    confidences: np.ndarray
-    head_output: torch.Tensor
-    head: str | int = "logits"
 
 
 def _available_heads(outputs: Any, mappings: Mapping[str, HeadMapping]) -> list[str]:
@@ -120,12 +64,61 @@ def _available_heads(outputs: Any, mappings: Mapping[str, HeadMapping]) -> list[
 
 def _mapping_fits(value: HeadMapping, outputs: Any) -> bool:
     if value is None:
-        return isinstance(outputs, torch.Tensor)
+        return _has_primary_output(outputs)
     if isinstance(value, int) and not isinstance(value, bool):
         return isinstance(outputs, (list, tuple)) and -len(outputs) <= value < len(outputs)
     if isinstance(value, str):
         return isinstance(outputs, Mapping) and value in outputs
     return callable(value)
+
+
+def _has_primary_output(outputs: Any) -> bool:
+    if isinstance(outputs, Mapping):
+        return "logits" in outputs
+    if isinstance(outputs, (list, tuple)):
+        return len(outputs) > 0
+    return isinstance(outputs, torch.Tensor) or hasattr(outputs, "logits")
+
+
+def primary_output(outputs: Any) -> Any:
+    """The class scores of a model output, when no head is named.
+
+    A tensor is returned as it is; a tuple or list gives its **first** element; a dict (or
+    a Hugging Face style output) its ``"logits"`` entry, or an object its ``.logits``
+    attribute. A dict without ``"logits"`` is an error that lists its keys.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping):
+        if "logits" in outputs:
+            return outputs["logits"]
+        keys = ", ".join(repr(key) for key in outputs) or "none"
+        raise KeyError(
+            f"The model returns a dict without a 'logits' entry (keys: {keys}); pick the "
+            "scores to explain with head='<key>', or head_mappings={'logits': '<key>'}."
+        )
+    if isinstance(outputs, (list, tuple)):
+        if not outputs:
+            raise ValueError(f"The model returned an empty {type(outputs).__name__}")
+        return outputs[0]
+    if hasattr(outputs, "logits"):
+        return outputs.logits
+    raise TypeError(
+        f"The model returns {type(outputs).__name__}, not a tensor, tuple, list or dict of "
+        "scores; map it to a tensor with head_mappings={'logits': lambda out: ...}."
+    )
+
+
+def first_output_warning(outputs: Any, head: str | int) -> str | None:
+    """The warning to give when ``head`` takes the first of several outputs, else ``None``."""
+    if not isinstance(outputs, (list, tuple)) or not outputs:
+        return None
+    shape = tuple(outputs[0].shape) if isinstance(outputs[0], torch.Tensor) else "?"
+    return (
+        f"The model returns a {type(outputs).__name__} of {len(outputs)} outputs; head "
+        f"{head!r} explains the first one (shape {shape}). Pass head=<index> (e.g. head=1) "
+        "or head_mappings={'logits': <index or callable>} to explain another."
+    )
 
 
 def select_head(
@@ -134,13 +127,14 @@ def select_head(
     """Pick one prediction head out of a model output (tensor, tuple/list or dict).
 
     ``head`` is a name in ``mappings`` (whose value is an index, a dict key, a callable
-    ``fn(output) -> Tensor`` or ``None`` for the whole output), a dict key, or an index.
+    ``fn(output) -> Tensor`` or ``None`` for the model's scores, see
+    :func:`primary_output`), a dict key, or an index.
     """
     mappings = DEFAULT_HEAD_MAPPINGS if mappings is None else mappings
     if isinstance(head, str) and head in mappings and _mapping_fits(mappings[head], outputs):
         value = mappings[head]
         if value is None:
-            selected = outputs
+            selected = primary_output(outputs)
         elif callable(value):
             selected = value(outputs)
         else:
@@ -151,6 +145,14 @@ def select_head(
         and -len(outputs) <= head < len(outputs)
     ):
         selected = outputs[head]
+    elif isinstance(head, str) and mappings.get(head, 0) is None:
+        selected = primary_output(outputs)  # raises the error that says why
+    elif isinstance(outputs, torch.Tensor):
+        raise KeyError(
+            f"Unknown head {head!r}: the model returns a single tensor of shape "
+            f"{tuple(outputs.shape)}, so it has one head, 'logits' (the default). Explain "
+            "it with head='logits'; several heads need a model that returns a tuple or dict."
+        )
     else:
         kind = type(outputs).__name__
         raise KeyError(
@@ -200,17 +202,77 @@ def head_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits.reshape(logits.shape[0], -1) if logits.ndim > 1 else logits
 
 
-def class_probabilities(head_output: torch.Tensor) -> torch.Tensor:
-    """``(B, K)`` float32 class probabilities from a head's output (e.g. ``head_output``).
+def class_probabilities(head_output: torch.Tensor | np.ndarray) -> Any:
+    """Class probabilities ``(B, K)`` from a head's output (e.g. ``Explanation.head_output``).
 
     Softmax over the classes; a single-logit head (``(B,)`` or ``(B, 1)``) has two classes
-    with probabilities ``[1 - sigmoid(logit), sigmoid(logit)]``.
+    with probabilities ``[sigmoid(-logit), sigmoid(logit)]``.
+
+    Parameters
+    ----------
+    head_output:
+        Logits as a tensor (any device; the result is a float32 CPU tensor) or a numpy
+        array (the result is a float64 array, computed in numpy: cheaper than torch for the
+        small arrays of a report).
     """
-    logits = head_logits(head_output.detach().float())
+    if isinstance(head_output, np.ndarray):
+        logits = np.asarray(head_output, dtype=np.float64)
+        logits = logits[:, 0] if logits.ndim == 2 and logits.shape[1] == 1 else logits
+        if logits.ndim == 1:
+            with np.errstate(over="ignore"):  # exp overflow gives inf, so probability 0
+                return np.stack([1.0 / (1.0 + np.exp(logits)), 1.0 / (1.0 + np.exp(-logits))], 1)
+        logits = logits.reshape(logits.shape[0], -1)
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    logits = head_logits(head_output.detach().float().cpu())
     if logits.ndim == 1:
-        positive = torch.sigmoid(logits)
-        return torch.stack([1 - positive, positive], dim=1)
+        return torch.stack([torch.sigmoid(-logits), torch.sigmoid(logits)], dim=1)
     return torch.softmax(logits, dim=1)
+
+
+def top_predictions(
+    probabilities: torch.Tensor | np.ndarray,
+    class_names: Sequence[str] | None = None,
+    top_k: int = 5,
+) -> list[dict[str, Any]]:
+    """The ``top_k`` most likely classes of **one** sample, most likely first.
+
+    Parameters
+    ----------
+    probabilities:
+        ``(K,)`` class probabilities of one sample (tensor or array), e.g. a row of
+        :func:`class_probabilities`. Ties keep the lower class index first.
+    class_names:
+        ``K`` names; ``None`` names each class by its index.
+    top_k:
+        How many classes (at most ``K``).
+
+    Returns
+    -------
+    list of dict
+        ``[{"class_idx", "class_name", "confidence"}, ...]``.
+    """
+    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if isinstance(probabilities, torch.Tensor):
+        probabilities = probabilities.detach().cpu().numpy()
+    values = np.asarray(probabilities, dtype=np.float64)
+    if values.ndim != 1:
+        raise ValueError(
+            f"top_predictions takes the (K,) probabilities of one sample, got shape "
+            f"{values.shape}; pass one row, e.g. probabilities[i]"
+        )
+    if class_names is not None and len(class_names) != values.size:
+        raise ValueError(f"{len(class_names)} class names for a model with {values.size} outputs")
+    order = np.argsort(-values, kind="stable")[: int(top_k)]
+    return [
+        {
+            "class_idx": int(index),
+            "class_name": class_names[int(index)] if class_names is not None else str(int(index)),
+            "confidence": float(values[index]),
+        }
+        for index in order
+    ]
 
 
 def _target_indices(target: TargetSpec, logits: torch.Tensor, head: str | int) -> torch.Tensor:
@@ -254,9 +316,14 @@ class GradCAMHeatmapGenerator:
         call and warns which one was chosen.
     head_mappings:
         Head name -> tuple index, dict key, or callable ``fn(output) -> Tensor``. Merged
-        into the defaults ``{"logits": whole output, "disease": 0, "attribute": 1}``.
+        into the defaults ``{"logits": the scores, "disease": 0, "attribute": 1}``. The
+        default head ``"logits"`` is a tensor output itself, the first element of a tuple
+        or list (said once in a warning), or the ``"logits"`` entry of a dict (or the
+        ``.logits`` attribute of an output object); see :func:`primary_output`.
     device:
-        ``None`` uses the model's device; CUDA where there is none warns and uses the CPU.
+        ``None`` uses the model's device; a device given is moved to, and asking for CUDA
+        (or MPS) where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     use_guided:
         Return Guided Grad-CAM (guided backpropagation times the Grad-CAM map), sharper.
     method:
@@ -284,7 +351,7 @@ class GradCAMHeatmapGenerator:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.device = resolve_device(model, device)
+        self.device = resolve_device(device, model)
         if device is not None:
             model.to(self.device)
         self.head_mappings: dict[str, HeadMapping] = dict(DEFAULT_HEAD_MAPPINGS)
@@ -296,6 +363,7 @@ class GradCAMHeatmapGenerator:
         self._cam: BaseCAM | None = None
         self.target_layer_name: str | None = None
         self._target_layer: nn.Module | None = None
+        self._warned_first_output = False
         if target_layer is not None:
             self.target_layer_name, self._target_layer = resolve_layer(model, target_layer)
             self._build_method()
@@ -307,8 +375,6 @@ class GradCAMHeatmapGenerator:
         return self._target_layer
 
     def _build_method(self) -> None:
-        from shortcut_detect.cam import get_method
-
         method_cls = get_method(self._method_spec)
         self._cam = method_cls(
             self.model,
@@ -364,6 +430,7 @@ class GradCAMHeatmapGenerator:
         def resolve(outputs: Any) -> list[HeadTargets]:
             fns = []
             for head, target in requests:
+                self._warn_first_output(outputs, head)
                 logits = select_head(outputs, head, self.head_mappings)
                 if logits.shape[0] != batch.shape[0]:
                     raise ValueError(
@@ -378,8 +445,6 @@ class GradCAMHeatmapGenerator:
             batch, score_from_outputs=resolve, need_gradients=cam.uses_gradients
         )
         if self.use_guided:
-            from shortcut_detect.cam.guided import guided_backprop_for_scores
-
             guided = guided_backprop_for_scores(self.model, batch, capture.score_fns)
         explanations = []
         for index, (head, _) in enumerate(requests):
@@ -389,6 +454,17 @@ class GradCAMHeatmapGenerator:
                 heatmaps = minmax_normalize((heatmaps * guided[index]).clamp_min(0))
             explanations.append(self._explanation(capture, index, head, heatmaps, layer_maps))
         return explanations
+
+    def _warn_first_output(self, outputs: Any, head: str | int) -> None:
+        """Say once per generator that a default head took the first of several outputs."""
+        if self._warned_first_output or not isinstance(head, str):
+            return
+        if head not in self.head_mappings or self.head_mappings[head] is not None:
+            return
+        message = first_output_warning(outputs, head)
+        if message is not None:
+            self._warned_first_output = True
+            warnings.warn(message, UserWarning, stacklevel=5)
 
     def _explanation(
         self,
@@ -400,14 +476,7 @@ class GradCAMHeatmapGenerator:
     ) -> Explanation:
         score_fn = capture.score_fns[index]
         logits = score_fn._logits(capture.outputs).detach().float().cpu()
-        if logits.ndim == 1:
-            predictions = (logits > 0).long()
-            confidences = torch.where(
-                predictions == 1, torch.sigmoid(logits), torch.sigmoid(-logits)
-            )
-        else:
-            probabilities = torch.softmax(logits, dim=1)
-            confidences, predictions = probabilities.max(dim=1)
+        confidences, predictions = class_probabilities(logits).max(dim=1)
         return Explanation(
             heatmaps=heatmaps.detach().cpu().numpy().astype(np.float32),
             raw_heatmaps=layer_maps[0].detach().cpu().numpy().astype(np.float32),
@@ -466,37 +535,17 @@ class GradCAMHeatmapGenerator:
     ) -> dict[str, float]:
         """Mean dice, IoU (of maps thresholded at ``threshold``) and cosine of two map sets.
 
-        Two empty thresholded maps count as full agreement is *not* assumed: their dice
-        and IoU are 0, as in the seed implementation; cosine with an all-zero map is 0.
+        The per-sample values are those of
+        :func:`~shortcut_detect.analysis.maps.overlap_per_sample`; where they are undefined
+        (both thresholded maps empty, or an all-zero map for the cosine) they count as 0,
+        as in the seed implementation. An empty batch gives 0 for every metric.
         """
-        first = np.asarray(disease_heatmap, dtype=np.float64)
-        second = np.asarray(attribute_heatmap, dtype=np.float64)
-        if first.shape != second.shape:
-            raise ValueError(
-                f"Heatmaps must share the same shape to compute overlap: {first.shape} vs "
-                f"{second.shape}"
-            )
-        if first.ndim == 2:
-            first, second = first[None], second[None]
-        if first.shape[0] == 0:
+        if np.shape(disease_heatmap)[:1] == (0,) and np.shape(attribute_heatmap)[:1] == (0,):
             return {"dice": 0.0, "iou": 0.0, "cosine": 0.0}
-        flat_a = first.reshape(first.shape[0], -1)
-        flat_b = second.reshape(second.shape[0], -1)
-        bin_a = flat_a >= threshold
-        bin_b = flat_b >= threshold
-        intersection = (bin_a & bin_b).sum(axis=1)
-        union = (bin_a | bin_b).sum(axis=1)
-        sizes = bin_a.sum(axis=1) + bin_b.sum(axis=1)
-        eps = 1e-8
-        dice = 2.0 * intersection / (sizes + eps)
-        iou = intersection / (union + eps)
-        norms = np.linalg.norm(flat_a, axis=1) * np.linalg.norm(flat_b, axis=1)
-        dots = (flat_a * flat_b).sum(axis=1)
-        cosine = np.where(norms > eps, dots / np.maximum(norms, eps), 0.0)
+        per_sample = overlap_per_sample(disease_heatmap, attribute_heatmap, threshold)
         return {
-            "dice": float(dice.mean()),
-            "iou": float(iou.mean()),
-            "cosine": float(cosine.mean()),
+            name: float(np.nan_to_num(values, nan=0.0).mean())
+            for name, values in per_sample.items()
         }
 
     # -- seed API, second generation -----------------------------------------------------
@@ -524,8 +573,6 @@ class GradCAMHeatmapGenerator:
         colormap: str = "jet",
     ) -> np.ndarray:
         """The heatmap blended on the image: uint8 ``(H, W, 3)``."""
-        from shortcut_detect.viz import overlay_heatmap
-
         return overlay_heatmap(image, heatmap, alpha=alpha, colormap=colormap)
 
     def visualize(
@@ -555,9 +602,7 @@ class GradCAMHeatmapGenerator:
         Accepts heatmaps ``(N, H, W)`` or images ``(N, C, H, W)``; see
         :func:`shortcut_detect.analysis.groups.compare_groups` for the options.
         """
-        from shortcut_detect.analysis.groups import compare_groups
-
-        return compare_groups(heatmaps_or_images, group_labels, generator=self, **kwargs)
+        return compare_group_attention(heatmaps_or_images, group_labels, generator=self, **kwargs)
 
     # -- resources -----------------------------------------------------------------------
     def close(self) -> None:
@@ -610,33 +655,22 @@ def get_top_predictions(
 ) -> list[dict[str, Any]]:
     """Top-``k`` softmax predictions for one ``(C, H, W)`` image.
 
-    Returns ``[{"class_idx", "class_name", "confidence"}, ...]``, most likely first.
+    A model with several outputs is read as :func:`primary_output` reads it (the first
+    element of a tuple, the ``"logits"`` entry of a dict). Returns
+    ``[{"class_idx", "class_name", "confidence"}, ...]``, most likely first (see
+    :func:`top_predictions`, which does the same from probabilities you already have).
     """
-    device = resolve_device(model, device)
+    device = resolve_device(device, model)
     batch = prepare_inputs(image_tensor, device)[:1]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = model(batch)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        outputs = model(batch)
+    message = first_output_warning(outputs, "logits")
+    if message is not None:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    logits = primary_output(outputs)
     if not isinstance(logits, torch.Tensor):
-        raise TypeError("get_top_predictions needs a model that returns one tensor of logits")
-    probabilities = class_probabilities(logits)[0]
-    if class_names is not None and len(class_names) != probabilities.numel():
-        raise ValueError(
-            f"{len(class_names)} class names for a model with {probabilities.numel()} outputs"
-        )
-    values, indices = probabilities.topk(min(top_k, probabilities.numel()))
-    return [
-        {
-            "class_idx": int(index),
-            "class_name": class_names[int(index)] if class_names is not None else str(int(index)),
-            "confidence": float(value),
-        }
-        for value, index in zip(values, indices)
-    ]
+        raise TypeError(f"The model's scores are {type(logits).__name__}, not a tensor")
+    return top_predictions(class_probabilities(logits)[0], class_names, top_k)
 
 
 def get_activation_maps(

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from shortcut_detect.cam.engine import upsample
 from shortcut_detect.cam.image import apply_colormap
+from shortcut_detect.results import AttentionOverlapResult
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
-
-    from shortcut_detect.gradcam import AttentionOverlapResult
 
 __all__ = [
     "overlay_heatmap",
@@ -135,8 +135,6 @@ def _display_heatmap(heatmap: Any, size: Sequence[int] | None = None) -> np.ndar
     """
     array = _as_map(heatmap)
     if size is not None and tuple(array.shape) != tuple(size):
-        from shortcut_detect.cam.engine import upsample
-
         array = upsample(torch.from_numpy(array)[None], tuple(size))[0].numpy()
     low = float(array.min())
     if low < 0:

@@ -233,28 +233,55 @@ def test_shortcut_model_marker_groups_differ_at_the_marker(shortcut_explanation,
 def test_marker_groups_same_sample_size_shortcut_vs_clean(
     shortcut_explanation, clean_explanation, test_data
 ):
-    shortcut_p, clean_p = [], []
-    for seed in range(10):
+    """On equal subsamples, the shortcut model's marker groups always differ clearly, and far
+    more than the clean model's. Relative: how faint the clean model's response to the marker
+    is depends on the model trained on this machine."""
+    for seed in range(5):
         index = np.random.default_rng(seed).choice(len(test_data), 150, replace=False)
         groups = test_data.groups[index]
-        for maps, out in (
-            (shortcut_explanation.heatmaps, shortcut_p),
-            (clean_explanation.heatmaps, clean_p),
-        ):
-            result = compare_groups(maps[index], groups, n_permutations=300, seed=seed)
-            out.append(result.metrics["p_value"])
-    assert max(shortcut_p) < 0.01, shortcut_p
-    assert sum(p >= 0.05 for p in clean_p) >= 7, clean_p
+        shortcut, clean = (
+            compare_groups(maps[index], groups, n_permutations=300, seed=seed).metrics
+            for maps in (shortcut_explanation.heatmaps, clean_explanation.heatmaps)
+        )
+        assert shortcut["p_value"] < 0.01, (seed, shortcut["p_value"])
+        assert clean["max_statistic"] < 0.5 * shortcut["max_statistic"], seed
+        assert clean["mass_overlap"] > shortcut["mass_overlap"], seed
 
 
-def test_random_labels_are_rarely_significant(clean_explanation):
-    p_values = [
-        compare_groups(
-            clean_explanation.heatmaps[:200],
-            np.random.default_rng(seed).permutation(np.arange(200) % 2),
-            n_permutations=200,
-            seed=seed,
-        ).metrics["p_value"]
-        for seed in range(10)
-    ]
-    assert sum(p < 0.05 for p in p_values) <= 2, p_values
+FALSE_POSITIVE_DRAWS = 200
+ALPHA = 0.05
+
+
+def _false_positives(maps, n_permutations=99):
+    """How many of 200 random balanced labelings of ``maps`` test significant at 5%."""
+    count = 0
+    for seed in range(FALSE_POSITIVE_DRAWS):
+        labels = np.random.default_rng(seed).permutation(np.arange(len(maps)) % 2)
+        result = compare_groups(maps, labels, n_permutations=n_permutations, seed=seed)
+        count += result.metrics["p_value"] < ALPHA
+    return count
+
+
+def _size_bound_violated(count):
+    """``True`` when ``count`` false positives in 200 draws would have probability < 1e-3
+    for a test of size 5%."""
+    return stats.binom.sf(count - 1, FALSE_POSITIVE_DRAWS, ALPHA) < 1e-3
+
+
+def test_random_labels_false_positive_rate_on_fixed_synthetic_maps():
+    maps = np.random.default_rng(123).random((120, 16, 16))
+    count = _false_positives(maps)
+    assert not _size_bound_violated(count), f"{count} of {FALSE_POSITIVE_DRAWS} draws"
+    # With 99 permutations the exact size is 4%: far fewer would mean a broken test.
+    assert stats.binom.cdf(count, FALSE_POSITIVE_DRAWS, 0.04) > 1e-3, count
+
+
+def test_random_labels_false_positive_rate_on_the_demo_maps(clean_explanation):
+    # The maps at the layer's 12x12 resolution keep the 200 draws fast.
+    count = _false_positives(clean_explanation.raw_heatmaps[:120])
+    assert not _size_bound_violated(count), f"{count} of {FALSE_POSITIVE_DRAWS} draws"
+
+
+def test_size_bound_rejects_an_anticonservative_rate():
+    assert not _size_bound_violated(10) and not _size_bound_violated(18)
+    assert _size_bound_violated(25)  # 12.5% where 5% was promised

@@ -108,3 +108,57 @@ def zoo() -> Callable[[str], ZooModel]:
 @pytest.fixture(scope="session")
 def calibrate_model() -> Callable[..., nn.Module]:
     return calibrate
+
+
+# Reference implementations ("oracles"). Only the tests that compare with one ask for it, so
+# a missing oracle skips those tests, never a whole file.
+@pytest.fixture(scope="session")
+def pgc():
+    """pytorch-grad-cam, the reference implementation of the CAM family."""
+    return pytest.importorskip("pytorch_grad_cam", reason="the pytorch-grad-cam oracle")
+
+
+@pytest.fixture(scope="session")
+def oracle_target(pgc):
+    """pytorch-grad-cam's ``ClassifierOutputTarget`` class."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    return ClassifierOutputTarget
+
+
+@pytest.fixture(scope="session")
+def pgc_image(pgc):
+    """pytorch-grad-cam's image helpers (``show_cam_on_image``, ``preprocess_image``, ...)."""
+    return pytest.importorskip("pytorch_grad_cam.utils.image")
+
+
+@pytest.fixture(scope="session")
+def cv2():
+    """OpenCV, the oracle of the colour map and resizing."""
+    return pytest.importorskip("cv2", reason="the OpenCV oracle")
+
+
+@pytest.fixture(scope="session")
+def captum():
+    """captum, the oracle of Grad-CAM on a layer and of guided backpropagation."""
+    return pytest.importorskip("captum", reason="the captum oracle")
+
+
+@pytest.fixture(scope="session")
+def scipy():
+    """scipy (the ``analysis`` extra), which ROAD's imputation needs."""
+    return pytest.importorskip("scipy", reason="ROAD needs scipy (the analysis extra)")
+
+
+def _relu_out_of_place(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = False
+    return clone
+
+
+@pytest.fixture(scope="session")
+def relu_out_of_place() -> Callable[[nn.Module], nn.Module]:
+    """``relu_out_of_place(model)``: a copy of the model whose ReLUs are not in place."""
+    return _relu_out_of_place

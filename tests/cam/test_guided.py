@@ -14,26 +14,18 @@ from shortcut_detect.cam.guided import guided_backprop, guided_backprop_for_scor
 from shortcut_detect.gradcam import GradCAMHeatmapGenerator
 
 
-def _out_of_place(model: nn.Module) -> nn.Module:
-    clone = copy.deepcopy(model)
-    for module in clone.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    return clone
-
-
 def _scores(classes):
     return sc.TargetScores([sc.ClassifierOutputTarget(c) for c in classes])
 
 
 @pytest.mark.parametrize("model_name", ["resnet18", "vgg11_bn"])
-def test_guided_backprop_equals_captum(zoo, model_name):
+def test_guided_backprop_equals_captum(zoo, model_name, captum, relu_out_of_place):
     from captum.attr import GuidedBackprop
 
     zm = zoo(model_name)
     assert any(getattr(m, "inplace", False) for m in zm.model.modules())  # in-place ReLUs
     (ours,) = guided_backprop(zm.model, zm.inputs, [_scores(zm.targets)])
-    reference = GuidedBackprop(_out_of_place(zm.model)).attribute(
+    reference = GuidedBackprop(relu_out_of_place(zm.model)).attribute(
         zm.inputs.clone(), target=list(zm.targets)
     )
     scale = reference.abs().max()
@@ -45,8 +37,7 @@ def test_guided_backprop_equals_captum(zoo, model_name):
     assert (plain - reference).abs().max() > 1e-2 * scale
 
 
-def test_guided_backprop_relu_model_equals_pytorch_grad_cam(zoo):
-    pgc = pytest.importorskip("pytorch_grad_cam")
+def test_guided_backprop_relu_model_equals_pytorch_grad_cam(zoo, pgc):
     zm = zoo("resnet18")
     image = zm.inputs[:1]
     ours = sc.GuidedBackpropReLUModel(zm.model, device="cpu")(image, target_category=7)

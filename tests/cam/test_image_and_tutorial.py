@@ -9,13 +9,10 @@ import pytest
 import torch
 import torchvision
 
-cv2 = pytest.importorskip("cv2")
-pgc_image = pytest.importorskip("pytorch_grad_cam.utils.image")
-
-from shortcut_detect.cam import image as ours  # noqa: E402
+from shortcut_detect.cam import image as ours
 
 
-def test_jet_table_equals_opencv():
+def test_jet_table_equals_opencv(cv2):
     levels = np.arange(256, dtype=np.uint8).reshape(-1, 1)
     reference = cv2.applyColorMap(levels, cv2.COLORMAP_JET)[:, 0, ::-1]
     np.testing.assert_array_equal(ours.jet_lut(), reference)
@@ -26,7 +23,7 @@ def test_jet_table_equals_opencv():
 
 @pytest.mark.parametrize("use_rgb", [True, False])
 @pytest.mark.parametrize("image_weight", [0.5, 0.3, 1.0])
-def test_show_cam_on_image_equals_pytorch_grad_cam(use_rgb, image_weight):
+def test_show_cam_on_image_equals_pytorch_grad_cam(use_rgb, image_weight, pgc_image):
     rng = np.random.default_rng(1)
     img = rng.random((40, 50, 3)).astype(np.float32)
     mask = rng.random((40, 50)).astype(np.float32)
@@ -54,7 +51,7 @@ def test_package_does_not_import_opencv():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_preprocess_and_deprocess_equal_pytorch_grad_cam():
+def test_preprocess_and_deprocess_equal_pytorch_grad_cam(pgc_image):
     rng = np.random.default_rng(2)
     for img in (rng.random((9, 7, 3)).astype(np.float32), rng.random((9, 7, 3))):
         for kwargs in ({}, {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}):
@@ -78,7 +75,9 @@ def test_compat_module_layout():
     assert vit_reshape_transform(torch.zeros(1, 17, 8)).shape == (1, 8, 4, 4)
 
 
-def test_resnet50_tutorial_runs_unchanged_and_matches_pytorch_grad_cam(calibrate_model):
+def test_resnet50_tutorial_runs_unchanged_and_matches_pytorch_grad_cam(
+    calibrate_model, cv2, pgc_image
+):
     """The pytorch-grad-cam README flow, with only the import lines changed."""
     skimage_data = pytest.importorskip("skimage.data")
     import pytorch_grad_cam

@@ -10,11 +10,6 @@ from torch import nn
 
 import shortcut_detect.cam as sc
 
-pgc = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
-    ClassifierOutputTarget as OracleTarget,
-)
-
 
 class Recorder(nn.Module):
     """Wraps a model; records the batch size and inference-mode flag of every forward pass."""
@@ -89,7 +84,7 @@ def test_gradient_free_methods_run_in_inference_mode_and_batch(method):
         assert max(size for size, _ in model.calls[1:]) <= 6  # batch_size (+1 check row)
 
 
-def test_scorecam_skips_constant_and_duplicate_channels():
+def test_scorecam_skips_constant_and_duplicate_channels(pgc, oracle_target):
     torch.manual_seed(0)
     inner = DeadChannels().eval()
     model = Recorder(inner)
@@ -100,7 +95,7 @@ def test_scorecam_skips_constant_and_duplicate_channels():
     # 12 channels: 4 dead ones share one zero image, channel 5 repeats channel 4's map.
     assert images == 1 + (12 - 4 - 1)
     with pgc.ScoreCAM(inner, [inner.target]) as cam:
-        reference = cam(x, targets=[OracleTarget(2)])
+        reference = cam(x, targets=[oracle_target(2)])
     assert np.abs(ours - reference).max() <= 1e-3
 
 
@@ -154,14 +149,14 @@ class RowMixingHead(nn.Module):
         return self.fc(pooled - 0.5 * pooled.mean(dim=0, keepdim=True))
 
 
-def test_ablationcam_falls_back_when_rows_interact():
+def test_ablationcam_falls_back_when_rows_interact(pgc, oracle_target):
     model = RowMixingHead().eval()
     x = torch.rand(1, 3, 10, 10)
     with sc.AblationCAM(model, ["target"], batch_size=4) as cam:
         ours = cam(x, targets=_targets([1]))
         assert cam._rows_independent == {0: False}
     with pgc.AblationCAM(model, [model.target], batch_size=4) as cam:
-        reference = cam(x, targets=[OracleTarget(1)])
+        reference = cam(x, targets=[oracle_target(1)])
     assert np.abs(ours - reference).max() <= 1e-3
 
 

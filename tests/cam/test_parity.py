@@ -15,12 +15,6 @@ import torch
 
 import shortcut_detect.cam as sc
 
-pgc = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
-    ClassifierOutputTarget as OracleTarget,
-)
-
 TOLERANCE = 1e-3
 MODELS = [
     "resnet18",
@@ -43,7 +37,13 @@ _PROJECTION_USERS = ("eigen_cam", "eigen_grad_cam", "base_cam")
 
 
 def oracle_maps(zm, method: str, monkeypatch=None, flip_projection: bool = False, **kwargs):
-    """pytorch-grad-cam's maps for the zoo model (optionally with the opposite SVD sign)."""
+    """pytorch-grad-cam's maps for the zoo model (optionally with the opposite SVD sign).
+
+    Only called from tests that asked for the ``pgc`` fixture (so the oracle is installed).
+    """
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     model = zm.oracle()
     if flip_projection:
         from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
@@ -60,7 +60,7 @@ def oracle_maps(zm, method: str, monkeypatch=None, flip_projection: bool = False
     ) as cam:
         if setup is not None:
             setup(cam)
-        return cam(zm.inputs, targets=[OracleTarget(t) for t in zm.targets], **call)
+        return cam(zm.inputs, targets=[ClassifierOutputTarget(t) for t in zm.targets], **call)
 
 
 def our_maps(zm, method: str, call=None, **kwargs):
@@ -84,7 +84,7 @@ def assert_close_either_sign(ours, reference, flipped):
 
 
 @pytest.mark.parametrize("model_name", MODELS)
-def test_gradient_methods_match_pytorch_grad_cam(zoo, model_name):
+def test_gradient_methods_match_pytorch_grad_cam(zoo, model_name, pgc):
     zm = zoo(model_name)
     for method in GRADIENT_METHODS:
         ours = our_maps(zm, method)
@@ -97,7 +97,7 @@ def test_gradient_methods_match_pytorch_grad_cam(zoo, model_name):
 
 
 @pytest.mark.parametrize("model_name", MODELS)
-def test_eigen_methods_match_pytorch_grad_cam_up_to_sign(zoo, model_name, monkeypatch):
+def test_eigen_methods_match_pytorch_grad_cam_up_to_sign(zoo, model_name, monkeypatch, pgc):
     zm = zoo(model_name)
     for method in EIGEN_METHODS:
         ours = our_maps(zm, method)
@@ -120,7 +120,7 @@ def test_eigen_sign_convention_follows_channel_sum():
         assert correlation > 0
 
 
-def test_eigen_smooth_and_aug_smooth_match(zoo, monkeypatch):
+def test_eigen_smooth_and_aug_smooth_match(zoo, monkeypatch, pgc):
     zm = zoo("resnet18")
     ours = our_maps(zm, "GradCAM", call={"eigen_smooth": True})
     reference = oracle_maps(zm, "GradCAM", call={"eigen_smooth": True})
@@ -137,21 +137,21 @@ def test_eigen_smooth_and_aug_smooth_match(zoo, monkeypatch):
     assert np.abs(ours - plain).max() > 1e-2  # smoothing really changed the map
 
 
-def test_several_target_layers_are_combined_like_pytorch_grad_cam(zoo):
+def test_several_target_layers_are_combined_like_pytorch_grad_cam(zoo, pgc, oracle_target):
     zm = zoo("resnet18")
     model, oracle = zm.model, zm.oracle()
     targets = [sc.ClassifierOutputTarget(t) for t in zm.targets]
     with sc.GradCAM(model, [model.layer3, model.layer4]) as cam:
         ours = cam(zm.inputs, targets=targets)
     with pgc.GradCAM(oracle, [oracle.layer3, oracle.layer4]) as cam:
-        reference = cam(zm.inputs, targets=[OracleTarget(t) for t in zm.targets])
+        reference = cam(zm.inputs, targets=[oracle_target(t) for t in zm.targets])
     assert np.abs(ours - reference).max() <= TOLERANCE
     with sc.GradCAM(model, [model.layer4]) as cam:
         single = cam(zm.inputs, targets=targets)
     assert np.abs(ours - single).max() > 1e-2
 
 
-def test_other_targets_match(zoo):
+def test_other_targets_match(zoo, pgc):
     zm = zoo("resnet18")
     from pytorch_grad_cam.utils import model_targets as oracle_targets
 
@@ -170,13 +170,13 @@ def test_other_targets_match(zoo):
     np.testing.assert_array_equal(implicit, explicit)
 
 
-def _no_ablation_bug(cls):
-    """pytorch-grad-cam's ablation layer, always setting the ablated channel to zero."""
+def _no_ablation_bug(cls, transposed):
+    """pytorch-grad-cam's ablation layer, always setting the ablated channel to zero
+    (``transposed``: the ViT layer, channels last)."""
 
     class ZeroAblation(cls):
         def __call__(self, x):
             output = self.activations
-            transposed = cls is AblationLayerVit
             if transposed:
                 output = output.transpose(1, len(output.shape) - 1)
             for i in range(output.size(0)):
@@ -208,7 +208,7 @@ PERTURBATION_MODELS = [
 
 
 @pytest.mark.parametrize("model_name", PERTURBATION_MODELS)
-def test_scorecam_matches_pytorch_grad_cam(zoo, model_name):
+def test_scorecam_matches_pytorch_grad_cam(zoo, model_name, pgc):
     zm = zoo(model_name)
     ours = our_maps(zm, "ScoreCAM", batch_size=64)
     reference = oracle_maps(zm, "ScoreCAM", setup=_set_batch_size(64))
@@ -228,14 +228,15 @@ def _confident_targets(zm):
 
 
 @pytest.mark.parametrize("model_name", PERTURBATION_MODELS)
-def test_ablationcam_matches_pytorch_grad_cam(zoo, model_name):
+def test_ablationcam_matches_pytorch_grad_cam(zoo, model_name, pgc):
     base = zoo(model_name)
     zm = dataclasses.replace(base, targets=_confident_targets(base), _oracle=base.oracle())
     ours = our_maps(zm, "AblationCAM", batch_size=64)
-    layer_cls = AblationLayerVit if model_name == "vit_b_16" else AblationLayer
-    reference = oracle_maps(
-        zm, "AblationCAM", batch_size=64, ablation_layer=_no_ablation_bug(layer_cls)
-    )
+    from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerVit
+
+    vit = model_name == "vit_b_16"
+    layer = _no_ablation_bug(AblationLayerVit if vit else AblationLayer, transposed=vit)
+    reference = oracle_maps(zm, "AblationCAM", batch_size=64, ablation_layer=layer)
     assert np.abs(ours - reference).max() <= TOLERANCE
     assert ours.max() == pytest.approx(1.0)
     if model_name == "resnet18":
@@ -245,7 +246,7 @@ def test_ablationcam_matches_pytorch_grad_cam(zoo, model_name):
 
 
 @pytest.mark.parametrize("model_name", MODELS[:-1])
-def test_gradcam_matches_captum_layer_gradcam(zoo, model_name):
+def test_gradcam_matches_captum_layer_gradcam(zoo, model_name, captum):
     from captum.attr import LayerAttribution, LayerGradCam
 
     zm = zoo(model_name)
@@ -274,9 +275,8 @@ def test_vit_maps_depend_on_the_reshape_transform(zoo):
     assert np.abs(wrong - our_maps(zm, "GradCAM")).max() > 0.05
 
 
-def test_upsampling_matches_opencv_resize():
+def test_upsampling_matches_opencv_resize(cv2):
     """pytorch-grad-cam resizes with cv2.resize; our bilinear upsampling gives the same."""
-    cv2 = pytest.importorskip("cv2")
     grid = np.random.default_rng(0).random((7, 5)).astype(np.float32)
     ours = sc.engine.upsample(torch.from_numpy(grid)[None], (56, 40))[0].numpy()
     reference = cv2.resize(grid, (40, 56))

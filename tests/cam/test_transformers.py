@@ -11,11 +11,6 @@ import torch
 import shortcut_detect.cam as sc
 from shortcut_detect.gradcam import GradCAMHeatmapGenerator
 
-pgc = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.utils.model_targets import (  # noqa: E402
-    ClassifierOutputTarget as OracleTarget,
-)
-
 
 def _tokens(batch, prefix, height, width, channels=6):
     """Tokens whose patch values encode (row, column, channel) for checking the layout."""
@@ -69,7 +64,7 @@ def test_token_layer_without_transform_names_the_transform(zoo):
         GradCAMHeatmapGenerator(zm.model, "encoder.layers[-1].ln_1").generate_heatmap(zm.inputs[:1])
 
 
-def test_swin_t_matches_pytorch_grad_cam_and_needs_its_transform(zoo):
+def test_swin_t_matches_pytorch_grad_cam_and_needs_its_transform(zoo, pgc, oracle_target):
     zm = zoo("swin_t")
     model, oracle = zm.model, zm.oracle()
     with pytest.raises(ValueError, match="swin_reshape_transform"):
@@ -82,13 +77,13 @@ def test_swin_t_matches_pytorch_grad_cam_and_needs_its_transform(zoo):
         with getattr(pgc, method)(
             oracle, [zm.layer(oracle)], reshape_transform=sc.swin_reshape_transform
         ) as cam:
-            reference = cam(zm.inputs, targets=[OracleTarget(t) for t in zm.targets])
+            reference = cam(zm.inputs, targets=[oracle_target(t) for t in zm.targets])
         assert ours.max() == pytest.approx(1.0)
         assert np.abs(ours - reference).max() <= 1e-3, method
 
 
 @pytest.mark.parametrize("image_size", [(64, 64), (48, 80)])
-def test_timm_vit_with_register_tokens(image_size):
+def test_timm_vit_with_register_tokens(image_size, pgc, oracle_target):
     timm = pytest.importorskip("timm")
     from timm.models.vision_transformer import VisionTransformer
 
@@ -114,7 +109,7 @@ def test_timm_vit_with_register_tokens(image_size):
     with sc.GradCAM(model, ["blocks[-1].norm1"], reshape_transform=explicit) as cam:
         given = cam(x, targets=[sc.ClassifierOutputTarget(t) for t in targets])
     with pgc.GradCAM(model, [model.blocks[-1].norm1], reshape_transform=explicit) as cam:
-        reference = cam(x, targets=[OracleTarget(t) for t in targets])
+        reference = cam(x, targets=[oracle_target(t) for t in targets])
     np.testing.assert_array_equal(inferred, given)
     assert inferred.shape == (2, *image_size)
     assert np.abs(given - reference).max() <= 1e-3

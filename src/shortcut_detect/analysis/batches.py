@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from shortcut_detect.results import HeatmapGenerator
+
 __all__ = ["check_batch_size", "heatmaps_from_images", "slice_target"]
 
 
@@ -37,7 +39,7 @@ def slice_target(target: Any, start: int, stop: int, n_samples: int, name: str =
 
 
 def heatmaps_from_images(
-    generator: Any,
+    generator: HeatmapGenerator,
     images: Any,
     *,
     batch_size: int = 32,
@@ -49,8 +51,9 @@ def heatmaps_from_images(
     Parameters
     ----------
     generator:
-        A :class:`~shortcut_detect.gradcam.GradCAMHeatmapGenerator` (anything with
-        ``generate_heatmap(inputs, head, target_index)``).
+        Something that makes heatmaps (:class:`~shortcut_detect.results.HeatmapGenerator`:
+        anything with ``generate_heatmap(inputs, head, target_index)``, e.g. a
+        :class:`~shortcut_detect.gradcam.GradCAMHeatmapGenerator`).
     images:
         ``(N, C, H, W)`` array or tensor (a volume ``(N, C, D, H, W)`` works too).
     batch_size:
@@ -58,7 +61,7 @@ def heatmaps_from_images(
     head, target:
         Passed to ``generate_heatmap``; ``target`` may hold one class per sample.
     """
-    if generator is None or not hasattr(generator, "generate_heatmap"):
+    if not isinstance(generator, HeatmapGenerator):
         raise TypeError(
             "Computing heatmaps from images needs a generator with generate_heatmap() (a "
             f"GradCAMHeatmapGenerator); got {type(generator).__name__}"

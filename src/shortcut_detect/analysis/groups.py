@@ -35,7 +35,7 @@ from shortcut_detect.analysis.maps import (
     mass_overlap,
     overlap_per_sample,
 )
-from shortcut_detect.gradcam import AttentionOverlapResult
+from shortcut_detect.results import AttentionOverlapResult, HeatmapGenerator
 
 __all__ = ["GroupTest", "compare_groups", "group_codes", "permutation_max_test"]
 
@@ -248,7 +248,7 @@ def compare_groups(
     heatmaps_or_images: Any,
     group_labels: Sequence[Hashable] | np.ndarray,
     *,
-    generator: Any = None,
+    generator: HeatmapGenerator | None = None,
     batch_size: int = 32,
     n_permutations: int = 1000,
     alpha: float = 0.05,
@@ -271,7 +271,9 @@ def compare_groups(
         One hashable label per sample (ints, strings, bools...); two or more groups, each
         with at least 2 samples; sizes may differ.
     generator:
-        A :class:`~shortcut_detect.gradcam.GradCAMHeatmapGenerator`, needed for images.
+        Something that makes heatmaps (a
+        :class:`~shortcut_detect.results.HeatmapGenerator`, e.g. a
+        :class:`~shortcut_detect.gradcam.GradCAMHeatmapGenerator`), needed for images.
     batch_size:
         Images per forward pass when computing heatmaps.
     n_permutations:
@@ -310,6 +312,45 @@ def compare_groups(
         map, per-pixel p-values and ``significance_map`` (bool, full grid), the null
         distribution, per-pair metrics.
     """
+    _check_options(statistic, inputs, alpha, n_permutations, max_test_cells)
+    maps = _heatmaps(heatmaps_or_images, inputs, generator, batch_size, head, target)
+    n_samples, grid = len(maps), tuple(maps.shape[1:])
+    groups, codes = group_codes(group_labels, n_samples)
+    sizes = _check_group_sizes(groups, codes, n_samples)
+
+    means = {g: maps[codes == i].mean(axis=0, dtype=np.float64) for i, g in enumerate(groups)}
+    stack = np.stack([means[g] for g in groups])
+    # Two groups: signed difference; more: the spread of the group means at each pixel.
+    divergence = stack[1] - stack[0] if len(groups) == 2 else np.ptp(stack, axis=0)
+    pairwise = _pairwise_overlaps(groups, stack, threshold)
+    mass_overlaps = np.array([pair["mass_overlap"] for pair in pairwise])
+    overlap_score = float(np.nanmin(mass_overlaps)) if np.isfinite(mass_overlaps).any() else 0.0
+
+    metrics = _descriptive_metrics(groups, sizes, stack, divergence, pairwise, threshold)
+    details: dict[str, Any] = {"group_order": list(groups), "pairwise": pairwise}
+    if n_permutations > 0:
+        test_metrics, test_details = _permutation_results(
+            maps, codes, groups, statistic, int(n_permutations), alpha, seed, int(max_test_cells)
+        )
+        metrics.update(test_metrics)
+        details.update(test_details)
+    else:
+        metrics.update(p_value=None, significant=None, alpha=float(alpha), n_permutations=0)
+
+    summary = _summary(groups, sizes, grid, metrics, overlap_score, details, divergence)
+    return AttentionOverlapResult(
+        overlap_score=overlap_score,
+        metrics=metrics,
+        group_heatmaps=means,
+        divergence_regions=divergence,
+        summary=summary,
+        details=details,
+    )
+
+
+def _check_options(
+    statistic: str, inputs: str, alpha: float, n_permutations: int, max_test_cells: int
+) -> None:
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     if inputs not in ("auto", "heatmaps", "images"):
@@ -322,9 +363,21 @@ def compare_groups(
         raise ValueError(f"n_permutations must be >= 0, got {n_permutations}")
     if int(max_test_cells) < 1:
         raise ValueError(f"max_test_cells must be at least 1, got {max_test_cells}")
+
+
+def _heatmaps(
+    heatmaps_or_images: Any,
+    inputs: str,
+    generator: HeatmapGenerator | None,
+    batch_size: int,
+    head: str | int,
+    target: Any,
+) -> np.ndarray:
+    """The heatmap stack: given, or computed from images with the generator."""
     shape = tuple(getattr(heatmaps_or_images, "shape", None) or np.shape(heatmaps_or_images))
     ndim = len(shape)
     treat_as_images = inputs == "images" or (inputs == "auto" and ndim >= 4)
+    maps = heatmaps_or_images
     if treat_as_images:
         if generator is None:
             raise ValueError(
@@ -336,11 +389,11 @@ def compare_groups(
         maps = heatmaps_from_images(
             generator, heatmaps_or_images, batch_size=batch_size, head=head, target=target
         )
-    else:
-        maps = heatmaps_or_images
-    maps = as_heatmap_stack(maps, single_ndim=-1, keep_float32=True)
-    n_samples, grid = len(maps), maps.shape[1:]
-    groups, codes = group_codes(group_labels, n_samples)
+    return as_heatmap_stack(maps, single_ndim=-1, keep_float32=True)
+
+
+def _check_group_sizes(groups: list[Hashable], codes: np.ndarray, n_samples: int) -> np.ndarray:
+    """Samples per group; at least 2 groups of at least 2 samples each, or a clear error."""
     if len(groups) < 2:
         raise ValueError(
             f"compare_groups needs at least 2 groups; all {n_samples} samples are labelled "
@@ -353,12 +406,13 @@ def compare_groups(
             "Every group needs at least 2 samples to compare attention; too small: "
             + ", ".join(f"{_format_label(g)} (n={sizes[groups.index(g)]})" for g in small)
         )
+    return sizes
 
-    means = {g: maps[codes == i].mean(axis=0, dtype=np.float64) for i, g in enumerate(groups)}
-    stack = np.stack([means[g] for g in groups])
-    # Two groups: signed difference; more: the spread of the group means at each pixel.
-    divergence = stack[1] - stack[0] if len(groups) == 2 else np.ptp(stack, axis=0)
 
+def _pairwise_overlaps(
+    groups: list[Hashable], stack: np.ndarray, threshold: float
+) -> list[dict[str, Any]]:
+    """Dice, IoU, cosine and shared mass of every pair of group means."""
     pairwise = []
     for (i, a), (j, b) in itertools.combinations(enumerate(groups), 2):
         overlap = overlap_per_sample(
@@ -373,20 +427,29 @@ def compare_groups(
                 "mass_overlap": float(mass_overlap(stack[i][None], stack[j][None])[0]),
             }
         )
+    return pairwise
+
+
+def _descriptive_metrics(
+    groups: list[Hashable],
+    sizes: np.ndarray,
+    stack: np.ndarray,
+    divergence: np.ndarray,
+    pairwise: list[dict[str, Any]],
+    threshold: float,
+) -> dict[str, Any]:
+    """Sizes, mean pairwise overlaps, where the group means diverge most, entropies."""
 
     def pair_mean(key: str) -> float:
         values = np.array([pair[key] for pair in pairwise], dtype=np.float64)
         return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
-    mass_overlaps = np.array([pair["mass_overlap"] for pair in pairwise])
-    overlap_score = float(np.nanmin(mass_overlaps)) if np.isfinite(mass_overlaps).any() else 0.0
-
+    grid = divergence.shape
     peak_flat = int(np.abs(divergence).argmax())
     peak = tuple(int(v) for v in np.unravel_index(peak_flat, grid))
     peak_value = float(divergence.reshape(-1)[peak_flat])
-
-    metrics: dict[str, Any] = {
-        "n_samples": n_samples,
+    return {
+        "n_samples": int(sizes.sum()),
         "n_groups": len(groups),
         "group_sizes": {g: int(n) for g, n in zip(groups, sizes)},
         "mass_overlap": pair_mean("mass_overlap"),
@@ -403,65 +466,60 @@ def compare_groups(
             g: float(e) for g, e in zip(groups, entropy(stack) if stack.ndim >= 3 else [])
         },
     }
-    details: dict[str, Any] = {"group_order": list(groups), "pairwise": pairwise}
 
-    if n_permutations > 0:
-        test_grid = _test_grid(tuple(grid), int(max_test_cells))
-        test_maps = area_resize(maps, test_grid) if test_grid != tuple(grid) else maps
-        test_codes = codes
-        if statistic == "mass_difference":
-            test_maps = mass_normalize(test_maps)
-            keep = ~np.isnan(test_maps.reshape(n_samples, -1)[:, 0])
-            metrics["n_empty_heatmaps"] = int((~keep).sum())
-            if not keep.all():
-                test_maps, test_codes = test_maps[keep], codes[keep]
-                kept = np.bincount(test_codes, minlength=len(groups))
-                if (kept < 2).any():
-                    counts = ", ".join(
-                        f"{_format_label(g)} (n={int(n)})" for g, n in zip(groups, kept)
-                    )
-                    raise ValueError(
-                        "After leaving out heatmaps with zero mass, a group has fewer than 2 "
-                        f"maps: {counts}. Compare more samples or use statistic='t'."
-                    )
-        test = permutation_max_test(
-            test_maps.reshape(len(test_codes), -1),
-            test_codes,
-            int(n_permutations),
-            seed,
-            statistic,
-        )
-        p_map = test["p_value_map"].reshape(test_grid)
-        significance = _nearest_upsample(p_map < alpha, tuple(grid))
-        metrics.update(
-            p_value=test["p_value"],
-            significant=bool(test["p_value"] < alpha),
-            alpha=float(alpha),
-            n_permutations=int(n_permutations),
-            min_attainable_p=1.0 / (n_permutations + 1),
-            statistic=test["statistic"],
-            max_statistic=test["max_statistic"],
-            significant_fraction=float(significance.mean()),
-            test_grid=test_grid,
-        )
-        details.update(
-            statistic_map=test["statistic_map"].reshape(test_grid),
-            p_value_map=p_map,
-            significance_map=significance,
-            null_max_statistics=test["null_maxima"],
-        )
-    else:
-        metrics.update(p_value=None, significant=None, alpha=float(alpha), n_permutations=0)
 
-    summary = _summary(groups, sizes, grid, metrics, overlap_score, details, divergence)
-    return AttentionOverlapResult(
-        overlap_score=overlap_score,
-        metrics=metrics,
-        group_heatmaps=means,
-        divergence_regions=divergence,
-        summary=summary,
-        details=details,
+def _permutation_results(
+    maps: np.ndarray,
+    codes: np.ndarray,
+    groups: list[Hashable],
+    statistic: str,
+    n_permutations: int,
+    alpha: float,
+    seed: int,
+    max_test_cells: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The max-statistic permutation test on a coarse grid: its metrics and details."""
+    n_samples, grid = len(maps), tuple(maps.shape[1:])
+    metrics: dict[str, Any] = {}
+    test_grid = _test_grid(grid, max_test_cells)
+    test_maps = area_resize(maps, test_grid) if test_grid != grid else maps
+    test_codes = codes
+    if statistic == "mass_difference":
+        test_maps = mass_normalize(test_maps)
+        keep = ~np.isnan(test_maps.reshape(n_samples, -1)[:, 0])
+        metrics["n_empty_heatmaps"] = int((~keep).sum())
+        if not keep.all():
+            test_maps, test_codes = test_maps[keep], codes[keep]
+            kept = np.bincount(test_codes, minlength=len(groups))
+            if (kept < 2).any():
+                counts = ", ".join(f"{_format_label(g)} (n={int(n)})" for g, n in zip(groups, kept))
+                raise ValueError(
+                    "After leaving out heatmaps with zero mass, a group has fewer than 2 "
+                    f"maps: {counts}. Compare more samples or use statistic='t'."
+                )
+    test = permutation_max_test(
+        test_maps.reshape(len(test_codes), -1), test_codes, n_permutations, seed, statistic
     )
+    p_map = test["p_value_map"].reshape(test_grid)
+    significance = _nearest_upsample(p_map < alpha, grid)
+    metrics.update(
+        p_value=test["p_value"],
+        significant=bool(test["p_value"] < alpha),
+        alpha=float(alpha),
+        n_permutations=int(n_permutations),
+        min_attainable_p=1.0 / (n_permutations + 1),
+        statistic=test["statistic"],
+        max_statistic=test["max_statistic"],
+        significant_fraction=float(significance.mean()),
+        test_grid=test_grid,
+    )
+    details = {
+        "statistic_map": test["statistic_map"].reshape(test_grid),
+        "p_value_map": p_map,
+        "significance_map": significance,
+        "null_max_statistics": test["null_maxima"],
+    }
+    return metrics, details
 
 
 def _summary(

@@ -11,6 +11,7 @@ import numpy as np
 from shortcut_detect.analysis.batches import check_batch_size, slice_target
 from shortcut_detect.analysis.groups import group_codes
 from shortcut_detect.analysis.maps import mass_overlap, overlap_per_sample, summarize_values
+from shortcut_detect.results import AttentionOverlapGenerator, HeadExplainer
 
 __all__ = ["head_overlap_over_dataset"]
 
@@ -18,7 +19,7 @@ METRICS = ("dice", "iou", "cosine", "mass_overlap")
 
 
 def head_overlap_over_dataset(
-    generator: Any,
+    generator: HeadExplainer | AttentionOverlapGenerator,
     images: Any,
     *,
     group_labels: Sequence[Hashable] | np.ndarray | None = None,
@@ -76,8 +77,7 @@ def head_overlap_over_dataset(
     codes = None
     if group_labels is not None:
         groups, codes = group_codes(group_labels, n_samples)
-    use_explain = hasattr(generator, "explain")
-    if not use_explain and not hasattr(generator, "generate_attention_overlap"):
+    if not isinstance(generator, (HeadExplainer, AttentionOverlapGenerator)):
         raise TypeError(
             "generator must have explain() or generate_attention_overlap() (a "
             f"GradCAMHeatmapGenerator); got {type(generator).__name__}"
@@ -91,7 +91,7 @@ def head_overlap_over_dataset(
         batch = images[start:stop]
         first = slice_target(disease_target, start, stop, n_samples, "disease_target")
         second = slice_target(attribute_target, start, stop, n_samples, "attribute_target")
-        if use_explain:
+        if isinstance(generator, HeadExplainer):
             disease, attribute = generator.explain(
                 batch, [(disease_head, first), (attribute_head, second)]
             )
@@ -125,13 +125,7 @@ def head_overlap_over_dataset(
         "summary": {name: summarize_values(values) for name, values in arrays.items()},
     }
     if codes is not None:
-        by_group: dict[Hashable, dict[str, Any]] = {}
-        for code, label in enumerate(groups):
-            members = codes == code
-            by_group[label] = {"n": int(members.sum())}
-            for name, values in arrays.items():
-                by_group[label][name] = summarize_values(values[members])
-        result_dict["by_group"] = by_group
+        result_dict["by_group"] = _summaries_by_group(arrays, groups, codes)
     if predictions["disease"]:
         result_dict["disease_predictions"] = np.concatenate(predictions["disease"])
         result_dict["attribute_predictions"] = np.concatenate(predictions["attribute"])
@@ -139,3 +133,16 @@ def head_overlap_over_dataset(
         result_dict["disease_heatmaps"] = np.concatenate(kept_maps["disease"])
         result_dict["attribute_heatmaps"] = np.concatenate(kept_maps["attribute"])
     return result_dict
+
+
+def _summaries_by_group(
+    arrays: dict[str, np.ndarray], groups: list[Hashable], codes: np.ndarray
+) -> dict[Hashable, dict[str, Any]]:
+    """``{label: {"n", metric: summary, ...}}`` for the samples of each group."""
+    by_group: dict[Hashable, dict[str, Any]] = {}
+    for code, label in enumerate(groups):
+        members = codes == code
+        by_group[label] = {"n": int(members.sum())}
+        for name, values in arrays.items():
+            by_group[label][name] = summarize_values(values[members])
+    return by_group

@@ -88,7 +88,8 @@ class BaseCAM:
     detach:
         Must be ``True``; maps are always detached from the graph.
     device:
-        ``None`` uses the model's device.
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     """
 
     uses_gradients: bool = True

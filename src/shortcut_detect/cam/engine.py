@@ -14,7 +14,6 @@ copied for the same reason. Extra forward passes (:meth:`CAMEngine.run`,
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -27,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shortcut_detect.cam.layers import LayerSpec, resolve_layers
+from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.modes import restore_modes, saved_modes
 
 __all__ = [
     "CAMEngine",
@@ -36,7 +37,6 @@ __all__ = [
     "current_input_size",
     "minmax_normalize",
     "prepare_inputs",
-    "resolve_device",
     "upsample",
 ]
 
@@ -61,28 +61,6 @@ def current_input_size() -> tuple[int, ...] | None:
     Lets reshape transforms infer a token grid from the image's shape.
     """
     return _INPUT_SIZE.get()
-
-
-def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    """``device=None`` means the model's device; CUDA where there is none warns and uses CPU."""
-    if device is None:
-        for tensor in model.parameters():
-            return tensor.device
-        for tensor in model.buffers():
-            return tensor.device
-        return torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            f"device={str(device)!r} was requested but CUDA is not available; using the CPU.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return torch.device("cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        warnings.warn("MPS is not available; using the CPU.", RuntimeWarning, stacklevel=3)
-        return torch.device("cpu")
-    return device
 
 
 def prepare_inputs(
@@ -228,7 +206,8 @@ class CAMEngine:
         Maps a non-spatial layer output (e.g. ViT tokens ``(B, N, C)``) to
         ``(B, C, *spatial)``; applied to activations and gradients alike.
     device:
-        ``None`` uses the model's device.
+        ``None`` uses the model's device; asking for CUDA (or MPS) where there is none
+        raises :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     """
 
     def __init__(
@@ -241,7 +220,7 @@ class CAMEngine:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.device = resolve_device(model, device)
+        self.device = resolve_device(device, model)
         if device is not None:
             model.to(self.device)
         resolved = resolve_layers(model, target_layers)
@@ -399,7 +378,7 @@ class CAMEngine:
         input size (:func:`current_input_size`).
         """
         model = self.model
-        modes = [(module, module.training) for module in model.modules()]
+        modes = saved_modes(model)
         grad_mode = torch.is_grad_enabled()
         size_token = _INPUT_SIZE.set(tuple(int(s) for s in inputs.shape[2:]))
         try:
@@ -410,9 +389,7 @@ class CAMEngine:
             _INPUT_SIZE.reset(size_token)
             self.close()
             torch.set_grad_enabled(grad_mode)
-            for module, training in modes:
-                if module.training != training:
-                    module.training = training
+            restore_modes(modes)
 
     # -- extra forward passes (gradient-free methods) ------------------------------------
     def run(self, inputs: torch.Tensor) -> Any:

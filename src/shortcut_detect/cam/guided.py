@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from shortcut_detect.cam.engine import prepare_inputs, resolve_device
+from shortcut_detect.cam.engine import prepare_inputs
+from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.modes import eval_mode
 
 __all__ = [
     "GuidedBackpropReLUModel",
@@ -78,13 +80,11 @@ def guided_backprop(
     score_fns = list(score_fns)
     parameters = list(model.parameters())
     flags = [param.requires_grad for param in parameters]
-    was_training = model.training
     leaf = inputs.detach().clone().requires_grad_(True)
     try:
-        model.eval()
         for param in parameters:
             param.requires_grad_(False)
-        with guided_relus(model), torch.enable_grad():
+        with eval_mode(model), guided_relus(model), torch.enable_grad():
             outputs = model(leaf.clone())  # a non-leaf: in-place ops on the input are allowed
             gradients = []
             for position, score_fn in enumerate(score_fns):
@@ -95,7 +95,6 @@ def guided_backprop(
                 gradients.append(grad.detach())
         return gradients
     finally:
-        model.train(was_training)
         for param, flag in zip(parameters, flags):
             param.requires_grad_(flag)
 
@@ -119,12 +118,13 @@ class GuidedBackpropReLUModel:
     model:
         The model; it is never modified (pytorch-grad-cam swaps its ReLU modules).
     device:
-        ``None`` uses the model's device.
+        ``None`` uses the model's device; asking for CUDA or MPS where there is none raises
+        :class:`~shortcut_detect.common.device.DeviceUnavailableError`.
     """
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
         self.model = model
-        self.device = resolve_device(model, device)
+        self.device = resolve_device(device, model)
         if device is not None:
             model.to(self.device)
 

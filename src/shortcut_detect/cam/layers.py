@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from shortcut_detect.common.modes import eval_mode
+
 __all__ = [
     "LayerInfo",
     "default_layer",
@@ -162,13 +164,10 @@ def spatial_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerI
 
     for module in model.modules():
         handles.append(module.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             model(example_input)
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     seen: set[str] = set()

@@ -24,7 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from shortcut_detect.cam.engine import prepare_inputs, resolve_device
+from shortcut_detect.cam.engine import prepare_inputs
+from shortcut_detect.cam.targets import ClassifierOutputTarget
+from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.modes import eval_mode
 
 __all__ = [
     "ConfidenceChange",
@@ -72,22 +75,17 @@ class _Scorer:
         self.callables: list[Callable[[torch.Tensor], torch.Tensor]] | None = None
 
     def _outputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                chunks = []
-                for start in range(0, inputs.shape[0], self.batch_size):
-                    out = self.model(inputs[start : start + self.batch_size].to(self.device))
-                    if not isinstance(out, torch.Tensor):
-                        raise TypeError(
-                            f"The model returns {type(out).__name__}; the metrics need a model "
-                            "that returns a tensor of class scores (wrap multi-head models)."
-                        )
-                    chunks.append(out.float().cpu())
-                return torch.cat(chunks)
-        finally:
-            self.model.train(was_training)
+        with eval_mode(self.model), torch.inference_mode():
+            chunks = []
+            for start in range(0, inputs.shape[0], self.batch_size):
+                out = self.model(inputs[start : start + self.batch_size].to(self.device))
+                if not isinstance(out, torch.Tensor):
+                    raise TypeError(
+                        f"The model returns {type(out).__name__}; the metrics need a model "
+                        "that returns a tensor of class scores (wrap multi-head models)."
+                    )
+                chunks.append(out.float().cpu())
+            return torch.cat(chunks)
 
     def resolve(self, outputs: torch.Tensor) -> None:
         count = outputs.shape[0]
@@ -135,7 +133,7 @@ def _prepare(
     cams: np.ndarray | torch.Tensor,
     device: str | torch.device | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.device]:
-    device = resolve_device(model, device)
+    device = resolve_device(device, model)
     batch = prepare_inputs(inputs, torch.device("cpu"))
     maps = torch.as_tensor(np.asarray(cams, dtype=np.float32))
     if maps.ndim == batch.ndim - 2:
@@ -398,9 +396,10 @@ def compare_methods(
     Returns one dict per method: ``method``, ``average_drop``, ``increase_in_confidence``,
     ``road_morf`` and ``road_lerf`` (mean score over the fractions), ``road_combined``.
     """
-    from shortcut_detect.cam import ClassifierOutputTarget, get_method
+    # shortcut_detect.cam imports this module, so its method registry is imported here.
+    from shortcut_detect.cam import get_method
 
-    batch = prepare_inputs(inputs, resolve_device(model, None))
+    batch = prepare_inputs(inputs, resolve_device(None, model))
     scorer = _Scorer(model, batch.device, targets, "probability", 32)
     scorer.resolve(scorer._outputs(batch))
     assert scorer.classes is not None

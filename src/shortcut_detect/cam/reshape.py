@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from shortcut_detect.cam.engine import current_input_size
+
 __all__ = ["swin_reshape_transform", "vit_reshape_transform"]
 
 
@@ -79,8 +81,6 @@ def vit_reshape_transform(
     ValueError
         If no grid fits; the message says which arguments to pass.
     """
-    from shortcut_detect.cam.engine import current_input_size
-
     if tensor.ndim != 3:
         raise ValueError(
             f"vit_reshape_transform expects tokens (B, N, C), got shape {tuple(tensor.shape)}; "
@@ -126,8 +126,6 @@ def swin_reshape_transform(
     if tensor.ndim == 4:
         return tensor.permute(0, 3, 1, 2)
     if tensor.ndim == 3:
-        from shortcut_detect.cam.engine import current_input_size
-
         image = current_input_size()
         grid = None
         if height is None and width is None and image is not None:

@@ -11,6 +11,7 @@ from shortcut_detect.analysis.batches import heatmaps_from_images
 from shortcut_detect.analysis.maps import as_heatmap_stack, overlap_per_sample
 from shortcut_detect.analysis.regions import RegionAttention, attention_in_region, region_coverage
 from shortcut_detect.detectors.base import BaseDetector
+from shortcut_detect.results import HeatmapGenerator
 
 __all__ = ["GradCAMMaskOverlapDetector"]
 
@@ -96,7 +97,7 @@ class GradCAMMaskOverlapDetector(BaseDetector):
         heatmaps: Any = None,
         masks: Any = None,
         *,
-        generator: Any = None,
+        generator: HeatmapGenerator | None = None,
         images: Any = None,
         batch_size: int = 32,
         image_size: Sequence[int] | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import gc
 import warnings
 
@@ -13,10 +12,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, vgg11, vgg11_bn
 
+import shortcut_detect.cam as sc
 from shortcut_detect import GradCAMHeatmapGenerator
 from shortcut_detect.cam.engine import CAMEngine, minmax_normalize, prepare_inputs, upsample
 from shortcut_detect.cam.layers import default_layer, resolve_layer
+from shortcut_detect.common.device import DeviceUnavailableError
 from shortcut_detect.data.synthetic import SmallCNN, make_shortcut_dataset, train_classifier
+from shortcut_detect.embeddings import EmbeddingExtractor
+from shortcut_detect.gradcam import compute_gradcam, get_activation_maps, get_top_predictions
 
 
 class FixedFeatureModel(nn.Module):
@@ -115,19 +118,11 @@ def test_matches_reference_on_torchvision(builder, layer):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def _out_of_place(model: nn.Module) -> nn.Module:
-    clone = copy.deepcopy(model)
-    for module in clone.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    return clone
-
-
 @pytest.mark.parametrize("layer", ["layer4.1.bn1", "layer4.0.bn2", "layer3"])
-def test_inplace_ops_after_target_match_out_of_place_model(layer):
+def test_inplace_ops_after_target_match_out_of_place_model(layer, relu_out_of_place):
     torch.manual_seed(1)
     model = calibrate_bn(resnet18(num_classes=5), (4, 3, 64, 64))
-    reference = _out_of_place(model)
+    reference = relu_out_of_place(model)
     x = torch.randn(2, 3, 64, 64)
     got = GradCAMHeatmapGenerator(model, layer).explain(x, [("logits", 1)])[0]
     want = GradCAMHeatmapGenerator(reference, layer).explain(x, [("logits", 1)])[0]
@@ -138,11 +133,11 @@ def test_inplace_ops_after_target_match_out_of_place_model(layer):
     assert any(isinstance(m, nn.ReLU) and m.inplace for m in model.modules())
 
 
-def test_inplace_relu_directly_after_target_small_cnn(shortcut_model, test_data):
+def test_inplace_relu_directly_after_target_small_cnn(shortcut_model, test_data, relu_out_of_place):
     x = torch.from_numpy(test_data.images[:4])
     for layer in ("features.1", "features.9"):  # BatchNorms followed by ReLU(inplace=True)
         got = GradCAMHeatmapGenerator(shortcut_model, layer).explain(x)[0]
-        want = GradCAMHeatmapGenerator(_out_of_place(shortcut_model), layer).explain(x)[0]
+        want = GradCAMHeatmapGenerator(relu_out_of_place(shortcut_model), layer).explain(x)[0]
         np.testing.assert_allclose(got.raw_heatmaps, want.raw_heatmaps, rtol=1e-5, atol=1e-6)
         # raw maps of a pre-ReLU layer are not all non-negative activations: a post-ReLU
         # capture (the in-place bug) would make the two differ above.
@@ -204,7 +199,7 @@ def test_hooks_removed_when_call_raises():
     with pytest.raises(ValueError, match="2 classes"):
         gen.generate_heatmap(torch.rand(2, 3, 48, 48), target_index=5)
     assert all(not m._forward_hooks for m in model.modules())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="expects 3 channels but the inputs have 5"):
         gen.generate_heatmap(torch.rand(2, 5, 48, 48))  # wrong channel count
     assert all(not m._forward_hooks for m in model.modules())
     assert torch.is_grad_enabled()
@@ -270,12 +265,35 @@ def test_input_validation_errors():
         gen.generate_heatmap(torch.rand(2, 1, 48, 48))
 
 
-def test_cuda_request_without_cuda_warns_and_uses_cpu():
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
-        gen = GradCAMHeatmapGenerator(SmallCNN().eval(), "features", device="cuda")
-    assert gen.device.type == "cpu"
+def test_device_rule_is_the_packages_one(monkeypatch):
+    """An explicit CUDA device where there is none is an error everywhere; no device means
+    the model's own device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = SmallCNN().eval()
+    x = torch.rand(1, 3, 48, 48)
+    constructors = {
+        "GradCAMHeatmapGenerator": lambda: GradCAMHeatmapGenerator(
+            model, "features", device="cuda"
+        ),
+        "CAMEngine": lambda: sc.CAMEngine(model, ["features"], device="cuda"),
+        "GradCAM": lambda: sc.GradCAM(model, ["features"], device="cuda"),
+        "GuidedBackpropReLUModel": lambda: sc.GuidedBackpropReLUModel(model, device="cuda"),
+        "EmbeddingExtractor": lambda: EmbeddingExtractor(model, device="cuda"),
+        "compute_gradcam": lambda: compute_gradcam(model, "cuda", x[0], "features"),
+        "get_top_predictions": lambda: get_top_predictions(model, "cuda:0", x[0], None),
+        "get_activation_maps": lambda: get_activation_maps(model, "cuda", x[0], "features"),
+        "confidence_change": lambda: sc.confidence_change(
+            model, x, np.ones((1, 48, 48)), device="cuda"
+        ),
+    }
+    for name, construct in constructors.items():
+        with pytest.raises(DeviceUnavailableError, match="CUDA is not available"):
+            construct()
+        assert all(p.device.type == "cpu" for p in model.parameters()), name
+    with pytest.raises(DeviceUnavailableError, match="unknown device 'gpu'"):
+        GradCAMHeatmapGenerator(model, "features", device="gpu")
+    assert GradCAMHeatmapGenerator(model, "features").device == torch.device("cpu")
+    assert GradCAMHeatmapGenerator(model, "features", device="cpu").device.type == "cpu"
 
 
 def test_layer_paths_and_errors():

@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from shortcut_detect.detectors import registry
+from shortcut_detect.detectors.mask_overlap import GradCAMMaskOverlapDetector
 from shortcut_detect.detectors.spray import SpRAyDetector
 
 
@@ -96,8 +98,6 @@ def test_bad_arguments(rng):
 
 
 def test_registry_names_resolve_to_these_detectors():
-    registry = pytest.importorskip("shortcut_detect.detectors.registry")
-    from shortcut_detect.detectors.mask_overlap import GradCAMMaskOverlapDetector
 
     assert registry.get_detector_class("spray") is SpRAyDetector
     assert registry.get_detector_class("gradcam_mask_overlap") is GradCAMMaskOverlapDetector
