@@ -213,6 +213,16 @@ def test_overall_risk_needs_agreement_for_high(risks, agreement, expected):
     assert detector.summary().startswith(f"Shortcut detection: overall risk {expected}")
 
 
+def test_a_single_high_method_gives_moderate_and_says_why():
+    methods = {"a": FixedRiskDetector("HIGH"), "b": FixedRiskDetector("LOW")}
+    detector = ShortcutDetector(methods=methods).fit(group_labels=[0, 1] * 5)
+    assert detector.overall_risk == "MODERATE"
+    assert "MODERATE: a rates the group information HIGH" in detector.summary()
+    assert "an overall HIGH needs 2 methods to agree; one kind of evidence only" in (
+        detector.summary()
+    )
+
+
 def test_failed_methods_do_not_count_towards_agreement(registered):
     methods = {"a": FixedRiskDetector("HIGH"), "broken": "broken"}
     detector = ShortcutDetector(methods=methods).fit(np.zeros((10, 2)), [0, 1] * 5)
