@@ -40,7 +40,11 @@ from shortcut_detect.cam.layers import (
     resolve_layer,
     spatial_layers,
 )
-from shortcut_detect.gradcam import GradCAMHeatmapGenerator, class_probabilities
+from shortcut_detect.gradcam import (
+    GradCAMHeatmapGenerator,
+    class_probabilities,
+    top_predictions,
+)
 from shortcut_detect.viz import overlay_heatmap, to_display_image
 
 if TYPE_CHECKING:
@@ -567,8 +571,10 @@ class Explorer:
         self.computations += 1
         display = _display_image(selection, tensor, model)
         probabilities = _probabilities(explanations[0].head_output, len(model.class_names))
-        values, order = probabilities.topk(min(self.top_k, probabilities.numel()))
-        top = tuple((model.class_names[int(i)], float(v)) for v, i in zip(values, order))
+        top = tuple(
+            (entry["class_name"], entry["confidence"])
+            for entry in top_predictions(probabilities, model.class_names, self.top_k)
+        )
         results = []
         for explanation in explanations:
             target = int(explanation.target_indices[0])
