@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, TypeVar
 
 from shortcut_detect.common.risk import Risk
 
-__all__ = ["RISK_LEVELS", "BaseDetector", "failed_report"]
+__all__ = ["RISK_LEVELS", "BaseDetector", "ParamsMixin", "failed_report"]
 
 #: The levels a detector that ran may report (``Risk.UNKNOWN`` is for one that could not).
 RISK_LEVELS = (Risk.LOW, Risk.MODERATE, Risk.HIGH)
@@ -44,18 +44,12 @@ def failed_report(method: str, error: str) -> dict[str, Any]:
     }
 
 
-class BaseDetector(ABC):
-    """Base class: ``fit(...) -> self``, ``get_report() -> dict``, scikit-learn parameters.
+_P = TypeVar("_P", bound="ParamsMixin")
 
-    Subclasses take every setting as an ``__init__`` argument stored under its own name and
-    unchanged, and check them in :meth:`validate_params` (called first thing in ``fit``).
-    """
 
-    name: str = "detector"
-
-    def __init__(self) -> None:
-        """No settings (subclasses take theirs as keyword arguments)."""
-        return None
+class ParamsMixin:
+    """scikit-learn's ``get_params`` / ``set_params``, read from the ``__init__`` signature:
+    every ``__init__`` argument must be stored unchanged under its own name."""
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -71,7 +65,7 @@ class BaseDetector(ABC):
         """The ``__init__`` arguments, as given (``deep`` is accepted for scikit-learn)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> BaseDetector:
+    def set_params(self: _P, **params: Any) -> _P:
         """Change ``__init__`` arguments; they are checked at the next ``fit``."""
         valid = self._param_names()
         for name, value in params.items():
@@ -81,6 +75,20 @@ class BaseDetector(ABC):
                 )
             setattr(self, name, value)
         return self
+
+
+class BaseDetector(ParamsMixin, ABC):
+    """Base class: ``fit(...) -> self``, ``get_report() -> dict``, scikit-learn parameters.
+
+    Subclasses take every setting as an ``__init__`` argument stored under its own name and
+    unchanged, and check them in :meth:`validate_params` (called first thing in ``fit``).
+    """
+
+    name: str = "detector"
+
+    def __init__(self) -> None:
+        """No settings (subclasses take theirs as keyword arguments)."""
+        return None
 
     def validate_params(self) -> None:
         """Raise ``ValueError`` (naming the parameter) for an invalid setting.

@@ -38,7 +38,7 @@ import numpy as np
 from shortcut_detect import __version__
 from shortcut_detect.common.progress import ProgressBar
 from shortcut_detect.common.risk import Risk
-from shortcut_detect.detectors.base import BaseDetector, failed_report
+from shortcut_detect.detectors.base import BaseDetector, ParamsMixin, failed_report
 from shortcut_detect.detectors.embedding_base import (
     DEFAULT_ALPHA,
     EmbeddingDetector,
@@ -268,7 +268,7 @@ def _combined_inputs(per_method: Mapping[str, Mapping[str, Any]]) -> dict[str, A
     }
 
 
-class ShortcutDetector:
+class ShortcutDetector(ParamsMixin):
     """Run several shortcut tests and combine them into one risk, summary and report.
 
     Follows scikit-learn's conventions: the parameters are stored as given and checked in
@@ -337,28 +337,6 @@ class ShortcutDetector:
         self.alpha = alpha
         self.method_params = method_params
         self.high_agreement = high_agreement
-
-    # -- scikit-learn parameters -----------------------------------------------------------
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The ``__init__`` arguments, as given (``deep`` is accepted for scikit-learn)."""
-        return {
-            "methods": self.methods,
-            "random_state": self.random_state,
-            "alpha": self.alpha,
-            "method_params": self.method_params,
-            "high_agreement": self.high_agreement,
-        }
-
-    def set_params(self, **params: Any) -> ShortcutDetector:
-        """Change ``__init__`` arguments; they are checked at the next ``fit``."""
-        valid = list(self.get_params())
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(
-                    f"ShortcutDetector has no parameter {name!r}; valid: {', '.join(valid)}"
-                )
-            setattr(self, name, value)
-        return self
 
     # -- building the detectors ------------------------------------------------------------
     @property
