@@ -119,5 +119,5 @@ def test_run_app_prints_the_address(explorer, monkeypatch, capsys):
     url = run_app(port=port)
     assert url == f"http://127.0.0.1:{port}/"
     assert f"running at {url}" in capsys.readouterr().out
-    with pytest.raises(OSError):  # closed after block_thread returned
+    with pytest.raises(OSError, match="Connection refused"):  # closed after block_thread
         urllib.request.urlopen(url, timeout=5)

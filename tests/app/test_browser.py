@@ -153,6 +153,24 @@ def generate(page) -> str:
     return wait_for_text(page, "status", "Heatmap of", before)
 
 
+def press_in_tab(page, tab: str, button: str) -> None:
+    """Open the result tab ``tab`` and press ``#button`` in it.
+
+    *Generate* switches back to the *Explain* tab in a follow-up event, which may arrive
+    just after the tab was opened on a busy machine; then the tab is opened again.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    for _ in range(10):
+        page.get_by_role("tab", name=tab).click()
+        try:
+            page.click(f"#{button}", timeout=3_000)
+            return
+        except PlaywrightTimeoutError:
+            continue
+    raise AssertionError(f"#{button} never became clickable in the {tab!r} tab")
+
+
 def pick_gallery_item(page, index: int) -> str:
     before = text_of(page, "status")
     page.locator("#gallery img").nth(index).click()
@@ -244,8 +262,7 @@ def test_target_class_and_comparisons(browser, demo_app, tmp_path):
     choose(page, "target", "cross")
     assert "Heatmap of cross" in generate(page)
 
-    page.get_by_role("tab", name="Compare classes").click()
-    page.click("#compare-classes")
+    press_in_tab(page, "Compare classes", "compare-classes")
     status = wait_for_text(page, "class-status", "correlation")
     assert "left disk" in status and "right cross" in status
     left = wait_for_new_image(page, "class-overlay-a", None)
@@ -253,8 +270,7 @@ def test_target_class_and_comparisons(browser, demo_app, tmp_path):
     assert left != right
     page.screenshot(path=tmp_path / "classes.png", full_page=True)
 
-    page.get_by_role("tab", name="Compare layers").click()
-    page.click("#compare-layers")
+    press_in_tab(page, "Compare layers", "compare-layers")
     status = wait_for_text(page, "layer-status", "features.4")
     assert "features.0" in status and "features" in status
     for name in ("early", "middle", "late"):

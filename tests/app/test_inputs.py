@@ -26,14 +26,19 @@ def test_resolve_inside_accepts_files_in_the_root(data_root):
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["../secret.txt", "../../etc/passwd", "cats/../../secret.txt", "/etc/passwd", "..", ""],
+    ("name", "message"),
+    [
+        ("../secret.txt", "outside the allowed directory"),
+        ("../../etc/passwd", "outside the allowed directory"),
+        ("cats/../../secret.txt", "outside the allowed directory"),
+        ("/etc/passwd", "outside the allowed directory"),
+        ("..", "outside the allowed directory"),
+        ("", "Invalid file name ''"),
+    ],
 )
-def test_resolve_inside_refuses_paths_that_leave_the_root(data_root, name):
-    with pytest.raises(ExplorerInputError) as info:
+def test_resolve_inside_refuses_paths_that_leave_the_root(data_root, name, message):
+    with pytest.raises(ExplorerInputError, match=message):
         resolve_inside(data_root, name)
-    if name not in ("", ".."):
-        assert "outside the allowed directory" in str(info.value)
 
 
 def test_resolve_inside_refuses_symlinks_out_of_the_root(data_root, tmp_path):
@@ -63,7 +68,7 @@ def test_read_image_converts_alpha_grayscale_and_16_bit(image_files):
 @pytest.mark.parametrize("kind", ["text", "fake_png"])
 def test_read_image_refuses_non_images_with_the_file_name(image_files, kind):
     path = image_files[kind]
-    with pytest.raises(ExplorerInputError) as info:
+    with pytest.raises(ExplorerInputError, match="not an image file Pillow can read") as info:
         read_image(path)
     message = str(info.value)
     assert path.name in message

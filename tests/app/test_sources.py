@@ -18,7 +18,7 @@ def test_demo_source_serves_the_synthetic_arrays(test_data):
     group = "marker" if test_data.groups[17] else "no marker"
     assert (sample.label, sample.group) == (label, group)
     assert sample.caption == f"#17 {label} · {group}"
-    with pytest.raises(ExplorerInputError):
+    with pytest.raises(ExplorerInputError, match=r"Unknown demo sample '\.\./17'"):
         source.get("../17")
 
 

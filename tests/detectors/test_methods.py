@@ -191,10 +191,12 @@ def test_probe_too_small_group_reports_failure():
 
 
 def test_permutation_count_must_allow_significance():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    groups = np.arange(40) % 2
     with pytest.raises(ValueError, match="at least 100 permutations"):
-        ProbeDetector(n_permutations=50)
+        ProbeDetector(n_permutations=50).fit(X, groups)
     with pytest.raises(ValueError, match="cannot give p < alpha"):
-        HBACDetector(n_permutations=9, alpha=0.05)
+        HBACDetector(n_permutations=9, alpha=0.05).fit(X, groups)
 
 
 # -- statistical ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from shortcut_detect.detectors.registry import (
     register_detector,
     unregister_detector,
 )
-from shortcut_detect.detectors.shortcut_detector import ShortcutDetector
+from shortcut_detect.detectors.shortcut_detector import DEFAULT_METHODS, ShortcutDetector
 
 FAST = {name: {"n_permutations": 200} for name in ("probe", "hbac", "geometric")}
 
@@ -95,19 +95,38 @@ def test_unfitted_detector_says_so():
         ShortcutDetector().summary()
 
 
-def test_constructor_validates_methods():
-    with pytest.raises(ValueError, match=r"unknown method 'probbe'.*available: probe"):
-        ShortcutDetector(methods=["probbe"])
-    with pytest.raises(ValueError, match="unique"):
-        ShortcutDetector(methods=["probe", "probe"])
-    with pytest.raises(ValueError, match="not selected"):
-        ShortcutDetector(methods=["probe"], method_params={"hbac": {}})
-    with pytest.raises(ValueError, match="empty"):
-        ShortcutDetector(methods=[])
-    with pytest.raises(ValueError, match="method 'probe': n_permutations=19 cannot give p < alpha"):
-        ShortcutDetector(methods=["probe"], method_params={"probe": {"n_permutations": 19}})
-    with pytest.raises(TypeError, match=r"method 'probe'.*unexpected keyword"):
-        ShortcutDetector(methods=["probe"], method_params={"probe": {"n_perms": 19}})
+def test_settings_are_checked_at_fit_not_in_the_constructor(planted):
+    X, g = planted(n=60, dim=4, seed=0)
+    cases = [
+        ({"methods": ["probbe"]}, ValueError, r"unknown method 'probbe'.*available: probe"),
+        ({"methods": ["probe", "probe"]}, ValueError, "unique"),
+        ({"methods": ["probe"], "method_params": {"hbac": {}}}, ValueError, "not selected"),
+        ({"methods": []}, ValueError, "empty"),
+        ({"alpha": 1.5}, ValueError, r"alpha must be in \(0, 1\), got 1.5"),
+        ({"high_agreement": 0}, ValueError, "high_agreement must be at least 1"),
+        (
+            {"methods": ["probe"], "method_params": {"probe": {"n_permutations": 19}}},
+            ValueError,
+            "method 'probe': n_permutations=19 cannot give p < alpha",
+        ),
+        (
+            {"methods": ["probe"], "method_params": {"probe": {"n_perms": 19}}},
+            TypeError,
+            r"method 'probe'.*unexpected keyword",
+        ),
+        (
+            {"methods": ["probe"], "method_params": {"probe": {"model": "tree"}}},
+            ValueError,
+            "method 'probe': model must be one of",
+        ),
+    ]
+    for params, error, message in cases:
+        detector = ShortcutDetector(**params)  # stored as given, no check yet
+        assert detector.get_params()["methods"] is params.get("methods", DEFAULT_METHODS)
+        with pytest.raises(error, match=message):
+            detector.fit(X, g)
+        with pytest.raises(error, match=message):
+            detector.fit_from_loaders({name: {"embeddings": X, "groups": g} for name in ["probe"]})
 
 
 def test_method_params_and_random_state_reach_the_detectors(planted):
@@ -192,6 +211,16 @@ def test_overall_risk_needs_agreement_for_high(risks, agreement, expected):
     detector.fit(group_labels=[0, 1] * 5)
     assert detector.overall_risk == expected
     assert detector.summary().startswith(f"Shortcut detection: overall risk {expected}")
+
+
+def test_a_single_high_method_gives_moderate_and_says_why():
+    methods = {"a": FixedRiskDetector("HIGH"), "b": FixedRiskDetector("LOW")}
+    detector = ShortcutDetector(methods=methods).fit(group_labels=[0, 1] * 5)
+    assert detector.overall_risk == "MODERATE"
+    assert "MODERATE: a rates the group information HIGH" in detector.summary()
+    assert "an overall HIGH needs 2 methods to agree; one kind of evidence only" in (
+        detector.summary()
+    )
 
 
 def test_failed_methods_do_not_count_towards_agreement(registered):
@@ -345,11 +374,11 @@ def test_detector_instances_and_named_mappings(planted):
     results = detector.get_results()
     assert results["weak_ridge"]["method"] == "weak_ridge"
     assert results["weak_ridge"]["auc"] != results["strong_ridge"]["auc"]
-    assert detector.detectors_["strong_ridge"].ridge == (100.0,)
+    assert detector.detectors_["strong_ridge"].ridge == 100.0
     with pytest.raises(ValueError, match="method_params apply to methods given by name"):
         ShortcutDetector(
             methods={"p": ProbeDetector(n_permutations=200)}, method_params={"p": {"ridge": 2}}
-        )
+        ).fit(X, g)
 
 
 def test_registry_lists_and_imports_builtins():

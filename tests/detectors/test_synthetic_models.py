@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -32,15 +30,22 @@ def fitted(penultimate, test_data):
     }
 
 
+# These models are trained on the machine at hand, so the assertions keep wide margins: on
+# the reference machine the shortcut model's values are AUC 1.00, separation d 3.7, cluster
+# enrichment 0.89 and largest significant |d| 4.6 (thresholds for HIGH: 0.71, 0.8, 0.6,
+# 0.8); the clean model's are AUC 0.95, d 0.0, enrichment 0.07, no significant dimension.
+
+
 def test_shortcut_model_embeddings_are_flagged(fitted, test_data):
     assert test_data.groups.mean() == pytest.approx(0.5, abs=0.1)  # both groups well filled
     detector = fitted["shortcut"]
     results = detector.get_results()
     assert detector.overall_risk == "HIGH"
-    assert results["probe"]["risk"] == "HIGH"
-    assert results["probe"]["auc"] > 0.97
-    assert results["probe"]["accuracy"] > 0.9
-    assert results["geometric"]["risk"] == "HIGH"
+    assert {name: result["risk"] for name, result in results.items()} == dict.fromkeys(
+        ("probe", "statistical", "hbac", "geometric"), "HIGH"
+    )
+    assert results["probe"]["auc"] > 0.9
+    assert results["geometric"]["separation_d"] > 2 * 0.8
 
 
 def test_clean_model_embeddings_carry_much_less_marker_information(fitted):
@@ -48,17 +53,14 @@ def test_clean_model_embeddings_carry_much_less_marker_information(fitted):
     clean = fitted["clean"].get_results()
     # The clean model still sees the bright marker (a linear probe can decode it), but it is
     # no dominant direction or cluster of its embedding, unlike in the model that uses it.
-    assert fitted["clean"].overall_risk == "MODERATE"
-    n_high = {
-        name: sum(r["risk"] == "HIGH" for r in res.values())
-        for name, res in (("shortcut", shortcut), ("clean", clean))
-    }
-    assert n_high == {"shortcut": 4, "clean": 1}
-    assert shortcut["probe"]["auc"] > clean["probe"]["auc"]
-    assert shortcut["probe"]["accuracy"] > clean["probe"]["accuracy"] + 0.05
-    assert shortcut["geometric"]["separation_d"] > 2.0 > 0.5 > clean["geometric"]["separation_d"]
-    assert shortcut["hbac"]["max_enrichment"] > 0.6 > 0.3 > clean["hbac"]["max_enrichment"]
-    assert "one kind of evidence only" in fitted["clean"].summary()
+    assert fitted["clean"].overall_risk != "HIGH"
+    n_high = sum(result["risk"] == "HIGH" for result in clean.values())
+    assert n_high <= 1
+    assert shortcut["probe"]["auc"] >= clean["probe"]["auc"]
+    assert clean["geometric"]["separation_d"] < 0.5 * shortcut["geometric"]["separation_d"]
+    assert clean["geometric"]["risk"] != "HIGH"
+    assert clean["hbac"]["max_enrichment"] < 0.5 * shortcut["hbac"]["max_enrichment"]
+    assert clean["hbac"]["risk"] != "HIGH"
 
 
 def test_seed_docs_integration_first_half(shortcut_model, test_data, capsys):
@@ -85,11 +87,6 @@ def test_seed_docs_integration_end_to_end(shortcut_model, test_data, tmp_path):
 
     from shortcut_detect.gradcam import GradCAMHeatmapGenerator
 
-    if importlib.util.find_spec("shortcut_detect.analysis.groups") is None:
-        pytest.skip(
-            "TODO(lead): shortcut_detect.analysis.groups (compare_groups) is not merged yet; "
-            "this test runs the seed example's last step once it is"
-        )
     model, target_layer = shortcut_model, "features"
     images, group_labels = test_data.images[:160], test_data.groups[:160]
     embeddings = extract_embeddings(model, None, images, batch_size=64)

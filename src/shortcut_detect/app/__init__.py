@@ -16,12 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shortcut_detect.app.audit_browser import AuditBrowser
 from shortcut_detect.app.explorer import Explorer
 from shortcut_detect.app.inputs import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_UPLOAD_BYTES,
     ExplorerInputError,
 )
+from shortcut_detect.app.models import demo_explorer_models, explorer_model_from_loaded
+from shortcut_detect.app.sources import DataSource, DemoSource
+from shortcut_detect.models import load_model
 
 if TYPE_CHECKING:
     import gradio
@@ -71,13 +75,8 @@ def make_explorer(
         (:class:`ExplorerInputError`, ``ModelLoadError``, ``ManifestError``) for a model,
         data or audit that cannot be used; the message says why.
     """
-    from shortcut_detect.app.models import demo_explorer_models, explorer_model_from_loaded
-    from shortcut_detect.app.sources import DataSource, DemoSource
-
     browser = None
     if audit is not None:
-        from shortcut_detect.app.audit_browser import AuditBrowser
-
         browser = AuditBrowser.open(audit, max_pixels=max_pixels)
         if model is None:
             model, weights = browser.model_spec, browser.weights
@@ -87,8 +86,6 @@ def make_explorer(
     if model is None or (str(model) == "demo" and weights is None):
         models = demo_explorer_models()
     else:
-        from shortcut_detect.models import load_model
-
         loaded = load_model(
             model,
             weights=weights,
@@ -157,6 +154,7 @@ def build_app(
     Parameters are those of :func:`make_explorer`; ``options`` are passed on to it.
     """
     _import_gradio()
+    # The page module imports Gradio (an optional extra) at import time.
     from shortcut_detect.app.ui import create_blocks
 
     if explorer is None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from shortcut_detect.app.inputs import DEFAULT_MAX_PIXELS, ExplorerInputError
 from shortcut_detect.app.sources import RecordSource, SampleRecord
+from shortcut_detect.audit.store import AuditStore, StoreError
 
 __all__ = ["ALL", "OUTCOMES", "SORT_KEYS", "AuditBrowser", "AuditRows"]
 
@@ -103,8 +104,6 @@ class AuditBrowser:
         ExplorerInputError
             When ``directory`` is not an audit directory.
         """
-        from shortcut_detect.audit.store import AuditStore, StoreError
-
         try:
             store = AuditStore(directory)
             config = store.config

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
+from shortcut_detect.app.audit_browser import sample_at
 from shortcut_detect.app.explorer import (
     PREDICTED,
     Explorer,
@@ -302,8 +303,6 @@ def audit_table(
 
 def audit_row_sample(sample_ids: Sequence[str] | None, index: Any) -> str:
     """The sample id of a clicked row of the audit table (``""`` when none)."""
-    from shortcut_detect.app.audit_browser import sample_at
-
     return sample_at(sample_ids, index) or ""
 
 

@@ -32,9 +32,21 @@ from shortcut_detect.app.inputs import (
 )
 from shortcut_detect.app.models import ExplorerModel
 from shortcut_detect.app.sources import Sample, SampleSource, to_uint8_rgb
+from shortcut_detect.cam import METHODS, get_method
 from shortcut_detect.cam.image import apply_colormap
+from shortcut_detect.cam.layers import (
+    PASS_THROUGH_MODULES,
+    default_layer,
+    resolve_layer,
+    spatial_layers,
+)
+from shortcut_detect.gradcam import (
+    GradCAMHeatmapGenerator,
+    class_probabilities,
+    top_predictions,
+)
 from shortcut_detect.models import UnknownClassError, class_index
-from shortcut_detect.viz import overlay_heatmap
+from shortcut_detect.viz import overlay_heatmap, to_display_image
 
 if TYPE_CHECKING:
     from shortcut_detect.app.audit_browser import AuditBrowser
@@ -193,16 +205,12 @@ def resolve_target(value: object, class_names: Sequence[str]) -> int | None:
 
 
 def _method_registry() -> dict[str, type]:
-    # Read at call time: the CAM family registers itself in shortcut_detect.cam.METHODS.
-    from shortcut_detect.cam import METHODS
-
+    # Read at call time: more CAM methods may have been registered since the import.
     return dict(METHODS)
 
 
 def method_key(method: str) -> str:
     """The registry key of a CAM method name (case and punctuation ignored)."""
-    from shortcut_detect.cam import get_method
-
     registry = _method_registry()
     try:
         cls = get_method(method)
@@ -228,8 +236,6 @@ def method_choices() -> list[tuple[str, str]]:
 
 def _display_image(selection: Selection, tensor: torch.Tensor, model: ExplorerModel) -> np.ndarray:
     """What the model sees, as RGB float ``(H, W, 3)`` in [0, 1] (normalisation undone)."""
-    from shortcut_detect.viz import to_display_image
-
     expected = tuple(tensor.shape[1:])
     if selection.image is not None and model.display is not None:
         shown = np.asarray(model.display(selection.image), dtype=np.float32)
@@ -245,8 +251,6 @@ def _display_image(selection: Selection, tensor: torch.Tensor, model: ExplorerMo
 
 def _probabilities(head_output: torch.Tensor, class_count: int) -> torch.Tensor:
     """Class probabilities of the first sample: softmax, or sigmoid for a one-logit head."""
-    from shortcut_detect.gradcam import class_probabilities
-
     probabilities = class_probabilities(head_output[:1])[0]
     if probabilities.numel() != class_count:
         raise ExplorerInputError(
@@ -369,8 +373,6 @@ class Explorer:
         model = self.get_model(model_name)
         if model.name in self._layers:
             return self._layers[model.name]
-        from shortcut_detect.cam.layers import _PASS_THROUGH, default_layer, spatial_layers
-
         example = torch.zeros(1, model.in_channels, *model.input_size)
         try:
             device = next(model.model.parameters()).device
@@ -386,8 +388,6 @@ class Explorer:
             for info in infos
         )
         if default not in names:
-            from shortcut_detect.cam.layers import resolve_layer
-
             try:
                 resolve_layer(model.model, default)
             except (ValueError, TypeError) as error:
@@ -396,7 +396,7 @@ class Explorer:
                 f"Layer {default!r} of {model.name} has no spatial (C, H, W) output, so it "
                 f"cannot be explained; choose one of: {', '.join(names[-8:])}"
             )
-        useful = [info for info in infos if not isinstance(info.module, _PASS_THROUGH)]
+        useful = [info for info in infos if not isinstance(info.module, PASS_THROUGH_MODULES)]
         convs = [info.name for info in useful if isinstance(info.module, _CONV_TYPES)]
         pool = convs if len(convs) >= 2 else [info.name for info in useful] or [default]
         comparison = (pool[0], pool[len(pool) // 2], default)
@@ -467,8 +467,6 @@ class Explorer:
 
     # -- heatmaps ------------------------------------------------------------------------
     def _generator(self, model: ExplorerModel, layer: str, method: str) -> object:
-        from shortcut_detect.gradcam import GradCAMHeatmapGenerator
-
         key = (model.name, layer, method)
         generator = self._generators.get(key)
         if generator is None:
@@ -558,8 +556,10 @@ class Explorer:
         self.computations += 1
         display = _display_image(selection, tensor, model)
         probabilities = _probabilities(explanations[0].head_output, len(model.class_names))
-        values, order = probabilities.topk(min(self.top_k, probabilities.numel()))
-        top = tuple((model.class_names[int(i)], float(v)) for v, i in zip(values, order))
+        top = tuple(
+            (entry["class_name"], entry["confidence"])
+            for entry in top_predictions(probabilities, model.class_names, self.top_k)
+        )
         results = []
         for explanation in explanations:
             target = int(explanation.target_indices[0])

@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from shortcut_detect.data.images import load_image
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -85,8 +87,6 @@ def read_image(
         For a missing file, a file over ``max_bytes``, more than ``max_pixels`` pixels, or
         anything that is not a readable image. The message says what to do.
     """
-    from shortcut_detect.data.images import load_image
-
     path = Path(path)
     if not path.is_file():
         raise ExplorerInputError(f"No file at {path}.")

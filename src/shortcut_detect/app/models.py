@@ -12,6 +12,9 @@ import torch
 from PIL import Image
 from torch import nn
 
+from shortcut_detect.data.demo import load_demo_models
+from shortcut_detect.data.synthetic import CLASS_NAMES
+
 __all__ = ["ExplorerModel", "ResizeToTensor", "demo_explorer_models", "explorer_model_from_loaded"]
 
 DEMO_INPUT_SIZE = (48, 48)
@@ -87,9 +90,6 @@ class ExplorerModel:
 
 def demo_explorer_models(cache_dir: str | None = None) -> list[ExplorerModel]:
     """The demo's shortcut model and clean model (trained once, then loaded from the cache)."""
-    from shortcut_detect.data.demo import load_demo_models
-    from shortcut_detect.data.synthetic import CLASS_NAMES
-
     demo = load_demo_models(cache_dir)
     transform = ResizeToTensor(DEMO_INPUT_SIZE, channels=3)
     shared: dict[str, Any] = {

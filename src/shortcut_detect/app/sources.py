@@ -18,6 +18,8 @@ from shortcut_detect.app.inputs import (
     read_image,
     resolve_inside,
 )
+from shortcut_detect.data.demo import make_demo_test_set
+from shortcut_detect.data.images import ManifestError, read_image_set
 
 __all__ = [
     "DataSource",
@@ -101,8 +103,6 @@ class DemoSource:
 
     def __init__(self, dataset: object | None = None) -> None:
         if dataset is None:
-            from shortcut_detect.data.demo import make_demo_test_set
-
             dataset = make_demo_test_set()
         self.dataset = dataset
 
@@ -201,8 +201,6 @@ class DataSource(RecordSource):
         label_column: str = "label",
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        from shortcut_detect.data.images import ManifestError, read_image_set
-
         path = Path(data).expanduser().resolve()
         if not path.exists():
             raise ExplorerInputError(f"--data {data}: no such file or directory.")

@@ -52,23 +52,109 @@ def _guard(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@dataclass
+class _AuditTab:
+    sort_by: gr.Dropdown
+    group: gr.Dropdown
+    outcome: gr.Dropdown
+    message: gr.Markdown
+    table: gr.Dataframe
+    ids: gr.State
+    sample_id: gr.Textbox
+    open: gr.Button
+
+
+@dataclass
+class _Inputs:
+    """The left column: where the image comes from and what to explain."""
+
+    gallery: gr.Gallery
+    resample: gr.Button
+    upload: gr.File
+    preview: gr.Image
+    layer: gr.Dropdown
+    method: gr.Dropdown
+    target: gr.Dropdown
+    opacity: gr.Slider
+    generate: gr.Button
+
+
+@dataclass
+class _Results:
+    """The right column: status line, result tabs and what they show."""
+
+    status: gr.Markdown
+    tabs: gr.Tabs
+    original: gr.Image
+    heatmap: gr.Image
+    overlay: gr.Image
+    top: gr.Label
+    first_class: gr.Dropdown
+    second_class: gr.Dropdown
+    compare_classes: gr.Button
+    class_overlays: list[gr.Image]
+    class_status: gr.Markdown
+    layer_pickers: list[gr.Dropdown]
+    compare_layers: gr.Button
+    layer_overlays: list[gr.Image]
+    layer_status: gr.Markdown
+    audit: _AuditTab | None
+
+
+@dataclass
+class _Page:
+    """Every component the events read or write."""
+
+    model_picker: gr.Radio
+    model_note: gr.Markdown
+    inputs: _Inputs
+    results: _Results
+    selection: gr.State
+    result: gr.State
+    class_results: gr.State
+    layer_results: gr.State
+    gallery_ids: gr.State
+    has_gallery: bool
+
+    @property
+    def picked_outputs(self) -> list[Any]:
+        """What choosing an image sets: the selection, preview, status, cleared views."""
+        views = self.results
+        return [
+            self.selection,
+            self.inputs.preview,
+            views.status,
+            views.original,
+            views.heatmap,
+            views.overlay,
+            views.top,
+            self.result,
+        ]
+
+    @property
+    def generate_inputs(self) -> list[Any]:
+        controls = self.inputs
+        return [
+            self.selection,
+            self.model_picker,
+            controls.layer,
+            controls.method,
+            controls.target,
+            controls.opacity,
+        ]
+
+    @property
+    def generate_outputs(self) -> list[Any]:
+        views = self.results
+        return [views.original, views.heatmap, views.overlay, views.top, views.status, self.result]
+
+
 def create_blocks(explorer: Explorer, *, title: str = "shortcut-detect explorer") -> gr.Blocks:
     """The page for ``explorer``: explorer, class and layer comparisons, audit browser."""
     first_model = explorer.model_names[0]
     settings = callbacks.model_settings(explorer, first_model)
-    method_options = explorer.method_choices()
-    default_method = method_options[0][1] if method_options else "gradcam"
-    class_a, class_b = callbacks.default_class_pair(explorer, first_model)
-    has_gallery = bool(explorer.sample_ids())
-    early, middle, late = settings.comparison_layers
-
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        selection = gr.State(None)
-        result = gr.State(None)
-        class_results = gr.State([])
-        layer_results = gr.State([])
-        gallery_ids = gr.State([])
-
+        states = [gr.State(None), gr.State(None), gr.State([]), gr.State([]), gr.State([])]
         gr.Markdown(INTRO)
         with gr.Row():
             model_picker = gr.Radio(
@@ -80,275 +166,338 @@ def create_blocks(explorer: Explorer, *, title: str = "shortcut-detect explorer"
                 scale=2,
             )
             model_note = gr.Markdown(settings.description, elem_id="model-note")
-
+        has_gallery = bool(explorer.sample_ids())
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
-                with gr.Tab("Test images", visible=has_gallery):
-                    gallery = gr.Gallery(
-                        label="Random test images (click one)",
-                        columns=4,
-                        height=360,
-                        allow_preview=False,
-                        interactive=False,
-                        format="png",
-                        elem_id="gallery",
-                    )
-                    resample = gr.Button("Resample", elem_id="resample", size="sm")
-                with gr.Tab("Upload"):
-                    upload = gr.File(
-                        label="Upload an image (PNG, JPEG, BMP, TIFF, WebP)",
-                        type="filepath",
-                        file_count="single",
-                        elem_id="upload",
-                    )
-                preview = gr.Image(
-                    label="Selected image",
-                    type="numpy",
-                    format="png",
-                    interactive=False,
-                    height=160,
-                    elem_id="preview",
-                )
-                layer = gr.Dropdown(
-                    choices=settings.layer_options,
-                    value=settings.default_layer,
-                    label="Target layer",
-                    info="Later layers: object-level evidence; earlier: edges and textures.",
-                    elem_id="layer",
-                )
-                method = gr.Dropdown(
-                    choices=method_options,
-                    value=explorer.default_method
-                    if any(key == explorer.default_method for _, key in method_options)
-                    else default_method,
-                    label="CAM method",
-                    info="ScoreCAM and AblationCAM run the model once per channel: slow on "
-                    "large models.",
-                    elem_id="method",
-                )
-                target = gr.Dropdown(
-                    choices=settings.class_options,
-                    value=PREDICTED,
-                    label="Target class",
-                    elem_id="target",
-                )
-                opacity = gr.Slider(
-                    0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity"
-                )
-                generate = gr.Button("Generate", variant="primary", elem_id="generate")
-
+                inputs = _input_column(explorer, settings, has_gallery)
             with gr.Column(scale=3, min_width=480):
-                status = gr.Markdown(callbacks.NO_SELECTION, elem_id="status")
-                with gr.Tabs(selected="explore") as tabs:
-                    with gr.Tab("Explain", id="explore"):
-                        with gr.Row():
-                            original = _image("Original", "original")
-                            heatmap = _image("Heatmap (warm = important)", "heatmap")
-                            overlay = _image("Overlay", "overlay")
-                        top = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
-                    with gr.Tab("Compare classes", id="classes"):
-                        with gr.Row():
-                            first_class = gr.Dropdown(
-                                settings.class_options,
-                                value=class_a,
-                                label="Left class",
-                                elem_id="class-a",
-                            )
-                            second_class = gr.Dropdown(
-                                settings.class_options,
-                                value=class_b,
-                                label="Right class",
-                                elem_id="class-b",
-                            )
-                        compare_classes = gr.Button("Compare classes", elem_id="compare-classes")
-                        with gr.Row():
-                            class_overlay_a = _image("Left class", "class-overlay-a")
-                            class_overlay_b = _image("Right class", "class-overlay-b")
-                        class_status = gr.Markdown("", elem_id="class-status")
-                    with gr.Tab("Compare layers", id="layers"):
-                        with gr.Row():
-                            layer_pickers = [
-                                gr.Dropdown(
-                                    settings.layer_options,
-                                    value=value,
-                                    label=label,
-                                    elem_id=f"layer-{key}",
-                                )
-                                for key, label, value in (
-                                    ("early", "Early layer", early),
-                                    ("middle", "Middle layer", middle),
-                                    ("late", "Late layer", late),
-                                )
-                            ]
-                        compare_layers = gr.Button("Compare layers", elem_id="compare-layers")
-                        with gr.Row():
-                            layer_overlays = [
-                                _image(f"{name} layer", f"layer-overlay-{name.lower()}")
-                                for name in ("Early", "Middle", "Late")
-                            ]
-                        layer_status = gr.Markdown("", elem_id="layer-status")
-                    audit = _audit_tab(explorer) if explorer.audit is not None else None
-
-        # -- events --------------------------------------------------------------------
-        @_guard
-        def fill_gallery() -> tuple[list[Any], list[str]]:
-            return callbacks.gallery_items(explorer, GALLERY_SIZE)
-
-        cleared = (None,) * 5  # original, heatmap, overlay, top-5, result: of the last image
-
-        @_guard
-        def pick_from_gallery(ids: list[str], event: gr.SelectData) -> tuple[Any, ...]:
-            return (*callbacks.choose_gallery_sample(explorer, ids, event.index), *cleared)
-
-        @_guard
-        def pick_upload(path: str | None) -> tuple[Any, ...]:
-            # The upload box is emptied again so that the next file can be dropped at once.
-            return (*callbacks.choose_upload(explorer, path), *cleared, None)
-
-        @_guard
-        def change_model(name: str) -> tuple[Any, ...]:
-            chosen = callbacks.model_settings(explorer, name)
-            layer_updates = [
-                gr.Dropdown(choices=chosen.layer_options, value=value)
-                for value in chosen.comparison_layers
-            ]
-            a, b = callbacks.default_class_pair(explorer, name)
-            return (
-                gr.Dropdown(choices=chosen.layer_options, value=chosen.default_layer),
-                gr.Dropdown(choices=chosen.class_options, value=PREDICTED),
-                gr.Dropdown(choices=chosen.class_options, value=a),
-                gr.Dropdown(choices=chosen.class_options, value=b),
-                *layer_updates,
-                chosen.description,
-            )
-
-        @_guard
-        def run_generate(
-            sel: Selection | None,
-            model_name: str,
-            layer_name: str,
-            method_name: str,
-            target_value: str,
-            alpha: float,
-        ) -> callbacks.View:
-            return callbacks.generate(
-                explorer, sel, model_name, layer_name, method_name, target_value, alpha
-            )
-
-        @_guard
-        def run_reblend(
-            res: HeatmapResult | None,
-            classes_res: list[HeatmapResult],
-            layers_res: list[HeatmapResult],
-            alpha: float,
-        ) -> tuple[Any, ...]:
-            return (
-                callbacks.reblend(explorer, res, alpha),
-                *callbacks.reblend_many(explorer, classes_res, alpha, 2),
-                *callbacks.reblend_many(explorer, layers_res, alpha, 3),
-            )
-
-        @_guard
-        def run_compare_classes(
-            sel: Selection | None,
-            model_name: str,
-            layer_name: str,
-            method_name: str,
-            a: str,
-            b: str,
-            alpha: float,
-        ) -> tuple[Any, ...]:
-            return callbacks.compare_classes(
-                explorer, sel, model_name, layer_name, method_name, a, b, alpha
-            )
-
-        @_guard
-        def run_compare_layers(
-            sel: Selection | None,
-            model_name: str,
-            method_name: str,
-            target_value: str,
-            alpha: float,
-            *names: str,
-        ) -> tuple[Any, ...]:
-            overlays, message, results = callbacks.compare_layers(
-                explorer, sel, model_name, names, method_name, target_value, alpha
-            )
-            return (*overlays, message, results)
-
-        picked_outputs = [selection, preview, status, original, heatmap, overlay, top, result]
-        if has_gallery:
-            demo.load(fill_gallery, outputs=[gallery, gallery_ids])
-            resample.click(fill_gallery, outputs=[gallery, gallery_ids])
-            gallery.select(pick_from_gallery, inputs=[gallery_ids], outputs=picked_outputs)
-        upload.upload(pick_upload, inputs=[upload], outputs=[*picked_outputs, upload])
-        model_picker.change(
-            change_model,
-            inputs=[model_picker],
-            outputs=[layer, target, first_class, second_class, *layer_pickers, model_note],
-        )
-        generate.click(
-            run_generate,
-            inputs=[selection, model_picker, layer, method, target, opacity],
-            outputs=[original, heatmap, overlay, top, status, result],
-        ).then(lambda: gr.Tabs(selected="explore"), outputs=[tabs])
-        opacity.change(
-            run_reblend,
-            inputs=[result, class_results, layer_results, opacity],
-            outputs=[overlay, class_overlay_a, class_overlay_b, *layer_overlays],
-            show_progress="hidden",
-            trigger_mode="always_last",
-        )
-        compare_classes.click(
-            run_compare_classes,
-            inputs=[selection, model_picker, layer, method, first_class, second_class, opacity],
-            outputs=[class_overlay_a, class_overlay_b, class_status, class_results],
-        )
-        compare_layers.click(
-            run_compare_layers,
-            inputs=[selection, model_picker, method, target, opacity, *layer_pickers],
-            outputs=[*layer_overlays, layer_status, layer_results],
-        )
-        if audit is not None:
-
-            @_guard
-            def show_audit(sort_by: str, group: str, outcome: str) -> tuple[Any, ...]:
-                rows, ids, message = callbacks.audit_table(explorer, sort_by, group, outcome)
-                return rows, ids, message
-
-            def pick_row(ids: list[str], event: gr.SelectData) -> str:
-                return callbacks.audit_row_sample(ids, event.index)
-
-            @_guard
-            def open_from_audit(sample_id: str) -> tuple[Any, ...]:
-                return (*callbacks.open_sample(explorer, sample_id), *cleared)
-
-            filters = [audit.sort_by, audit.group, audit.outcome]
-            table_outputs = [audit.table, audit.ids, audit.message]
-            demo.load(show_audit, inputs=filters, outputs=table_outputs)
-            for control in filters:
-                control.change(show_audit, inputs=filters, outputs=table_outputs)
-            audit.table.select(pick_row, inputs=[audit.ids], outputs=[audit.sample_id])
-            audit.open.click(
-                open_from_audit, inputs=[audit.sample_id], outputs=picked_outputs
-            ).success(lambda: gr.Tabs(selected="explore"), outputs=[tabs]).then(
-                run_generate,
-                inputs=[selection, model_picker, layer, method, target, opacity],
-                outputs=[original, heatmap, overlay, top, status, result],
-            )
+                results = _results_column(explorer, settings, first_model)
+        page = _Page(model_picker, model_note, inputs, results, *states, has_gallery=has_gallery)
+        _wire_explorer(demo, explorer, page)
+        if results.audit is not None:
+            _wire_audit(demo, explorer, page, results.audit)
     return demo
 
 
-@dataclass
-class _AuditTab:
-    sort_by: gr.Dropdown
-    group: gr.Dropdown
-    outcome: gr.Dropdown
-    message: gr.Markdown
-    table: gr.Dataframe
-    ids: gr.State
-    sample_id: gr.Textbox
-    open: gr.Button
+def _input_column(
+    explorer: Explorer, settings: callbacks.ModelSettings, has_gallery: bool
+) -> _Inputs:
+    """Gallery and upload tabs, the preview, and the layer / method / class / opacity pickers."""
+    method_options = explorer.method_choices()
+    default_method = method_options[0][1] if method_options else "gradcam"
+    if any(key == explorer.default_method for _, key in method_options):
+        default_method = explorer.default_method
+    with gr.Tab("Test images", visible=has_gallery):
+        gallery = gr.Gallery(
+            label="Random test images (click one)",
+            columns=4,
+            height=360,
+            allow_preview=False,
+            interactive=False,
+            format="png",
+            elem_id="gallery",
+        )
+        resample = gr.Button("Resample", elem_id="resample", size="sm")
+    with gr.Tab("Upload"):
+        upload = gr.File(
+            label="Upload an image (PNG, JPEG, BMP, TIFF, WebP)",
+            type="filepath",
+            file_count="single",
+            elem_id="upload",
+        )
+    preview = gr.Image(
+        label="Selected image",
+        type="numpy",
+        format="png",
+        interactive=False,
+        height=160,
+        elem_id="preview",
+    )
+    layer = gr.Dropdown(
+        choices=settings.layer_options,
+        value=settings.default_layer,
+        label="Target layer",
+        info="Later layers: object-level evidence; earlier: edges and textures.",
+        elem_id="layer",
+    )
+    method = gr.Dropdown(
+        choices=method_options,
+        value=default_method,
+        label="CAM method",
+        info="ScoreCAM and AblationCAM run the model once per channel: slow on large models.",
+        elem_id="method",
+    )
+    target = gr.Dropdown(
+        choices=settings.class_options, value=PREDICTED, label="Target class", elem_id="target"
+    )
+    opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
+    generate = gr.Button("Generate", variant="primary", elem_id="generate")
+    return _Inputs(gallery, resample, upload, preview, layer, method, target, opacity, generate)
+
+
+def _results_column(
+    explorer: Explorer, settings: callbacks.ModelSettings, model_name: str
+) -> _Results:
+    """The status line and the result tabs: explain, compare classes, compare layers, audit."""
+    class_a, class_b = callbacks.default_class_pair(explorer, model_name)
+    early, middle, late = settings.comparison_layers
+    status = gr.Markdown(callbacks.NO_SELECTION, elem_id="status")
+    with gr.Tabs(selected="explore") as tabs:
+        with gr.Tab("Explain", id="explore"):
+            with gr.Row():
+                original = _image("Original", "original")
+                heatmap = _image("Heatmap (warm = important)", "heatmap")
+                overlay = _image("Overlay", "overlay")
+            top = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
+        with gr.Tab("Compare classes", id="classes"):
+            with gr.Row():
+                first_class = gr.Dropdown(
+                    settings.class_options, value=class_a, label="Left class", elem_id="class-a"
+                )
+                second_class = gr.Dropdown(
+                    settings.class_options, value=class_b, label="Right class", elem_id="class-b"
+                )
+            compare_classes = gr.Button("Compare classes", elem_id="compare-classes")
+            with gr.Row():
+                class_overlays = [
+                    _image("Left class", "class-overlay-a"),
+                    _image("Right class", "class-overlay-b"),
+                ]
+            class_status = gr.Markdown("", elem_id="class-status")
+        with gr.Tab("Compare layers", id="layers"):
+            with gr.Row():
+                layer_pickers = [
+                    gr.Dropdown(
+                        settings.layer_options, value=value, label=label, elem_id=f"layer-{key}"
+                    )
+                    for key, label, value in (
+                        ("early", "Early layer", early),
+                        ("middle", "Middle layer", middle),
+                        ("late", "Late layer", late),
+                    )
+                ]
+            compare_layers = gr.Button("Compare layers", elem_id="compare-layers")
+            with gr.Row():
+                layer_overlays = [
+                    _image(f"{name} layer", f"layer-overlay-{name.lower()}")
+                    for name in ("Early", "Middle", "Late")
+                ]
+            layer_status = gr.Markdown("", elem_id="layer-status")
+        audit = _audit_tab(explorer) if explorer.audit is not None else None
+    return _Results(
+        status,
+        tabs,
+        original,
+        heatmap,
+        overlay,
+        top,
+        first_class,
+        second_class,
+        compare_classes,
+        class_overlays,
+        class_status,
+        layer_pickers,
+        compare_layers,
+        layer_overlays,
+        layer_status,
+        audit,
+    )
+
+
+# The outputs choosing an image clears: original, heatmap, overlay, top-5, last result.
+_CLEARED = (None,) * 5
+
+
+def _wire_explorer(demo: gr.Blocks, explorer: Explorer, page: _Page) -> None:
+    """Events of the gallery, upload, model picker, Generate, opacity and comparisons."""
+    controls, views = page.inputs, page.results
+
+    @_guard
+    def fill_gallery() -> tuple[list[Any], list[str]]:
+        return callbacks.gallery_items(explorer, GALLERY_SIZE)
+
+    @_guard
+    def pick_from_gallery(ids: list[str], event: gr.SelectData) -> tuple[Any, ...]:
+        return (*callbacks.choose_gallery_sample(explorer, ids, event.index), *_CLEARED)
+
+    @_guard
+    def pick_upload(path: str | None) -> tuple[Any, ...]:
+        # The upload box is emptied again so that the next file can be dropped at once.
+        return (*callbacks.choose_upload(explorer, path), *_CLEARED, None)
+
+    @_guard
+    def change_model(name: str) -> tuple[Any, ...]:
+        chosen = callbacks.model_settings(explorer, name)
+        layer_updates = [
+            gr.Dropdown(choices=chosen.layer_options, value=value)
+            for value in chosen.comparison_layers
+        ]
+        a, b = callbacks.default_class_pair(explorer, name)
+        return (
+            gr.Dropdown(choices=chosen.layer_options, value=chosen.default_layer),
+            gr.Dropdown(choices=chosen.class_options, value=PREDICTED),
+            gr.Dropdown(choices=chosen.class_options, value=a),
+            gr.Dropdown(choices=chosen.class_options, value=b),
+            *layer_updates,
+            chosen.description,
+        )
+
+    @_guard
+    def run_reblend(
+        res: HeatmapResult | None,
+        classes_res: list[HeatmapResult],
+        layers_res: list[HeatmapResult],
+        alpha: float,
+    ) -> tuple[Any, ...]:
+        return (
+            callbacks.reblend(explorer, res, alpha),
+            *callbacks.reblend_many(explorer, classes_res, alpha, 2),
+            *callbacks.reblend_many(explorer, layers_res, alpha, 3),
+        )
+
+    if page.has_gallery:
+        demo.load(fill_gallery, outputs=[controls.gallery, page.gallery_ids])
+        controls.resample.click(fill_gallery, outputs=[controls.gallery, page.gallery_ids])
+        controls.gallery.select(
+            pick_from_gallery, inputs=[page.gallery_ids], outputs=page.picked_outputs
+        )
+    controls.upload.upload(
+        pick_upload, inputs=[controls.upload], outputs=[*page.picked_outputs, controls.upload]
+    )
+    page.model_picker.change(
+        change_model,
+        inputs=[page.model_picker],
+        outputs=[
+            controls.layer,
+            controls.target,
+            views.first_class,
+            views.second_class,
+            *views.layer_pickers,
+            page.model_note,
+        ],
+    )
+    controls.generate.click(
+        _generator(explorer), inputs=page.generate_inputs, outputs=page.generate_outputs
+    ).then(lambda: gr.Tabs(selected="explore"), outputs=[views.tabs])
+    controls.opacity.change(
+        run_reblend,
+        inputs=[page.result, page.class_results, page.layer_results, controls.opacity],
+        outputs=[views.overlay, *views.class_overlays, *views.layer_overlays],
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
+    views.compare_classes.click(
+        _class_comparer(explorer),
+        inputs=[
+            page.selection,
+            page.model_picker,
+            controls.layer,
+            controls.method,
+            views.first_class,
+            views.second_class,
+            controls.opacity,
+        ],
+        outputs=[*views.class_overlays, views.class_status, page.class_results],
+    )
+    views.compare_layers.click(
+        _layer_comparer(explorer),
+        inputs=[
+            page.selection,
+            page.model_picker,
+            controls.method,
+            controls.target,
+            controls.opacity,
+            *views.layer_pickers,
+        ],
+        outputs=[*views.layer_overlays, views.layer_status, page.layer_results],
+    )
+
+
+def _generator(explorer: Explorer) -> Callable[..., callbacks.View]:
+    """The *Generate* handler (also run after opening a sample from the audit table)."""
+
+    @_guard
+    def run_generate(
+        sel: Selection | None,
+        model_name: str,
+        layer_name: str,
+        method_name: str,
+        target_value: str,
+        alpha: float,
+    ) -> callbacks.View:
+        return callbacks.generate(
+            explorer, sel, model_name, layer_name, method_name, target_value, alpha
+        )
+
+    return run_generate
+
+
+def _class_comparer(explorer: Explorer) -> Callable[..., tuple[Any, ...]]:
+    """The *Compare classes* handler."""
+
+    @_guard
+    def run_compare_classes(
+        sel: Selection | None,
+        model_name: str,
+        layer_name: str,
+        method_name: str,
+        a: str,
+        b: str,
+        alpha: float,
+    ) -> tuple[Any, ...]:
+        return callbacks.compare_classes(
+            explorer, sel, model_name, layer_name, method_name, a, b, alpha
+        )
+
+    return run_compare_classes
+
+
+def _layer_comparer(explorer: Explorer) -> Callable[..., tuple[Any, ...]]:
+    """The *Compare layers* handler."""
+
+    @_guard
+    def run_compare_layers(
+        sel: Selection | None,
+        model_name: str,
+        method_name: str,
+        target_value: str,
+        alpha: float,
+        *names: str,
+    ) -> tuple[Any, ...]:
+        overlays, message, results = callbacks.compare_layers(
+            explorer, sel, model_name, names, method_name, target_value, alpha
+        )
+        return (*overlays, message, results)
+
+    return run_compare_layers
+
+
+def _wire_audit(demo: gr.Blocks, explorer: Explorer, page: _Page, audit: _AuditTab) -> None:
+    """Events of the *Audit results* tab: filters, row clicks, *Open in explorer*."""
+
+    @_guard
+    def show_audit(sort_by: str, group: str, outcome: str) -> tuple[Any, ...]:
+        rows, ids, message = callbacks.audit_table(explorer, sort_by, group, outcome)
+        return rows, ids, message
+
+    def pick_row(ids: list[str], event: gr.SelectData) -> str:
+        return callbacks.audit_row_sample(ids, event.index)
+
+    @_guard
+    def open_from_audit(sample_id: str) -> tuple[Any, ...]:
+        return (*callbacks.open_sample(explorer, sample_id), *_CLEARED)
+
+    filters = [audit.sort_by, audit.group, audit.outcome]
+    table_outputs = [audit.table, audit.ids, audit.message]
+    demo.load(show_audit, inputs=filters, outputs=table_outputs)
+    for control in filters:
+        control.change(show_audit, inputs=filters, outputs=table_outputs)
+    audit.table.select(pick_row, inputs=[audit.ids], outputs=[audit.sample_id])
+    audit.open.click(
+        open_from_audit, inputs=[audit.sample_id], outputs=page.picked_outputs
+    ).success(lambda: gr.Tabs(selected="explore"), outputs=[page.results.tabs]).then(
+        _generator(explorer), inputs=page.generate_inputs, outputs=page.generate_outputs
+    )
 
 
 def _audit_tab(explorer: Explorer) -> _AuditTab:

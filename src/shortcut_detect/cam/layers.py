@@ -197,3 +197,5 @@ def default_layer(model: nn.Module, example_input: torch.Tensor) -> LayerInfo:
             "(e.g. shortcut_detect.cam.vit_reshape_transform)."
         )
     return candidates[-1]
+
+PASS_THROUGH_MODULES = _PASS_THROUGH

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from shortcut_detect.common.risk import Risk
 from shortcut_detect.detectors.base import BaseDetector, failed_report
 
 __all__ = [
@@ -203,17 +204,17 @@ def prepare_embeddings(embeddings: Any, group_labels: Any, labels: Any = None) -
     return GroupedEmbeddings(X=X, codes=codes, groups=groups, labels=task)
 
 
-def rate_risk(p_value: float, effect: float, thresholds: Sequence[float], alpha: float) -> str:
+def rate_risk(p_value: float, effect: float, thresholds: Sequence[float], alpha: float) -> Risk:
     """``LOW`` unless ``p_value < alpha``; then ``HIGH`` / ``MODERATE`` by ``effect`` against
     ``thresholds = (moderate, high)``."""
     moderate, high = thresholds
     if not p_value < alpha:
-        return "LOW"
+        return Risk.LOW
     if effect >= high:
-        return "HIGH"
+        return Risk.HIGH
     if effect >= moderate:
-        return "MODERATE"
-    return "LOW"
+        return Risk.MODERATE
+    return Risk.LOW
 
 
 def _check_thresholds(thresholds: Sequence[float], name: str) -> tuple[float, float]:
@@ -263,11 +264,13 @@ class EmbeddingDetector(BaseDetector):
     name = "embedding"
 
     def __init__(self, *, alpha: float = DEFAULT_ALPHA, random_state: int | None = 0) -> None:
-        super().__init__()
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = alpha
         self.random_state = random_state
+
+    def validate_params(self) -> None:
+        """Check ``alpha``; subclasses add their own parameters."""
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
 
     def fit(self, embeddings: Any, group_labels: Any, labels: Any = None) -> EmbeddingDetector:
         """Run the test on ``(N, D)`` embeddings and ``(N,)`` group labels; returns ``self``.
@@ -281,6 +284,7 @@ class EmbeddingDetector(BaseDetector):
         labels:
             Optional task labels, used by methods that can control for them.
         """
+        self.validate_params()
         data = prepare_embeddings(embeddings, group_labels, labels)
         try:
             with _thread_limit(data.n_samples * data.n_features):
@@ -291,7 +295,7 @@ class EmbeddingDetector(BaseDetector):
         self._make_report(metrics, risk, finding, details)
         return self
 
-    def _analyse(self, data: GroupedEmbeddings) -> tuple[dict[str, Any], str, str, dict[str, Any]]:
+    def _analyse(self, data: GroupedEmbeddings) -> tuple[dict[str, Any], Risk, str, dict[str, Any]]:
         raise NotImplementedError
 
     def _rng(self) -> np.random.Generator:

@@ -90,21 +90,27 @@ class GeometricDetector(EmbeddingDetector):
         random_state: int | None = 0,
     ) -> None:
         super().__init__(alpha=alpha, random_state=random_state)
-        if n_splits < 2:
-            raise ValueError(f"n_splits must be at least 2, got {n_splits}")
-        if n_components < 1:
-            raise ValueError(f"n_components must be at least 1, got {n_components}")
-        if min_group_size < 3:
-            raise ValueError(f"min_group_size must be at least 3, got {min_group_size}")
-        self.n_splits = int(n_splits)
-        self.n_components = int(n_components)
-        self.n_permutations = check_permutations(n_permutations, self.alpha)
-        self.thresholds = _check_thresholds(thresholds, "thresholds")
-        self.min_group_size = int(min_group_size)
+        self.n_splits = n_splits
+        self.n_components = n_components
+        self.n_permutations = n_permutations
+        self.thresholds = thresholds
+        self.min_group_size = min_group_size
+
+    def validate_params(self) -> None:
+        """Check every parameter (``fit`` calls this first)."""
+        super().validate_params()
+        if self.n_splits < 2:
+            raise ValueError(f"n_splits must be at least 2, got {self.n_splits}")
+        if self.n_components < 1:
+            raise ValueError(f"n_components must be at least 1, got {self.n_components}")
+        if self.min_group_size < 3:
+            raise ValueError(f"min_group_size must be at least 3, got {self.min_group_size}")
+        check_permutations(self.n_permutations, self.alpha)
+        _check_thresholds(self.thresholds, "thresholds")
 
     def risk_rule(self) -> str:
         """The risk thresholds in words."""
-        moderate, high = self.thresholds
+        moderate, high = _check_thresholds(self.thresholds, "thresholds")
         return (
             f"held-out separation along the bias direction d >= {moderate:g} MODERATE, "
             f">= {high:g} HIGH"
@@ -159,10 +165,10 @@ class GeometricDetector(EmbeddingDetector):
         targets = [1] if data.n_groups == 2 else list(range(data.n_groups))
         observed = [float(self._held_out_d(data.X, data.codes[None], g, folds)[0]) for g in targets]
         rng = self._rng()
-        null = np.empty(self.n_permutations)
+        null = np.empty(int(self.n_permutations))
         chunk = max(1, 2_000_000 // max(data.n_samples + data.n_features, 1))
-        for start in range(0, self.n_permutations, chunk):
-            size = min(chunk, self.n_permutations - start)
+        for start in range(0, int(self.n_permutations), chunk):
+            size = min(chunk, int(self.n_permutations) - start)
             labels = within_fold_permutations(data.codes, folds, size, rng)
             stats = [self._held_out_d(data.X, labels, g, folds) for g in targets]
             null[start : start + size] = np.max(stats, axis=0)
@@ -171,6 +177,7 @@ class GeometricDetector(EmbeddingDetector):
 
     def _analyse(self, data: GroupedEmbeddings) -> tuple[dict, str, str, dict]:
         data.require_group_size(self.min_group_size, "geometric")
+        thresholds = _check_thresholds(self.thresholds, "thresholds")
         X, codes, n_groups = data.X, data.codes, data.n_groups
         centred = X - X.mean(axis=0)
         direction = self._direction(X, codes, n_groups)
@@ -184,7 +191,7 @@ class GeometricDetector(EmbeddingDetector):
         separations, effect, null = self._separation(data, folds)
         best_group = max(separations, key=lambda item: item[1])[0]
         p_value = permutation_p_value(effect, null)
-        risk = rate_risk(p_value, effect, self.thresholds, self.alpha)
+        risk = rate_risk(p_value, effect, thresholds, self.alpha)
 
         k = int(min(self.n_components, data.n_features, data.counts.min() - 1))
         axes = [_principal_axes(X[codes == g], k) for g in range(n_groups)]
@@ -213,7 +220,7 @@ class GeometricDetector(EmbeddingDetector):
         )
         finding = (
             f"Held-out separation along the bias direction d = {effect:.2f} ({along}, "
-            f"{format_p(p_value, self.n_permutations)}); the direction holds "
+            f"{format_p(p_value, int(self.n_permutations))}); the direction holds "
             f"{variance_explained:.1%} of the variance; principal subspace overlap "
             f"{min_overlap:.2f} (chance {chance_overlap:.2f})"
         )
@@ -221,10 +228,10 @@ class GeometricDetector(EmbeddingDetector):
             "bias_direction": unit.tolist() if unit.size <= 4096 else None,
             "per_group_separation": {name: float(d) for name, d in separations},
             "p_value_test": "within-fold label permutation with refitting",
-            "n_permutations": self.n_permutations,
+            "n_permutations": int(self.n_permutations),
             "subspace_overlap_pairs": pairs,
             "subspace_components": k,
             "n_splits": len(folds),
-            "thresholds_d": list(self.thresholds),
+            "thresholds_d": list(thresholds),
         }
         return metrics, risk, finding, details

@@ -130,22 +130,28 @@ class HBACDetector(EmbeddingDetector):
         random_state: int | None = 0,
     ) -> None:
         super().__init__(alpha=alpha, random_state=random_state)
-        if max_depth < 1:
-            raise ValueError(f"max_depth must be at least 1, got {max_depth}")
-        if min_cluster_size is not None and min_cluster_size < 2:
-            raise ValueError(f"min_cluster_size must be at least 2, got {min_cluster_size}")
-        if n_components < 1:
-            raise ValueError(f"n_components must be positive, got {n_components}")
-        self.max_depth = int(max_depth)
+        self.max_depth = max_depth
         self.min_cluster_size = min_cluster_size
-        self.n_components = int(n_components)
-        self.n_permutations = check_permutations(n_permutations, self.alpha)
-        self.thresholds = _check_thresholds(thresholds, "thresholds")
-        self.top_k = int(top_k)
+        self.n_components = n_components
+        self.n_permutations = n_permutations
+        self.thresholds = thresholds
+        self.top_k = top_k
+
+    def validate_params(self) -> None:
+        """Check every parameter (``fit`` calls this first)."""
+        super().validate_params()
+        if self.max_depth < 1:
+            raise ValueError(f"max_depth must be at least 1, got {self.max_depth}")
+        if self.min_cluster_size is not None and self.min_cluster_size < 2:
+            raise ValueError(f"min_cluster_size must be at least 2, got {self.min_cluster_size}")
+        if self.n_components < 1:
+            raise ValueError(f"n_components must be positive, got {self.n_components}")
+        check_permutations(self.n_permutations, self.alpha)
+        _check_thresholds(self.thresholds, "thresholds")
 
     def risk_rule(self) -> str:
         """The risk thresholds in words."""
-        moderate, high = self.thresholds
+        moderate, high = _check_thresholds(self.thresholds, "thresholds")
         return (
             f"enrichment of the most group-biased cluster >= {moderate:g} MODERATE, "
             f">= {high:g} HIGH (0 = overall mix, 1 = one group only)"
@@ -157,13 +163,15 @@ class HBACDetector(EmbeddingDetector):
 
         scale = X.std(axis=0)
         Z = (X - X.mean(axis=0)) / np.where(scale > 0, scale, 1.0)
-        n_components = min(self.n_components, Z.shape[1], Z.shape[0] - 1)
+        n_components = min(int(self.n_components), Z.shape[1], Z.shape[0] - 1)
         if n_components < Z.shape[1]:
             Z = PCA(n_components=n_components, random_state=self.random_state).fit_transform(Z)
         return Z
 
     def _analyse(self, data: GroupedEmbeddings) -> tuple[dict, str, str, dict]:
         n, n_groups = data.n_samples, data.n_groups
+        n_permutations = int(self.n_permutations)
+        thresholds = _check_thresholds(self.thresholds, "thresholds")
         min_size = self.min_cluster_size or max(10, int(np.ceil(0.05 * n)))
         if n < 2 * min_size:
             raise InsufficientDataError(
@@ -171,7 +179,7 @@ class HBACDetector(EmbeddingDetector):
                 f"{min_size}; got {n}"
             )
         Z = self._reduce(data.X)
-        nodes = bisecting_tree(Z, self.max_depth, min_size, self.random_state)[1:]
+        nodes = bisecting_tree(Z, int(self.max_depth), min_size, self.random_state)[1:]
         if not nodes:
             raise InsufficientDataError(
                 "hbac could not split the embeddings into clusters of at least "
@@ -187,15 +195,15 @@ class HBACDetector(EmbeddingDetector):
         observed = float(chi2.max())
 
         rng = self._rng()
-        null = np.empty(self.n_permutations)
+        null = np.empty(n_permutations)
         chunk = max(1, 4_000_000 // max(n * n_groups, 1))
-        for start in range(0, self.n_permutations, chunk):
-            size = min(chunk, self.n_permutations - start)
+        for start in range(0, n_permutations, chunk):
+            size = min(chunk, n_permutations - start)
             perms = rng.permuted(np.tile(data.codes, (size, 1)), axis=1)  # (P, N)
             perm_onehot = np.eye(n_groups)[perms]  # (P, N, G)
             perm_counts = np.einsum("kn,png->pkg", membership, perm_onehot)
             null[start : start + size] = _chi2_vs_rest(perm_counts, totals).max(axis=1)
-        p_value = (1 + int(np.sum(null >= observed - 1e-9))) / (1 + self.n_permutations)
+        p_value = (1 + int(np.sum(null >= observed - 1e-9))) / (1 + n_permutations)
 
         shares = totals / n
         sizes = counts.sum(axis=1)
@@ -205,7 +213,7 @@ class HBACDetector(EmbeddingDetector):
         enrichment = enrichment_by_group[np.arange(len(nodes)), dominant]
         best = int(np.argmax(chi2))
         effect = float(enrichment[best])
-        risk = rate_risk(p_value, effect, self.thresholds, self.alpha)
+        risk = rate_risk(p_value, effect, thresholds, self.alpha)
 
         leaves = [k for k, node in enumerate(nodes) if not node.children]
         leaf_table = counts[leaves]
@@ -226,7 +234,7 @@ class HBACDetector(EmbeddingDetector):
             }
 
         by_purity = sorted(range(len(nodes)), key=lambda k: (-enrichment[k], -sizes[k]))
-        top = [describe(k) for k in by_purity[: self.top_k]]
+        top = [describe(k) for k in by_purity[: int(self.top_k)]]
         best_info = describe(best)
         metrics: dict[str, Any] = {
             "max_enrichment": effect,
@@ -241,7 +249,7 @@ class HBACDetector(EmbeddingDetector):
         finding = (
             f"Most group-biased cluster ({best_info['size']} of {n} samples) is "
             f"{best_info['purity']:.0%} group {best_info['dominant_group']!r} "
-            f"(enrichment {effect:.2f}, {format_p(p_value, self.n_permutations)}) among "
+            f"(enrichment {effect:.2f}, {format_p(p_value, n_permutations)}) among "
             f"{len(leaves)} clusters"
         )
         details = {
@@ -250,9 +258,9 @@ class HBACDetector(EmbeddingDetector):
             "leaves": [describe(k) for k in leaves],
             "min_cluster_size": min_size,
             "n_components": int(Z.shape[1]),
-            "max_depth": self.max_depth,
-            "n_permutations": self.n_permutations,
-            "thresholds_enrichment": list(self.thresholds),
+            "max_depth": int(self.max_depth),
+            "n_permutations": n_permutations,
+            "thresholds_enrichment": list(thresholds),
         }
         return metrics, risk, finding, details
 

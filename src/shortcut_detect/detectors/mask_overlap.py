@@ -10,15 +10,12 @@ import numpy as np
 from shortcut_detect.analysis.batches import heatmaps_from_images
 from shortcut_detect.analysis.maps import as_heatmap_stack, overlap_per_sample
 from shortcut_detect.analysis.regions import RegionAttention, attention_in_region, region_coverage
+from shortcut_detect.common.risk import Risk
+from shortcut_detect.common.serialization import nan_to_none
 from shortcut_detect.detectors.base import BaseDetector
 from shortcut_detect.results import HeatmapGenerator
 
 __all__ = ["GradCAMMaskOverlapDetector"]
-
-
-def _json_float(value: float) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value
 
 
 class GradCAMMaskOverlapDetector(BaseDetector):
@@ -70,27 +67,25 @@ class GradCAMMaskOverlapDetector(BaseDetector):
         head: str | int = "logits",
         target: Any = None,
     ) -> None:
-        super().__init__()
-        for name, value in (("mask_threshold", mask_threshold), ("threshold", threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if not 0.0 <= attention_threshold <= 1.0:
-            raise ValueError(f"attention_threshold must be in [0, 1], got {attention_threshold}")
-        if not 0.0 < moderate_enrichment <= high_enrichment:
-            raise ValueError(
-                "Need 0 < moderate_enrichment <= high_enrichment, got "
-                f"{moderate_enrichment} and {high_enrichment}"
-            )
-        self.threshold = float(threshold)
-        self.mask_threshold = float(mask_threshold)
-        self.attention_threshold = float(attention_threshold)
-        self.high_enrichment = float(high_enrichment)
-        self.moderate_enrichment = float(moderate_enrichment)
+        self.threshold = threshold
+        self.mask_threshold = mask_threshold
+        self.attention_threshold = attention_threshold
+        self.high_enrichment = high_enrichment
+        self.moderate_enrichment = moderate_enrichment
         self.head = head
         self.target = target
-        self.heatmaps_: np.ndarray | None = None
-        self.region_: RegionAttention | None = None
-        self.per_sample_: dict[str, np.ndarray] = {}
+
+    def validate_params(self) -> None:
+        """Check every parameter (``fit`` calls this first)."""
+        for name in ("threshold", "mask_threshold", "attention_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 < self.moderate_enrichment <= self.high_enrichment:
+            raise ValueError(
+                "Need 0 < moderate_enrichment <= high_enrichment, got "
+                f"{self.moderate_enrichment} and {self.high_enrichment}"
+            )
 
     def fit(
         self,
@@ -120,6 +115,7 @@ class GradCAMMaskOverlapDetector(BaseDetector):
             ``(H', W')`` a box refers to when the heatmaps are at another resolution;
             defaults to the images' size when images are given.
         """
+        self.validate_params()
         if masks is None:
             raise ValueError(
                 "GradCAMMaskOverlapDetector needs masks: the shortcut region per sample "
@@ -148,6 +144,19 @@ class GradCAMMaskOverlapDetector(BaseDetector):
                 f"({region.n_empty_region} empty masks, {region.n_empty_heatmap} all-zero "
                 "heatmaps); there is no shortcut region to measure attention in"
             )
+        self.heatmaps_, self.region_ = maps, region
+        self.per_sample_ = self._per_sample(maps, masks, region, image_size)
+        self._report(region, self.per_sample_)
+        return self
+
+    def _per_sample(
+        self,
+        maps: np.ndarray,
+        masks: Any,
+        region: RegionAttention,
+        image_size: Sequence[int] | None,
+    ) -> dict[str, np.ndarray]:
+        """Attention share, dice, IoU, cosine and pointing per sample (NaN where invalid)."""
         coverage = region_coverage(masks, maps.shape[1:], len(maps), image_size=image_size)
         binary_masks = (coverage >= self.mask_threshold).astype(np.float64)
         peaks = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
@@ -155,7 +164,7 @@ class GradCAMMaskOverlapDetector(BaseDetector):
         overlap = overlap_per_sample(scaled, binary_masks, self.threshold, 0.5)
         cosine = overlap_per_sample(maps, coverage, self.threshold)["cosine"]
         valid = region.valid
-        per_sample = {
+        return {
             "attention_in_mask": region.fractions,
             "mask_area_share": region.area_shares,
             "dice": np.where(valid, overlap["dice"], np.nan),
@@ -164,7 +173,10 @@ class GradCAMMaskOverlapDetector(BaseDetector):
             "pointing_hit": region.pointing_hits,
             "valid": valid,
         }
-        self.heatmaps_, self.region_, self.per_sample_ = maps, region, per_sample
+
+    def _report(self, region: RegionAttention, per_sample: dict[str, np.ndarray]) -> None:
+        """Metrics, risk, finding and per-sample rows from the measurements."""
+        valid = per_sample["valid"]
 
         def valid_mean(values: np.ndarray) -> float | None:
             defined = values[valid & ~np.isnan(values)]
@@ -177,7 +189,7 @@ class GradCAMMaskOverlapDetector(BaseDetector):
             "n_empty_heatmaps": region.n_empty_heatmap,
             "attention_in_mask_mean": region.mean,
             "attention_in_mask_median": region.median,
-            "attention_threshold": self.attention_threshold,
+            "attention_threshold": float(self.attention_threshold),
             "share_above_attention_threshold": region.share_above_threshold,
             "mask_area_share_mean": region.mean_area_share,
             "enrichment": region.enrichment,
@@ -185,15 +197,15 @@ class GradCAMMaskOverlapDetector(BaseDetector):
             "dice_mean": valid_mean(per_sample["dice"]),
             "iou_mean": valid_mean(per_sample["iou"]),
             "cosine_mean": valid_mean(per_sample["cosine"]),
-            "threshold": self.threshold,
-            "mask_threshold": self.mask_threshold,
+            "threshold": float(self.threshold),
+            "mask_threshold": float(self.mask_threshold),
         }
         if region.enrichment >= self.high_enrichment:
-            risk = "HIGH"
+            risk = Risk.HIGH
         elif region.enrichment >= self.moderate_enrichment:
-            risk = "MODERATE"
+            risk = Risk.MODERATE
         else:
-            risk = "LOW"
+            risk = Risk.LOW
         skipped = (
             f"; {region.n_empty_region} samples without a mask skipped"
             if region.n_empty_region
@@ -210,14 +222,13 @@ class GradCAMMaskOverlapDetector(BaseDetector):
             {
                 "index": index,
                 "valid": bool(valid[index]),
-                "attention_in_mask": _json_float(per_sample["attention_in_mask"][index]),
-                "mask_area_share": _json_float(per_sample["mask_area_share"][index]),
-                "dice": _json_float(per_sample["dice"][index]),
-                "iou": _json_float(per_sample["iou"][index]),
-                "cosine": _json_float(per_sample["cosine"][index]),
+                "attention_in_mask": nan_to_none(per_sample["attention_in_mask"][index]),
+                "mask_area_share": nan_to_none(per_sample["mask_area_share"][index]),
+                "dice": nan_to_none(per_sample["dice"][index]),
+                "iou": nan_to_none(per_sample["iou"][index]),
+                "cosine": nan_to_none(per_sample["cosine"][index]),
                 "pointing_hit": bool(per_sample["pointing_hit"][index]),
             }
             for index in range(region.n_samples)
         ]
         self._make_report(metrics, risk, finding, {"per_sample": rows})
-        return self

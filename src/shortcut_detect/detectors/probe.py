@@ -229,30 +229,46 @@ class ProbeDetector(EmbeddingDetector):
         random_state: int | None = 0,
     ) -> None:
         super().__init__(alpha=alpha, random_state=random_state)
-        if model not in PROBE_MODELS:
-            raise ValueError(f"model must be one of {PROBE_MODELS}, got {model!r}")
-        if n_splits < 2:
-            raise ValueError(f"n_splits must be at least 2, got {n_splits}")
-        ridges = (ridge,) if np.isscalar(ridge) else tuple(ridge)  # type: ignore[arg-type]
-        if not ridges or min(ridges) <= 0 or C <= 0:
-            raise ValueError(f"ridge strengths and C must be positive, got ridge={ridge}, C={C}")
-        if min_group_size < 2:
-            raise ValueError(f"min_group_size must be at least 2, got {min_group_size}")
         self.model = model
-        self.n_splits = int(n_splits)
-        if n_permutations is None:
-            n_permutations = 1000 if model == "linear" else 100
-        self.n_permutations = check_permutations(n_permutations, self.alpha)
-        self.ridge = tuple(float(r) for r in ridges)
-        self.ridge_per_fold_: list[float] = []
-        self.C = float(C)
-        self.hidden_units = int(hidden_units)
-        self.thresholds = _check_thresholds(thresholds, "thresholds")
-        self.min_group_size = int(min_group_size)
+        self.n_splits = n_splits
+        self.n_permutations = n_permutations
+        self.ridge = ridge
+        self.C = C
+        self.hidden_units = hidden_units
+        self.thresholds = thresholds
+        self.min_group_size = min_group_size
+
+    def validate_params(self) -> None:
+        """Check every parameter (``fit`` calls this first)."""
+        super().validate_params()
+        if self.model not in PROBE_MODELS:
+            raise ValueError(f"model must be one of {PROBE_MODELS}, got {self.model!r}")
+        if self.n_splits < 2:
+            raise ValueError(f"n_splits must be at least 2, got {self.n_splits}")
+        ridges = self._ridges()
+        if not ridges or min(ridges) <= 0 or self.C <= 0:
+            raise ValueError(
+                f"ridge strengths and C must be positive, got ridge={self.ridge}, C={self.C}"
+            )
+        if self.min_group_size < 2:
+            raise ValueError(f"min_group_size must be at least 2, got {self.min_group_size}")
+        check_permutations(self._n_permutations(), self.alpha)
+        _check_thresholds(self.thresholds, "thresholds")
+
+    def _ridges(self) -> tuple[float, ...]:
+        """The ridge strengths as a tuple (one or several)."""
+        ridge = self.ridge
+        return (float(ridge),) if np.isscalar(ridge) else tuple(float(r) for r in ridge)
+
+    def _n_permutations(self) -> int:
+        """``n_permutations``, or its default for the probe model (1000 linear, 100 others)."""
+        if self.n_permutations is None:
+            return 1000 if self.model == "linear" else 100
+        return int(self.n_permutations)
 
     def risk_rule(self) -> str:
         """The risk thresholds in words."""
-        moderate, high = self.thresholds
+        moderate, high = _check_thresholds(self.thresholds, "thresholds")
         return (
             f"out-of-fold AUC >= {d_to_auc(moderate):.2f} (d >= {moderate:g}) MODERATE, "
             f">= {d_to_auc(high):.2f} (d >= {high:g}) HIGH"
@@ -268,14 +284,14 @@ class ProbeDetector(EmbeddingDetector):
         if self.model == "mlp":
             # L-BFGS: for probe-sized data it converges in a fraction of Adam's time.
             classifier = MLPClassifier(
-                hidden_layer_sizes=(self.hidden_units,),
+                hidden_layer_sizes=(int(self.hidden_units),),
                 solver="lbfgs",
                 alpha=1e-2,
                 max_iter=200,
                 random_state=self.random_state,
             )
         else:
-            classifier = LogisticRegression(C=self.C, max_iter=2000)
+            classifier = LogisticRegression(C=float(self.C), max_iter=2000)
         return make_pipeline(StandardScaler(), classifier)
 
     def _sklearn_scores(
@@ -296,21 +312,22 @@ class ProbeDetector(EmbeddingDetector):
         G = data.n_groups
         notes: list[str] = []
         if self.model == "linear":
-            probe = _RidgeProbe(data.X, folds, self.ridge)
+            ridges = self._ridges()
+            probe = _RidgeProbe(data.X, folds, ridges)
             scores, chosen = probe.predict(data.codes[None], G)
             scores = scores[0]
-            self.ridge_per_fold_ = [float(self.ridge[i]) for i in chosen[0]]
-            null = np.empty(self.n_permutations)
+            self.ridge_per_fold_ = [ridges[i] for i in chosen[0]]
+            null = np.empty(self._n_permutations())
             chunk = max(1, 4_000_000 // max(data.n_samples * G, 1))
-            for start in range(0, self.n_permutations, chunk):
-                size = min(chunk, self.n_permutations - start)
+            for start in range(0, self._n_permutations(), chunk):
+                size = min(chunk, self._n_permutations() - start)
                 labels = within_fold_permutations(data.codes, folds, size, rng)
                 null[start : start + size] = macro_auc(probe.predict(labels, G)[0], labels, G)
             return scores, null, notes
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             scores = self._sklearn_scores(data.X, data.codes, folds, G)
-            labels = within_fold_permutations(data.codes, folds, self.n_permutations, rng)
+            labels = within_fold_permutations(data.codes, folds, self._n_permutations(), rng)
             null = np.array(
                 [
                     macro_auc(self._sklearn_scores(data.X, row, folds, G)[None], row[None], G)[0]
@@ -338,6 +355,8 @@ class ProbeDetector(EmbeddingDetector):
 
     def _analyse(self, data: GroupedEmbeddings) -> tuple[dict, str, str, dict]:
         data.require_group_size(self.min_group_size, "probe")
+        thresholds = _check_thresholds(self.thresholds, "thresholds")
+        self.ridge_per_fold_: list[float] = []
         folds = stratified_folds(data.codes, self.n_splits, self.random_state)
         scores, null, notes = self._scores_and_null(data, folds)
         auc = float(macro_auc(scores[None], data.codes[None], data.n_groups)[0])
@@ -348,7 +367,7 @@ class ProbeDetector(EmbeddingDetector):
         balanced_accuracy = float(np.mean(recalls))
         baseline = float(data.counts.max() / data.n_samples)
         effect = auc_to_d(auc)
-        risk = rate_risk(p_value, effect, self.thresholds, self.alpha)
+        risk = rate_risk(p_value, effect, thresholds, self.alpha)
         within = self._within_label_auc(data, scores)
         metrics: dict[str, Any] = {
             "accuracy": accuracy,
@@ -364,7 +383,7 @@ class ProbeDetector(EmbeddingDetector):
         finding = (
             f"Group is {predictable} from the embeddings: {self.model} probe AUC {auc:.3f}, "
             f"accuracy {accuracy:.3f} vs {baseline:.3f} majority baseline "
-            f"({format_p(p_value, self.n_permutations)})"
+            f"({format_p(p_value, self._n_permutations())})"
         )
         if within is not None:
             finding += f"; within task labels AUC {within:.3f}"
@@ -373,11 +392,11 @@ class ProbeDetector(EmbeddingDetector):
             "n_splits": len(folds),
             "ridge_per_fold": self.ridge_per_fold_ if self.model == "linear" else None,
             "p_value_test": "within-fold label permutation with refitting",
-            "n_permutations": self.n_permutations,
+            "n_permutations": self._n_permutations(),
             "null_auc_mean": float(null.mean()),
             "null_auc_95": float(np.quantile(null, 0.95)),
-            "thresholds_d": list(self.thresholds),
-            "thresholds_auc": [d_to_auc(t) for t in self.thresholds],
+            "thresholds_d": list(thresholds),
+            "thresholds_auc": [d_to_auc(t) for t in thresholds],
             "per_group_recall": dict(zip(data.group_names, recalls)),
             "fit_warnings": notes,
         }

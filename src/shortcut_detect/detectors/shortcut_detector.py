@@ -8,7 +8,8 @@ stopping the others.
 Each embedding method is ``LOW`` unless its test of "no group information" is significant at
 ``alpha`` (0.01) *and* the effect reaches its moderate (``MODERATE``) or high (``HIGH``)
 threshold. Overall risk: ``HIGH`` if at least two methods rate HIGH (all, if fewer ran),
-``MODERATE`` if any method rates MODERATE or HIGH, otherwise ``LOW``.
+``MODERATE`` if any method rates MODERATE or HIGH, otherwise ``LOW`` (see
+:class:`ShortcutDetector` for why this differs from the audit's verdict).
 
 Calibration (``benchmarks/bench_detector_false_alarms.py``, default settings):
 
@@ -24,28 +25,38 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from shortcut_detect.detectors.base import BaseDetector, failed_report
+from shortcut_detect import __version__
+from shortcut_detect.common.progress import ProgressBar
+from shortcut_detect.common.risk import Risk
+from shortcut_detect.detectors.base import BaseDetector, ParamsMixin, failed_report
 from shortcut_detect.detectors.embedding_base import (
     DEFAULT_ALPHA,
     EmbeddingDetector,
     as_embeddings,
     as_group_labels,
 )
-from shortcut_detect.detectors.registry import EMBEDDING_METHODS, get_detector_class
+from shortcut_detect.detectors.registry import (
+    EMBEDDING_METHODS,
+    available_detectors,
+    get_detector_class,
+)
+from shortcut_detect.detectors.report import render_report, report_format
+from shortcut_detect.embeddings import PROGRESS_MIN_BATCHES, EmbeddingExtractor
+from shortcut_detect.gradcam import GradCAMHeatmapGenerator
 
-__all__ = ["DEFAULT_METHODS", "RISK_ORDER", "ShortcutDetector", "overall_risk"]
+__all__ = ["DEFAULT_METHODS", "ShortcutDetector", "overall_risk"]
 
 DEFAULT_METHODS = EMBEDDING_METHODS
-RISK_ORDER = {"UNKNOWN": -1, "LOW": 0, "MODERATE": 1, "HIGH": 2}
 _INPUT_ALIASES = {"groups": "group_labels"}
 _REPORT_KEYS = ("method", "success", "metrics", "risk", "finding", "details")
 _LOADER_KEYS = {
@@ -54,8 +65,12 @@ _LOADER_KEYS = {
     "groups": ("group", "groups", "group_label", "group_labels", "attribute"),
     "masks": ("mask", "masks", "shortcut_mask", "shortcut_masks"),
 }
+# Inputs a method loader may provide as attributes of an object (besides the names the
+# method's ``fit`` asks for); settings such as ``batch_size`` are never read this way.
+_DATA_INPUTS = ("embeddings", "group_labels", "groups", "labels", "heatmaps", "masks", "images")
 
 MethodSpec = str | BaseDetector
+MethodLoader = Callable[[], Any] | Mapping[str, Any] | Any
 
 
 def overall_risk(reports: Mapping[str, Mapping[str, Any]], high_agreement: int = 2) -> str:
@@ -65,15 +80,23 @@ def overall_risk(reports: Mapping[str, Mapping[str, Any]], high_agreement: int =
     ``MODERATE`` if any method rates MODERATE or HIGH; ``LOW`` otherwise; ``UNKNOWN`` if no
     method ran.
     """
-    risks = [r.get("risk", "UNKNOWN") for r in reports.values() if r.get("success")]
+    risks = [_risk_of(r) for r in reports.values() if r.get("success")]
     if not risks:
-        return "UNKNOWN"
-    n_high = risks.count("HIGH")
+        return Risk.UNKNOWN.value
+    n_high = risks.count(Risk.HIGH)
     if n_high >= min(high_agreement, len(risks)):
-        return "HIGH"
-    if n_high or "MODERATE" in risks:
-        return "MODERATE"
-    return "LOW"
+        return Risk.HIGH.value
+    if Risk.highest(risks) >= Risk.MODERATE:
+        return Risk.MODERATE.value
+    return Risk.LOW.value
+
+
+def _risk_of(report: Mapping[str, Any]) -> Risk:
+    """The risk of a report; an unrecognised value counts as UNKNOWN."""
+    try:
+        return Risk.parse(report.get("risk"))
+    except ValueError:
+        return Risk.UNKNOWN
 
 
 def _numpy(values: Any) -> np.ndarray:
@@ -120,8 +143,137 @@ def _fit_arguments(detector: BaseDetector, pool: Mapping[str, Any]) -> dict[str,
     return kwargs
 
 
-class ShortcutDetector:
+def _method_items(methods: Any) -> list[tuple[str, MethodSpec]]:
+    """``(name, spec)`` pairs of a ``methods`` argument (a name, a detector, a list or a
+    mapping); a detector instance is named by its ``name``."""
+    if isinstance(methods, (str, BaseDetector)):
+        methods = [methods]
+    if isinstance(methods, Mapping):
+        return list(methods.items())
+    return [(m if isinstance(m, str) else getattr(m, "name", type(m).__name__), m) for m in methods]
+
+
+def _input_pool(
+    embeddings: Any,
+    group_labels: Any,
+    labels: Any,
+    heatmaps: Any,
+    masks: Any,
+    extra: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checked inputs every method picks from, and what the report says about them.
+
+    Group labels may be missing only in the loader form, for methods that do not need them.
+    """
+    X = None if embeddings is None else as_embeddings(embeddings)
+    group_counts: dict[str, int] = {}
+    if group_labels is not None:
+        codes, groups = as_group_labels(group_labels, None if X is None else len(X))
+        n_samples: int | None = len(codes)
+        counts = np.bincount(codes, minlength=len(groups))
+        group_counts = {str(g): int(c) for g, c in zip(groups, counts)}
+    else:
+        n_samples = _sample_count(X, heatmaps, masks, labels, extra)
+    task = None
+    if labels is not None:
+        task = _numpy(labels)
+        if task.ndim != 1 or len(task) != n_samples:
+            raise ValueError(
+                f"labels must be 1-D with one entry per sample ({n_samples}), "
+                f"got shape {task.shape}"
+            )
+    # Heatmaps are per sample; masks may also be one shared mask or a box, so only a
+    # stack of masks (N, H, W) is checked.
+    per_sample = {"heatmaps": heatmaps}
+    if masks is not None and np.ndim(masks) == 3:
+        per_sample["masks"] = masks
+    counted_by = " (group labels)" if group_labels is not None else ""
+    for name, value in per_sample.items():
+        if value is not None and len(value) != n_samples:
+            raise ValueError(
+                f"{name} has {len(value)} entries but there are {n_samples} samples"
+                f"{counted_by}; they must describe the same samples in order"
+            )
+    pool: dict[str, Any] = {
+        "embeddings": X,
+        "group_labels": None if group_labels is None else _numpy(group_labels),
+        "labels": task,
+        "heatmaps": heatmaps,
+        "masks": masks,
+        **extra,
+    }
+    info = {
+        "n_samples": n_samples,
+        "n_features": None if X is None else int(X.shape[1]),
+        "groups": group_counts,
+        "task_labels": task is not None,
+        "heatmaps": heatmaps is not None,
+        "masks": masks is not None,
+    }
+    return pool, info
+
+
+def _sample_count(
+    X: np.ndarray | None, heatmaps: Any, masks: Any, labels: Any, extra: Mapping[str, Any]
+) -> int | None:
+    """The number of samples when there are no group labels to count them by."""
+    if X is not None:
+        return len(X)
+    for value in (heatmaps, labels, masks if np.ndim(masks) == 3 else None, extra.get("images")):
+        if value is not None:
+            return len(value)
+    return None
+
+
+def _load_method_inputs(name: str, loader: MethodLoader, wanted: Sequence[str]) -> dict[str, Any]:
+    """The inputs one method's loader gives, as a dict (see ``fit_from_loaders``)."""
+    source = loader() if callable(loader) and not isinstance(loader, Mapping) else loader
+    if isinstance(source, Mapping):
+        return dict(source)
+    readable = list(dict.fromkeys([*_DATA_INPUTS, *wanted]))
+    if any(hasattr(source, key) for key in _DATA_INPUTS):
+        return {key: getattr(source, key) for key in readable if hasattr(source, key)}
+    if isinstance(source, Iterable) and not isinstance(source, (str, bytes, np.ndarray)):
+        parts: dict[str, list[np.ndarray]] = {}
+        for batch in source:
+            if not isinstance(batch, Mapping):
+                raise TypeError(
+                    f"the loader of method {name!r} yielded a {type(batch).__name__}; "
+                    "batches must be dicts of inputs such as {'heatmaps': ..., 'masks': ...}"
+                )
+            for key, value in batch.items():
+                parts.setdefault(str(key), []).append(_numpy(value))
+        if not parts:
+            raise ValueError(f"the loader of method {name!r} yielded no batches")
+        return {key: np.concatenate(values) for key, values in parts.items()}
+    raise TypeError(
+        f"the loader of method {name!r} gave a {type(source).__name__}; a loader returns a dict "
+        f"of the method's inputs (it reads {', '.join(wanted) or 'none'}), an object with them "
+        "as attributes, or an iterable of dict batches"
+    )
+
+
+def _combined_inputs(per_method: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What the report says about the inputs when each method had its own loader."""
+    infos = list(per_method.values())
+    counts = [info["n_samples"] for info in infos if info["n_samples"] is not None]
+    return {
+        "n_samples": max(counts, default=None),
+        "n_features": next((i["n_features"] for i in infos if i["n_features"] is not None), None),
+        "groups": next((dict(info["groups"]) for info in infos if info["groups"]), {}),
+        "task_labels": any(info["task_labels"] for info in infos),
+        "heatmaps": any(info["heatmaps"] for info in infos),
+        "masks": any(info["masks"] for info in infos),
+        "samples_per_method": {name: info["n_samples"] for name, info in per_method.items()},
+    }
+
+
+class ShortcutDetector(ParamsMixin):
     """Run several shortcut tests and combine them into one risk, summary and report.
+
+    Follows scikit-learn's conventions: the parameters are stored as given and checked in
+    ``fit`` (or ``fit_from_loaders``), and ``get_params`` / ``set_params`` let
+    ``sklearn.base.clone`` copy an unfitted detector.
 
     Parameters
     ----------
@@ -138,9 +290,22 @@ class ShortcutDetector:
         Constructor arguments per method name, e.g. ``{"probe": {"model": "mlp"}}``.
     high_agreement:
         How many methods must rate HIGH for an overall HIGH (all of them if fewer ran).
-        One method alone gives MODERATE: e.g. a probe can decode a marker that the model
-        sees but hardly uses, while the geometric and clustering views show no dominant
-        group structure.
+
+    Notes
+    -----
+    **Overall risk.** ``HIGH`` when at least ``high_agreement`` (2) of the methods that ran
+    rate HIGH (all of them, if fewer ran); ``MODERATE`` when any rates MODERATE or HIGH;
+    ``LOW`` otherwise; ``UNKNOWN`` when none ran.
+
+    **Why this differs from the audit's verdict** (:mod:`shortcut_detect.audit.verdict`).
+    The audit ranks *primary* signals, which measure what the model uses (attention by
+    group or in a mask, accuracy by group): the highest one decides, since one such
+    signal is direct evidence. The detector's default methods all measure what the
+    embeddings *encode*: a model may encode a visible marker that it hardly uses (a probe
+    decodes it while the geometric and clustering views show no dominant group
+    structure), so one method alone gives MODERATE and HIGH needs two kinds of evidence to
+    agree. The audit treats this embedding evidence the same way, as a secondary signal
+    that supports a primary finding but never decides on its own.
 
     Examples
     --------
@@ -149,6 +314,13 @@ class ShortcutDetector:
     >>> detector.get_results()["probe"]["accuracy"]               # doctest: +SKIP
     >>> print(detector.summary())                                 # doctest: +SKIP
     >>> detector.generate_report("report.html")                   # doctest: +SKIP
+
+    Heatmap methods with a loader per method (each returns that method's inputs):
+
+    >>> detector = ShortcutDetector(methods=["gradcam_mask_overlap"])
+    >>> detector.fit_from_loaders(
+    ...     {"gradcam_mask_overlap": lambda: {"heatmaps": maps, "masks": masks}}
+    ... )                                                         # doctest: +SKIP
     """
 
     def __init__(
@@ -160,20 +332,27 @@ class ShortcutDetector:
         method_params: Mapping[str, Mapping[str, Any]] | None = None,
         high_agreement: int = 2,
     ) -> None:
-        if isinstance(methods, (str, BaseDetector)):
-            methods = [methods]
-        items = (
-            list(methods.items())
-            if isinstance(methods, Mapping)
-            else [
-                (m if isinstance(m, str) else getattr(m, "name", type(m).__name__), m)
-                for m in methods
-            ]
-        )
+        self.methods = methods
+        self.random_state = random_state
+        self.alpha = alpha
+        self.method_params = method_params
+        self.high_agreement = high_agreement
+
+    # -- building the detectors ------------------------------------------------------------
+    @property
+    def method_names(self) -> list[str]:
+        """Names of the selected methods, in order."""
+        return [name for name, _ in _method_items(self.methods)]
+
+    def _setup(self) -> None:
+        """Check the parameters and build the detectors (start of every fit).
+
+        A method whose module cannot be imported is not an error here: it is reported
+        (``success=False``) when the others run.
+        """
+        items = _method_items(self.methods)
         if not items:
             raise ValueError("methods is empty; choose at least one, e.g. ['probe']")
-        from shortcut_detect.detectors.registry import available_detectors
-
         names = [name for name, _ in items]
         duplicated = sorted({name for name in names if names.count(name) > 1})
         if duplicated:
@@ -182,57 +361,44 @@ class ShortcutDetector:
                 "{name: detector} to run one method with different settings"
             )
         for name, spec in items:
-            if isinstance(spec, str) and spec not in available_detectors():
-                raise ValueError(
-                    f"unknown method {spec!r}; available: {', '.join(available_detectors())}"
-                )
             if not isinstance(spec, (str, BaseDetector)):
                 raise TypeError(
                     f"method {name!r} must be a registered name or a BaseDetector instance, "
                     f"got {type(spec).__name__}"
                 )
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        if high_agreement < 1:
-            raise ValueError(f"high_agreement must be at least 1, got {high_agreement}")
-        self.high_agreement = int(high_agreement)
-        params = dict(method_params or {})
+            if isinstance(spec, str) and spec not in available_detectors():
+                raise ValueError(
+                    f"unknown method {spec!r}; available: {', '.join(available_detectors())}"
+                )
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.high_agreement < 1:
+            raise ValueError(f"high_agreement must be at least 1, got {self.high_agreement}")
+        params = dict(self.method_params or {})
         unknown = sorted(set(params) - set(names))
         if unknown:
             raise ValueError(f"method_params has entries for methods not selected: {unknown}")
-        self.methods: list[tuple[str, MethodSpec]] = items
-        self.random_state = random_state
-        self.alpha = float(alpha)
-        self.method_params = {name: dict(value) for name, value in params.items()}
-        # Build the detectors now, so a bad setting fails here rather than during fit; a
-        # method whose module cannot be imported fails (reported) at fit time instead.
+        self.method_specs_: list[tuple[str, MethodSpec]] = items
         self._import_errors: dict[str, str] = {}
         self.detectors_: dict[str, BaseDetector] = {}
         for name, spec in items:
             try:
-                self.detectors_[name] = self._build(name, spec)
+                detector = self._build(name, spec, params.get(name))
+                detector.validate_params()
             except ImportError as error:
                 self._import_errors[name] = f"ImportError: {error}"
             except (TypeError, ValueError) as error:
                 raise type(error)(f"method {name!r}: {error}") from error
-        self.reports_: dict[str, dict[str, Any]] | None = None
-        self.timings_: dict[str, float] = {}
-        self.inputs_: dict[str, Any] = {}
-        self._loader_inputs: dict[str, Any] = {}
+            else:
+                self.detectors_[name] = detector
 
-    # -- building the detectors ------------------------------------------------------------
-    @property
-    def method_names(self) -> list[str]:
-        """Names of the selected methods, in order."""
-        return [name for name, _ in self.methods]
-
-    def _build(self, name: str, spec: MethodSpec) -> BaseDetector:
+    def _build(self, name: str, spec: MethodSpec, params: Mapping[str, Any] | None) -> BaseDetector:
         if isinstance(spec, BaseDetector):
-            if self.method_params.get(name):
+            if params:
                 raise ValueError("method_params apply to methods given by name, not instances")
             return spec
         cls = get_detector_class(spec)
-        kwargs = dict(self.method_params.get(name, {}))
+        kwargs = dict(params or {})
         for key, value in (("random_state", self.random_state), ("alpha", self.alpha)):
             if key not in kwargs and _accepts(cls.__init__, key):
                 kwargs[key] = value
@@ -280,7 +446,8 @@ class ShortcutDetector:
         Raises
         ------
         ValueError
-            Mismatched lengths, NaN/Inf embeddings, a single group, missing inputs.
+            Invalid parameters, mismatched lengths, NaN/Inf embeddings, a single group,
+            missing inputs.
         """
         if group_labels is None:
             group_labels = labels_or_groups
@@ -288,64 +455,33 @@ class ShortcutDetector:
             if labels is not None:
                 raise TypeError("task labels given twice: positionally and as labels=")
             labels = labels_or_groups
+        self._setup()
         if group_labels is None:
             raise ValueError(
                 "group_labels are required: fit(embeddings, group_labels) or "
                 "fit(embeddings, labels, group_labels=...)"
             )
-        X = None
-        if embeddings is not None:
-            X = as_embeddings(embeddings)
-        elif any(self._uses_embeddings(spec) for _, spec in self.methods):
-            needing = [name for name, spec in self.methods if self._uses_embeddings(spec)]
-            raise ValueError(f"embeddings are required by {', '.join(needing)}")
-        codes, groups = as_group_labels(group_labels, None if X is None else len(X))
-        n_samples = len(codes)
-        task = None
-        if labels is not None:
-            task = _numpy(labels)
-            if task.ndim != 1 or len(task) != n_samples:
-                raise ValueError(
-                    f"labels must be 1-D with one entry per sample ({n_samples}), "
-                    f"got shape {task.shape}"
-                )
-        # Heatmaps are per sample; masks may also be one shared mask or a box, so only a
-        # stack of masks (N, H, W) is checked.
-        per_sample = {"heatmaps": heatmaps}
-        if masks is not None and np.ndim(masks) == 3:
-            per_sample["masks"] = masks
-        for name, value in per_sample.items():
-            if value is not None and len(value) != n_samples:
-                raise ValueError(
-                    f"{name} has {len(value)} entries but there are {n_samples} samples "
-                    "(group labels); they must describe the same samples in order"
-                )
-        pool: dict[str, Any] = {
-            "embeddings": X,
-            "group_labels": _numpy(group_labels),
-            "labels": task,
-            "heatmaps": heatmaps,
-            "masks": masks,
-            **inputs,
-        }
-        counts = np.bincount(codes, minlength=len(groups))
+        if embeddings is None:
+            needing = [n for n, spec in self.method_specs_ if self._uses_embeddings(spec)]
+            if needing:
+                raise ValueError(f"embeddings are required by {', '.join(needing)}")
+        pool, info = _input_pool(embeddings, group_labels, labels, heatmaps, masks, inputs)
         # fit_from_loaders leaves the layers it used here for the report.
-        from_loaders, self._loader_inputs = self._loader_inputs, {}
-        self.inputs_ = {
-            "n_samples": n_samples,
-            "n_features": None if X is None else int(X.shape[1]),
-            "groups": {str(g): int(c) for g, c in zip(groups, counts)},
-            "task_labels": task is not None,
-            "heatmaps": heatmaps is not None,
-            "masks": masks is not None,
-        } | from_loaders
-        self.reports_ = {}
-        self.timings_ = {}
-        for name, spec in self.methods:
-            started = time.perf_counter()
-            self.reports_[name] = self._run_one(name, spec, pool)
-            self.timings_[name] = time.perf_counter() - started
+        from_loaders, self._loader_inputs = getattr(self, "_loader_inputs", {}), {}
+        self.inputs_ = info | from_loaders
+        self.reports_: dict[str, dict[str, Any]] | None = {}
+        self.timings_: dict[str, float] = {}
+        for name, spec in self.method_specs_:
+            self._run_timed(name, spec, pool)
         return self
+
+    def _run_timed(self, name: str, spec: MethodSpec, pool: Mapping[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        report = self._run_one(name, spec, pool)
+        assert self.reports_ is not None
+        self.reports_[name] = report
+        self.timings_[name] = time.perf_counter() - started
+        return report
 
     def _run_one(self, name: str, spec: MethodSpec, pool: Mapping[str, Any]) -> dict[str, Any]:
         """One method's report; any failure becomes a report with ``success=False``."""
@@ -367,7 +503,7 @@ class ShortcutDetector:
     def fit_from_loaders(
         self,
         model: Any,
-        loaders: Iterable[Any] | Sequence[Iterable[Any]],
+        loaders: Iterable[Any] | Sequence[Iterable[Any]] | None = None,
         *,
         embedding_layer: Any = None,
         target_layer: Any = None,
@@ -376,18 +512,27 @@ class ShortcutDetector:
         device: Any = None,
         progress: bool | None = None,
     ) -> ShortcutDetector:
-        """Compute embeddings (and heatmaps, if a heatmap method is selected) from a model
-        and data loaders, then :meth:`fit`.
+        """Fit from data loaders, in one of two forms (told apart by the first argument).
+
+        - ``fit_from_loaders({method: loader, ...})``: one loader per selected method.
+          A loader gives that method's inputs: a callable returning a dict (e.g.
+          ``{"heatmaps": ..., "masks": ...}`` or ``{"embeddings": ..., "group_labels":
+          ...}``), the dict itself, an object with those inputs as attributes, or an
+          iterable of dict batches (concatenated). Each method runs on its own inputs, and
+          its metrics include ``n_samples``. A selected method without a loader is an error
+          naming it.
+        - ``fit_from_loaders(model, loaders)``: compute embeddings (and heatmaps, if a
+          heatmap method is selected) from a model and data loaders, then :meth:`fit`.
 
         Parameters
         ----------
         model:
-            The PyTorch model.
+            The PyTorch model, or the mapping ``{method name: loader}``.
         loaders:
-            A loader (any iterable of batches) or a list of loaders, read once, in order.
-            A batch is ``(images, labels, groups)`` or ``(images, labels, groups, masks)``, or
-            a dict with keys ``image``/``images``, ``label``/``labels``, ``group``/``groups``
-            and optionally ``mask``/``masks``.
+            With a model: a loader (any iterable of batches) or a list of loaders, read
+            once, in order. A batch is ``(images, labels, groups)`` or ``(images, labels,
+            groups, masks)``, or a dict with keys ``image``/``images``, ``label``/``labels``,
+            ``group``/``groups`` and optionally ``mask``/``masks``.
         embedding_layer:
             Layer whose pooled output is the embedding; ``None``: the input of the final
             classifier (see :func:`shortcut_detect.embeddings.extract_embeddings`).
@@ -402,8 +547,44 @@ class ShortcutDetector:
         progress:
             Progress bar: ``None`` only for long inputs on a terminal.
         """
-        from shortcut_detect.embeddings import EmbeddingExtractor, _progress
+        if isinstance(model, Mapping):
+            if loaders is not None:
+                raise TypeError(
+                    "give either fit_from_loaders({method: loader}) or "
+                    "fit_from_loaders(model, loaders), not a mapping and loaders"
+                )
+            return self._fit_from_method_loaders(model)
+        if loaders is None:
+            raise TypeError(
+                "fit_from_loaders(model, loaders) needs the data loaders; or give one loader "
+                "per method: fit_from_loaders({'probe': loader, ...})"
+            )
+        self._setup()
+        joined, layers = self._read_model_loaders(
+            model, loaders, embedding_layer, target_layer, pool, cam_method, device, progress
+        )
+        self._loader_inputs = layers
+        return self.fit(
+            joined["embeddings"],
+            joined["labels"],
+            group_labels=joined["groups"],
+            heatmaps=joined["heatmaps"],
+            masks=joined["masks"],
+        )
 
+    def _read_model_loaders(
+        self,
+        model: Any,
+        loaders: Any,
+        embedding_layer: Any,
+        target_layer: Any,
+        pool: Any,
+        cam_method: str,
+        device: Any,
+        progress: bool | None,
+    ) -> tuple[dict[str, np.ndarray | None], dict[str, Any]]:
+        """Embeddings, labels, groups, masks and heatmaps from every batch, concatenated,
+        and the layers used."""
         if (
             isinstance(loaders, (list, tuple))
             and loaders
@@ -416,13 +597,11 @@ class ShortcutDetector:
         else:
             sources = [loaders]
         needs_heatmaps = any(
-            self._method_input(name, spec, "heatmaps") for name, spec in self.methods
+            self._method_input(name, spec, "heatmaps") for name, spec in self.method_specs_
         )
         extractor = EmbeddingExtractor(model, embedding_layer, pool=pool, device=device)
         generator = None
         if needs_heatmaps:
-            from shortcut_detect.gradcam import GradCAMHeatmapGenerator
-
             generator = GradCAMHeatmapGenerator(
                 model, target_layer, device=device, method=cam_method
             )
@@ -436,8 +615,12 @@ class ShortcutDetector:
         total = (
             sum(len(s) for s in sources) if all(hasattr(s, "__len__") for s in sources) else None
         )
+        if progress is None:
+            long_input = total is None or total >= PROGRESS_MIN_BATCHES
+            progress = long_input and sys.stderr.isatty()
         batches = (batch for source in sources for batch in source)
-        for batch in _progress(batches, total, progress):
+        bar = ProgressBar(total, "Embeddings", enabled=progress, unit="batch")
+        for batch in bar.track(batches):
             fields = _split_batch(batch)
             parts["embeddings"].append(extractor(fields["images"]))
             parts["groups"].append(_numpy(fields["groups"]))
@@ -454,16 +637,68 @@ class ShortcutDetector:
             if parts[key] and len(parts[key]) != n_batches:
                 raise ValueError(f"some batches have {key} and some do not")
         joined = {key: np.concatenate(value) if value else None for key, value in parts.items()}
-        self._loader_inputs = {"embedding_layer": extractor.layer_name}
+        layers = {"embedding_layer": extractor.layer_name}
         if generator is not None:
-            self._loader_inputs["heatmap_layer"] = generator.target_layer_name
-        return self.fit(
-            joined["embeddings"],
-            joined["labels"],
-            group_labels=joined["groups"],
-            heatmaps=joined["heatmaps"],
-            masks=joined["masks"],
-        )
+            layers["heatmap_layer"] = generator.target_layer_name
+        return joined, layers
+
+    def _fit_from_method_loaders(self, loaders: Mapping[str, MethodLoader]) -> ShortcutDetector:
+        """The ``{method: loader}`` form of :meth:`fit_from_loaders`."""
+        self._setup()
+        names = [name for name, _ in self.method_specs_]
+        missing = [name for name in names if name not in loaders]
+        if missing:
+            raise ValueError(
+                f"no loader for method {', '.join(map(repr, missing))}; give "
+                "fit_from_loaders one loader per selected method "
+                f"({', '.join(names)})"
+            )
+        extra = sorted(str(key) for key in loaders if key not in names)
+        if extra:
+            raise ValueError(
+                f"loaders given for methods that are not selected: {extra}; selected: "
+                f"{', '.join(names)}"
+            )
+        self.reports_ = {}
+        self.timings_ = {}
+        per_method: dict[str, dict[str, Any]] = {}
+        for name, spec in self.method_specs_:
+            wanted = self._fit_parameter_names(name)
+            values = _load_method_inputs(name, loaders[name], wanted)
+            groups = values.pop("group_labels", None)
+            if groups is None:
+                groups = values.pop("groups", None)
+            try:
+                if groups is None and self._uses_embeddings(spec):
+                    raise ValueError("group_labels are required by an embedding method")
+                pool, info = _input_pool(
+                    values.pop("embeddings", None),
+                    groups,
+                    values.pop("labels", None),
+                    values.pop("heatmaps", None),
+                    values.pop("masks", None),
+                    values,
+                )
+            except ValueError as error:
+                raise ValueError(f"loader of method {name!r}: {error}") from error
+            per_method[name] = info
+            report = self._run_timed(name, spec, pool)
+            if report.get("success"):
+                report["metrics"].setdefault("n_samples", info["n_samples"])
+        self.inputs_ = _combined_inputs(per_method)
+        return self
+
+    def _fit_parameter_names(self, name: str) -> list[str]:
+        """The names a method's ``fit`` takes (none if it could not be imported)."""
+        detector = self.detectors_.get(name)
+        if detector is None:
+            return []
+        parameters = inspect.signature(detector.fit).parameters
+        return [
+            key
+            for key, parameter in parameters.items()
+            if parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ]
 
     def _method_input(self, name: str, spec: MethodSpec, input_name: str) -> bool:
         """Whether a method's ``fit`` takes ``input_name`` (False if it cannot be imported)."""
@@ -479,9 +714,10 @@ class ShortcutDetector:
 
     # -- results ---------------------------------------------------------------------------
     def _require_fitted(self) -> dict[str, dict[str, Any]]:
-        if self.reports_ is None:
+        reports = getattr(self, "reports_", None)
+        if reports is None:
             raise RuntimeError("ShortcutDetector is not fitted; call fit(...) first")
-        return self.reports_
+        return reports
 
     def get_results(self) -> dict[str, dict[str, Any]]:
         """One dict per method (a copy): the method's report (``success``, ``risk``,
@@ -497,8 +733,9 @@ class ShortcutDetector:
 
     @property
     def overall_risk(self) -> str:
-        """``LOW`` / ``MODERATE`` / ``HIGH`` (the highest method risk), ``UNKNOWN`` if none ran."""
-        return overall_risk(self._require_fitted(), self.high_agreement)
+        """``LOW`` / ``MODERATE`` / ``HIGH`` by the rule in the class notes, ``UNKNOWN`` if
+        no method ran."""
+        return overall_risk(self._require_fitted(), int(self.high_agreement))
 
     def reasons(self) -> list[str]:
         """Why the overall risk is what it is, one sentence per point."""
@@ -534,7 +771,7 @@ class ShortcutDetector:
                     "information MODERATE and none rates it HIGH."
                 )
             for name, report in ran.items():
-                if RISK_ORDER.get(report.get("risk"), -1) >= RISK_ORDER["MODERATE"]:
+                if _risk_of(report) >= Risk.MODERATE:
                     reasons.append(f"{name} ({report['risk']}): {report.get('finding', '')}")
         for name, report in failed.items():
             reasons.append(f"{name} could not run: {report.get('error', 'unknown error')}")
@@ -560,17 +797,15 @@ class ShortcutDetector:
         """A short text: overall risk, why, and one line per method."""
         reports = self._require_fitted()
         info = self.inputs_
-        groups = ", ".join(f"{g}: {c}" for g, c in info["groups"].items())
         shape = (
             f"{info['n_samples']} samples, {info['n_features']} dimensions"
             if info.get("n_features") is not None
             else f"{info['n_samples']} samples"
         )
-        lines = [
-            f"Shortcut detection: overall risk {self.overall_risk}",
-            f"{shape}, {len(info['groups'])} groups ({groups})",
-            "Why:",
-        ]
+        if info["groups"]:
+            groups = ", ".join(f"{g}: {c}" for g, c in info["groups"].items())
+            shape += f", {len(info['groups'])} groups ({groups})"
+        lines = [f"Shortcut detection: overall risk {self.overall_risk}", shape, "Why:"]
         lines += [f"  - {reason}" for reason in self.reasons()]
         width = max(len(name) for name in reports)
         lines.append("Methods:")
@@ -580,8 +815,6 @@ class ShortcutDetector:
 
     def report_payload(self) -> dict[str, Any]:
         """Everything the report shows, as plain data (also the JSON report)."""
-        from shortcut_detect import __version__
-
         reports = self._require_fitted()
         methods = []
         for name, report in reports.items():
@@ -600,9 +833,9 @@ class ShortcutDetector:
             "inputs": dict(self.inputs_),
             "settings": {
                 "methods": self.method_names,
-                "alpha": self.alpha,
+                "alpha": float(self.alpha),
                 "random_state": self.random_state,
-                "high_agreement": self.high_agreement,
+                "high_agreement": int(self.high_agreement),
             },
             "methods": methods,
             "risk_rules": self.risk_rules(),
@@ -624,8 +857,6 @@ class ShortcutDetector:
         pathlib.Path
             The written file.
         """
-        from shortcut_detect.detectors.report import render_report, report_format
-
         path = Path(path)
         kind = report_format(path, format)
         if not path.parent.exists():
@@ -635,7 +866,8 @@ class ShortcutDetector:
         return path
 
     def __repr__(self) -> str:
-        state = "unfitted" if self.reports_ is None else f"overall risk {self.overall_risk}"
+        fitted = getattr(self, "reports_", None) is not None
+        state = f"overall risk {self.overall_risk}" if fitted else "unfitted"
         return f"ShortcutDetector(methods={self.method_names}, {state})"
 
 

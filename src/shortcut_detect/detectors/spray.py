@@ -29,6 +29,8 @@ from shortcut_detect.analysis.maps import (
     mass_overlap,
     peak_locations,
 )
+from shortcut_detect.common.risk import Risk
+from shortcut_detect.common.serialization import nan_to_none
 from shortcut_detect.detectors.base import BaseDetector
 
 __all__ = ["SpRAyDetector"]
@@ -96,37 +98,38 @@ class SpRAyDetector(BaseDetector):
         gap_ratio: float = 2.0,
         random_state: int = 0,
     ) -> None:
-        super().__init__()
+        self.n_clusters = n_clusters
+        self.max_clusters = max_clusters
+        self.min_clusters = min_clusters
+        self.downsample = downsample
+        self.n_neighbors = n_neighbors
+        self.concentration_mass = concentration_mass
+        self.small_region_area = small_region_area
+        self.max_eigenvalue = max_eigenvalue
+        self.gap_ratio = gap_ratio
+        self.random_state = random_state
+
+    def validate_params(self) -> None:
+        """Check every parameter (``fit`` calls this first)."""
+        n_clusters = self.n_clusters
         if n_clusters is not None and (int(n_clusters) != n_clusters or n_clusters < 1):
             raise ValueError(f"n_clusters must be a positive integer or None, got {n_clusters!r}")
-        if not 1 <= min_clusters <= max_clusters:
+        if not 1 <= self.min_clusters <= self.max_clusters:
             raise ValueError(
-                f"Need 1 <= min_clusters <= max_clusters, got {min_clusters} and {max_clusters}"
+                f"Need 1 <= min_clusters <= max_clusters, got {self.min_clusters} and "
+                f"{self.max_clusters}"
             )
-        if len(tuple(downsample)) != 2 or any(int(s) < 2 for s in downsample):
-            raise ValueError(f"downsample must be (h, w) with sides >= 2, got {downsample!r}")
-        if n_neighbors < 2:
-            raise ValueError(f"n_neighbors must be at least 2, got {n_neighbors}")
-        if not 0.0 < concentration_mass <= 1.0 or not 0.0 < small_region_area <= 1.0:
+        downsample = tuple(self.downsample)
+        if len(downsample) != 2 or any(int(side) < 2 for side in downsample):
+            raise ValueError(f"downsample must be (h, w) with sides >= 2, got {self.downsample!r}")
+        if self.n_neighbors < 2:
+            raise ValueError(f"n_neighbors must be at least 2, got {self.n_neighbors}")
+        if not 0.0 < self.concentration_mass <= 1.0 or not 0.0 < self.small_region_area <= 1.0:
             raise ValueError("concentration_mass and small_region_area must be in (0, 1]")
-        self.n_clusters = None if n_clusters is None else int(n_clusters)
-        self.max_clusters = int(max_clusters)
-        self.min_clusters = int(min_clusters)
-        self.downsample = tuple(int(s) for s in downsample)
-        self.n_neighbors = int(n_neighbors)
-        self.concentration_mass = float(concentration_mass)
-        self.small_region_area = float(small_region_area)
-        if not 0.0 < max_eigenvalue <= 2.0:
-            raise ValueError(f"max_eigenvalue must be in (0, 2], got {max_eigenvalue}")
-        self.max_eigenvalue = float(max_eigenvalue)
-        if gap_ratio < 1.0:
-            raise ValueError(f"gap_ratio must be at least 1, got {gap_ratio}")
-        self.gap_ratio = float(gap_ratio)
-        self.random_state = random_state
-        self.labels_: np.ndarray | None = None
-        self.eigenvalues_: np.ndarray | None = None
-        self.cluster_mean_maps_: np.ndarray | None = None
-        self.features_: np.ndarray | None = None
+        if not 0.0 < self.max_eigenvalue <= 2.0:
+            raise ValueError(f"max_eigenvalue must be in (0, 2], got {self.max_eigenvalue}")
+        if self.gap_ratio < 1.0:
+            raise ValueError(f"gap_ratio must be at least 1, got {self.gap_ratio}")
 
     # -- the graph -----------------------------------------------------------------------
     def _affinity(self, features: np.ndarray) -> Any:
@@ -135,7 +138,7 @@ class SpRAyDetector(BaseDetector):
         from sklearn.neighbors import NearestNeighbors
 
         n_samples = len(features)
-        k = min(self.n_neighbors, n_samples - 1)
+        k = min(int(self.n_neighbors), n_samples - 1)
         distances, indices = NearestNeighbors(n_neighbors=k + 1).fit(features).kneighbors(features)
         distances, indices = distances[:, 1:], indices[:, 1:]  # drop each sample itself
         scale = distances[:, min(k, 7) - 1]  # Zelnik-Manor & Perona: 7th neighbour
@@ -182,7 +185,7 @@ class SpRAyDetector(BaseDetector):
         on an object that moves around the image) has a slowly rising spectrum with no
         clear gap, and stays one cluster instead of being cut at a random bump.
         """
-        low = min(self.min_clusters, max_k)
+        low = min(int(self.min_clusters), max_k)
         candidates = [
             k
             for k in range(low, max_k + 1)
@@ -211,9 +214,9 @@ class SpRAyDetector(BaseDetector):
             Optional group per sample (e.g. marker present / absent, a protected
             attribute): adjusted Rand index of the clusters against it, group purity.
         """
-        from sklearn.cluster import KMeans
         from sklearn.metrics import adjusted_rand_score
 
+        self.validate_params()
         if heatmaps is None:
             raise ValueError("SpRAyDetector.fit needs heatmaps (N, H, W)")
         maps = as_heatmap_stack(heatmaps, keep_float32=True)
@@ -222,10 +225,14 @@ class SpRAyDetector(BaseDetector):
         n_samples = len(maps)
         if n_samples < 4:
             raise ValueError(f"SpRAy needs at least 4 heatmaps to cluster, got {n_samples}")
+        fixed_clusters = None if self.n_clusters is None else int(self.n_clusters)
+        if fixed_clusters is not None and fixed_clusters > n_samples - 1:
+            raise ValueError(f"n_clusters={fixed_clusters} is too many for {n_samples} heatmaps")
         label_info = group_codes(labels, n_samples) if labels is not None else None
         group_info = group_codes(group_labels, n_samples) if group_labels is not None else None
 
-        grid = tuple(min(s, d) for s, d in zip(maps.shape[1:], self.downsample))
+        downsample = tuple(int(side) for side in self.downsample)
+        grid = tuple(min(s, d) for s, d in zip(maps.shape[1:], downsample))
         small = np.concatenate(
             [area_resize(maps[i : i + CHUNK], grid) for i in range(0, n_samples, CHUNK)]
         )
@@ -234,81 +241,26 @@ class SpRAyDetector(BaseDetector):
         features[empty] = 0.0  # zero-mass maps: one point, far from all real maps
         self.features_ = features
 
-        max_k = min(self.max_clusters, n_samples - 1)
-        if self.n_clusters is not None and self.n_clusters > n_samples - 1:
-            raise ValueError(f"n_clusters={self.n_clusters} is too many for {n_samples} heatmaps")
-        affinity = self._affinity(features)
-        count = min(n_samples, max(max_k, self.n_clusters or 0) + 1)
-        eigenvalues, vectors = self._embedding(affinity, count)
-        gaps = np.diff(eigenvalues)  # gaps[k - 1] = lambda_{k+1} - lambda_k
-        if self.n_clusters is not None:
-            n_clusters = self.n_clusters
-        else:
-            n_clusters = self._eigengap_choice(eigenvalues, max_k)
-        if n_clusters == 1:
-            assignments = np.zeros(n_samples, dtype=np.int64)
-        else:
-            # Ng, Jordan & Weiss: k-means on the row-normalised leading eigenvectors.
-            embedded = vectors[:, :n_clusters]
-            norms = np.linalg.norm(embedded, axis=1, keepdims=True)
-            embedded = embedded / np.maximum(norms, 1e-12)
-            kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=self.random_state)
-            assignments = kmeans.fit_predict(embedded).astype(np.int64)
-        assignments = _order_by_size(assignments)
+        assignments, eigenvalues = self._cluster(features, fixed_clusters)
         n_clusters = int(assignments.max()) + 1
+        gaps = np.diff(eigenvalues)  # gaps[k - 1] = lambda_{k+1} - lambda_k
         self.labels_, self.eigenvalues_ = assignments, eigenvalues
-
-        clusters = []
-        means_full = np.stack(
+        self.cluster_mean_maps_ = np.stack(
             [maps[assignments == c].mean(axis=0, dtype=np.float64) for c in range(n_clusters)]
         )
-        means_small = np.stack([small[assignments == c].mean(axis=0) for c in range(n_clusters)])
-        self.cluster_mean_maps_ = means_full
-        concentration = concentration_area(means_small, self.concentration_mass)
-        spread = entropy(means_small)
-        peaks = peak_locations(means_full)
-        for cluster in range(n_clusters):
-            members = np.flatnonzero(assignments == cluster)
-            rest = assignments != cluster
-            centre = features[members].mean(axis=0)
-            nearest = members[np.argsort(((features[members] - centre) ** 2).sum(axis=1))]
-            info: dict[str, Any] = {
-                "cluster": cluster,
-                "size": int(members.size),
-                "share": members.size / n_samples,
-                "concentration_area": _float(concentration[cluster]),
-                "entropy": _float(spread[cluster]),
-                "peak": tuple(int(v) for v in peaks[cluster]),
-                "peak_location": location_words(peaks[cluster], maps.shape[1:]),
-                "mass_overlap_with_rest": (
-                    _float(
-                        mass_overlap(means_small[cluster][None], small[rest].mean(axis=0)[None])[0]
-                    )
-                    if rest.any()
-                    else None
-                ),
-                "flagged": bool(
-                    not np.isnan(concentration[cluster])
-                    and concentration[cluster] <= self.small_region_area
-                ),
-                "representatives": [int(i) for i in nearest[:N_REPRESENTATIVES]],
-                "mean_map": np.round(means_small[cluster], 5).tolist(),
-                "n_empty_heatmaps": int(empty[members].sum()),
-            }
-            for key, coded in (("label", label_info), ("group", group_info)):
-                if coded is None:
-                    continue
-                names, codes = coded
-                counts = np.bincount(codes[members], minlength=len(names))
-                info[f"{key}_distribution"] = _distribution(codes[members], names)
-                info[f"majority_{key}"] = names[int(counts.argmax())]
-                info[f"{key}_purity"] = float(counts.max() / members.size)
-            clusters.append(info)
-
+        clusters = self._describe_clusters(
+            maps.shape[1:],
+            self.cluster_mean_maps_,
+            small,
+            features,
+            empty,
+            assignments,
+            (label_info, group_info),
+        )
         metrics: dict[str, Any] = {
             "n_samples": n_samples,
             "n_clusters": n_clusters,
-            "n_clusters_chosen_by": "fixed" if self.n_clusters is not None else "eigengap",
+            "n_clusters_chosen_by": "fixed" if fixed_clusters is not None else "eigengap",
             "eigengap": float(gaps[n_clusters - 1]) if n_clusters - 1 < gaps.size else None,
             "eigenvalues": [float(v) for v in eigenvalues],
             "cluster_sizes": [c["size"] for c in clusters],
@@ -330,9 +282,93 @@ class SpRAyDetector(BaseDetector):
         self._make_report(metrics, risk, finding, details)
         return self
 
+    def _cluster(
+        self, features: np.ndarray, fixed_clusters: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cluster per sample (0 = largest) and the Laplacian's smallest eigenvalues."""
+        from sklearn.cluster import KMeans
+
+        n_samples = len(features)
+        max_k = min(int(self.max_clusters), n_samples - 1)
+        affinity = self._affinity(features)
+        count = min(n_samples, max(max_k, fixed_clusters or 0) + 1)
+        eigenvalues, vectors = self._embedding(affinity, count)
+        if fixed_clusters is not None:
+            n_clusters = fixed_clusters
+        else:
+            n_clusters = self._eigengap_choice(eigenvalues, max_k)
+        if n_clusters == 1:
+            assignments = np.zeros(n_samples, dtype=np.int64)
+        else:
+            # Ng, Jordan & Weiss: k-means on the row-normalised leading eigenvectors.
+            embedded = vectors[:, :n_clusters]
+            norms = np.linalg.norm(embedded, axis=1, keepdims=True)
+            embedded = embedded / np.maximum(norms, 1e-12)
+            kmeans = KMeans(n_clusters=n_clusters, n_init=10, random_state=self.random_state)
+            assignments = kmeans.fit_predict(embedded).astype(np.int64)
+        return _order_by_size(assignments), eigenvalues
+
+    def _describe_clusters(
+        self,
+        map_shape: tuple[int, ...],
+        mean_maps: np.ndarray,
+        small: np.ndarray,
+        features: np.ndarray,
+        empty: np.ndarray,
+        assignments: np.ndarray,
+        coded: tuple[tuple[list[Hashable], np.ndarray] | None, ...],
+    ) -> list[dict[str, Any]]:
+        """One dict per cluster: size, concentration, peak, representatives, and the purity
+        of the ``coded`` (label, group) codes when given."""
+        n_samples = len(assignments)
+        n_clusters = len(mean_maps)
+        means_small = np.stack([small[assignments == c].mean(axis=0) for c in range(n_clusters)])
+        concentration = concentration_area(means_small, self.concentration_mass)
+        spread = entropy(means_small)
+        peaks = peak_locations(mean_maps)
+        clusters = []
+        for cluster in range(n_clusters):
+            members = np.flatnonzero(assignments == cluster)
+            rest = assignments != cluster
+            centre = features[members].mean(axis=0)
+            nearest = members[np.argsort(((features[members] - centre) ** 2).sum(axis=1))]
+            info: dict[str, Any] = {
+                "cluster": cluster,
+                "size": int(members.size),
+                "share": members.size / n_samples,
+                "concentration_area": nan_to_none(concentration[cluster]),
+                "entropy": nan_to_none(spread[cluster]),
+                "peak": tuple(int(v) for v in peaks[cluster]),
+                "peak_location": location_words(peaks[cluster], map_shape),
+                "mass_overlap_with_rest": (
+                    nan_to_none(
+                        mass_overlap(means_small[cluster][None], small[rest].mean(axis=0)[None])[0]
+                    )
+                    if rest.any()
+                    else None
+                ),
+                "flagged": bool(
+                    not np.isnan(concentration[cluster])
+                    and concentration[cluster] <= self.small_region_area
+                ),
+                "representatives": [int(i) for i in nearest[:N_REPRESENTATIVES]],
+                "mean_map": np.round(means_small[cluster], 5).tolist(),
+                "n_empty_heatmaps": int(empty[members].sum()),
+            }
+            for key, codes_of in zip(("label", "group"), coded):
+                if codes_of is None:
+                    continue
+                names, codes = codes_of
+                counts = np.bincount(codes[members], minlength=len(names))
+                info[f"{key}_distribution"] = _distribution(codes[members], names)
+                info[f"majority_{key}"] = names[int(counts.argmax())]
+                info[f"{key}_purity"] = float(counts.max() / members.size)
+            clusters.append(info)
+        return clusters
+
     def _assess(
         self, clusters: list[dict[str, Any]], metrics: dict[str, Any], has_groups: bool
-    ) -> tuple[str, str]:
+    ) -> tuple[Risk, str]:
         flagged = [c for c in clusters if c["flagged"]]
         n_clusters = metrics["n_clusters"]
         ari = metrics.get("ari_groups")
@@ -346,7 +382,7 @@ class SpRAyDetector(BaseDetector):
                     f"{flagged[0]['concentration_area']:.1%} of the image "
                     f"({flagged[0]['peak_location']})"
                 )
-            return ("MODERATE" if flagged else "LOW"), text + "." + note
+            return (Risk.MODERATE if flagged else Risk.LOW), text + "." + note
         sizes = ", ".join(str(s) for s in metrics["cluster_sizes"])
         if metrics["n_clusters_chosen_by"] == "eigengap":
             headline = (
@@ -374,11 +410,11 @@ class SpRAyDetector(BaseDetector):
             parts.append(f"clusters vs groups: adjusted Rand index {ari:.2f}")
         aligned = any(c.get("group_purity", 0.0) >= 0.8 for c in flagged)
         if flagged and (aligned or not has_groups):
-            risk = "HIGH"
+            risk = Risk.HIGH
         elif flagged or (ari is not None and ari >= 0.2):
-            risk = "MODERATE"
+            risk = Risk.MODERATE
         else:
-            risk = "LOW"
+            risk = Risk.LOW
         return risk, "; ".join(parts) + "." + note
 
 
@@ -389,8 +425,3 @@ def _order_by_size(assignments: np.ndarray) -> np.ndarray:
     mapping = np.empty(values.max() + 1, dtype=np.int64)
     mapping[values[order]] = np.arange(values.size)
     return mapping[assignments]
-
-
-def _float(value: float) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value

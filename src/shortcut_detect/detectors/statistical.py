@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from shortcut_detect.common.risk import Risk
 from shortcut_detect.detectors.embedding_base import (
     DEFAULT_ALPHA,
     EmbeddingDetector,
@@ -130,24 +131,29 @@ class StatisticalDetector(EmbeddingDetector):
         random_state: int | None = 0,
     ) -> None:
         super().__init__(alpha=alpha, random_state=random_state)
-        if test not in TESTS:
-            raise ValueError(f"test must be one of {TESTS}, got {test!r}")
-        if not 0 < fdr < 1:
-            raise ValueError(f"fdr must be in (0, 1), got {fdr}")
-        if not 0 < widespread_share <= 1:
-            raise ValueError(f"widespread_share must be in (0, 1], got {widespread_share}")
-        if min_group_size < 2:
-            raise ValueError(f"min_group_size must be at least 2, got {min_group_size}")
         self.test = test
-        self.fdr = float(fdr)
-        self.thresholds = _check_thresholds(thresholds, "thresholds")
-        self.widespread_share = float(widespread_share)
-        self.top_k = int(top_k)
-        self.min_group_size = int(min_group_size)
+        self.fdr = fdr
+        self.thresholds = thresholds
+        self.widespread_share = widespread_share
+        self.top_k = top_k
+        self.min_group_size = min_group_size
+
+    def validate_params(self) -> None:
+        """Check every parameter (``fit`` calls this first)."""
+        super().validate_params()
+        if self.test not in TESTS:
+            raise ValueError(f"test must be one of {TESTS}, got {self.test!r}")
+        if not 0 < self.fdr < 1:
+            raise ValueError(f"fdr must be in (0, 1), got {self.fdr}")
+        if not 0 < self.widespread_share <= 1:
+            raise ValueError(f"widespread_share must be in (0, 1], got {self.widespread_share}")
+        if self.min_group_size < 2:
+            raise ValueError(f"min_group_size must be at least 2, got {self.min_group_size}")
+        _check_thresholds(self.thresholds, "thresholds")
 
     def risk_rule(self) -> str:
         """The risk thresholds in words."""
-        moderate, high = self.thresholds
+        moderate, high = _check_thresholds(self.thresholds, "thresholds")
         return (
             f"largest |d| among significant dimensions >= {moderate:g} MODERATE (or at least "
             f"{self.widespread_share:.0%} of dimensions significant), >= {high:g} HIGH"
@@ -155,6 +161,7 @@ class StatisticalDetector(EmbeddingDetector):
 
     def _analyse(self, data: GroupedEmbeddings) -> tuple[dict, str, str, dict]:
         data.require_group_size(self.min_group_size, "statistical")
+        thresholds = _check_thresholds(self.thresholds, "thresholds")
         X, codes, n_groups = data.X, data.codes, data.n_groups
         constant = X.max(axis=0) == X.min(axis=0)
         tested = np.flatnonzero(~constant)
@@ -176,10 +183,10 @@ class StatisticalDetector(EmbeddingDetector):
         global_p = float(p_adjusted.min())
         abs_d = np.abs(d)
         max_d_significant = float(abs_d[significant].max()) if n_significant else 0.0
-        risk = rate_risk(global_p, max_d_significant, self.thresholds, self.alpha)
-        if risk == "LOW" and global_p < self.alpha and share >= self.widespread_share:
-            risk = "MODERATE"
-        order = np.argsort(-abs_d, kind="stable")[: self.top_k]
+        risk = rate_risk(global_p, max_d_significant, thresholds, self.alpha)
+        if risk == Risk.LOW and global_p < self.alpha and share >= self.widespread_share:
+            risk = Risk.MODERATE
+        order = np.argsort(-abs_d, kind="stable")[: int(self.top_k)]
         means = np.stack([X[codes == g].mean(axis=0) for g in range(n_groups)])
         top = [
             {
@@ -215,10 +222,10 @@ class StatisticalDetector(EmbeddingDetector):
         )
         details = {
             "test": test_name,
-            "fdr": self.fdr,
+            "fdr": float(self.fdr),
             "n_constant_dimensions": int(constant.sum()),
-            "thresholds_d": list(self.thresholds),
-            "widespread_share": self.widespread_share,
+            "thresholds_d": list(thresholds),
+            "widespread_share": float(self.widespread_share),
             "top_dimensions": top,
         }
         return metrics, risk, finding, details
