@@ -76,8 +76,8 @@ def test_raw_low_resolution_maps_and_boxes():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="threshold"):
-        GradCAMMaskOverlapDetector(threshold=2.0)
+    with pytest.raises(ValueError, match=r"threshold must be in \[0, 1\], got 2.0"):
+        GradCAMMaskOverlapDetector(threshold=2.0).fit(np.ones((2, 4, 4)), np.ones((4, 4)))
     with pytest.raises(ValueError, match="needs masks"):
         GradCAMMaskOverlapDetector().fit(np.ones((2, 4, 4)))
     with pytest.raises(ValueError, match="generator and images"):

@@ -85,10 +85,11 @@ def test_empty_maps_are_counted(rng):
 
 
 def test_bad_arguments(rng):
-    with pytest.raises(ValueError, match="min_clusters"):
-        SpRAyDetector(min_clusters=5, max_clusters=3)
+    maps = rng.random((10, 8, 8))
+    with pytest.raises(ValueError, match="min_clusters <= max_clusters, got 5 and 3"):
+        SpRAyDetector(min_clusters=5, max_clusters=3).fit(maps)
     with pytest.raises(ValueError, match="downsample"):
-        SpRAyDetector(downsample=(1, 8))
+        SpRAyDetector(downsample=(1, 8)).fit(maps)
     with pytest.raises(ValueError, match="at least 4"):
         SpRAyDetector().fit(heatmaps=rng.random((3, 8, 8)))
     with pytest.raises(ValueError, match="5 group labels for 10"):

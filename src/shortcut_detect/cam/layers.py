@@ -198,4 +198,5 @@ def default_layer(model: nn.Module, example_input: torch.Tensor) -> LayerInfo:
         )
     return candidates[-1]
 
+
 PASS_THROUGH_MODULES = _PASS_THROUGH
