@@ -27,7 +27,7 @@ def _env():
     return env
 
 
-def _cli(*args, cwd=None, timeout=240):
+def _cli(*args, cwd=None, timeout=900):
     return subprocess.run(
         [sys.executable, "-m", "shortcut_detect", *map(str, args)],
         capture_output=True,
@@ -150,7 +150,7 @@ def test_killed_audit_resumes_without_lost_or_duplicated_rows(tmp_path, test_dat
     assert summary["audit"]["samples_stored"] == partial
 
     rerun = subprocess.run(
-        command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=240
+        command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=900
     )
     assert rerun.returncode == 0, rerun.stderr
     assert "done by an earlier run" in rerun.stdout
