@@ -12,6 +12,7 @@ attributes, and error messages name the path the caller gave and the technical r
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -106,16 +107,27 @@ _PLUGIN_FOR_SYNTAX = {
     "1.2.840.10008.1.2.5": "pylibjpeg-rle",
 }
 _TEXT_VRS = ("PN", "LO", "SH", "DA", "DT", "TM", "AS", "UI", "LT", "ST", "UT", "UC", "AE", "IS")
+_IMAGE_GROUPS = (0x0008, 0x0018, 0x0020, 0x0028)
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SLICE_TOLERANCE = 1e-3  # mm; positions closer than this are the same slice
 
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence pydicom's warnings: they can quote attribute values (names, dates, UIDs)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    """Silence pydicom's warnings and log records: they can quote attribute values (names,
+    dates, UIDs) of the file being read."""
+    logger = logging.getLogger("pydicom")
+    logger.addFilter(_drop_all)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.removeFilter(_drop_all)
+
+
+def _drop_all(record: logging.LogRecord) -> bool:
+    return False
 
 
 def is_dicom_file(path: str | os.PathLike[str]) -> bool:
@@ -205,7 +217,8 @@ def _read_dataset(path: Path) -> Any:
         raise ImageLoadError(
             f"{path}: not a DICOM file or a corrupt one ({type(error).__name__})"
         ) from error
-    if not has_magic and len(ds) == 0:
+    if not has_magic and not any(tag >> 16 in _IMAGE_GROUPS for tag in ds.keys()):  # noqa: SIM118 (tags only: no conversion)
+        # Without the marker pydicom parses any bytes; real data has standard groups.
         raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' marker, no DICOM elements)")
     return ds
 

@@ -237,8 +237,11 @@ def apply_window(array: np.ndarray, window: Window) -> np.ndarray:
     if window.function == "LUT":
         lut = window.lut
         assert lut is not None  # checked by Window
-        index = np.rint(values - window.lut_first) if values.dtype.kind == "f" else values
-        index = np.clip(np.nan_to_num(index, nan=0.0), 0, lut.size - 1).astype(np.intp)
+        if values.dtype.kind == "f":
+            index = np.nan_to_num(np.rint(values - window.lut_first), nan=0.0)
+        else:
+            index = values.astype(np.int64) - window.lut_first
+        index = np.clip(index, 0, lut.size - 1).astype(np.intp)
         scale = np.float32(1.0 / (2**window.lut_bits - 1))
         out = lut.astype(np.float32)[index] * scale
         return np.clip(out, 0.0, 1.0, out=out)
@@ -298,7 +301,7 @@ def _lut_window(item: Any, little_endian: bool) -> Window | None:
         table = np.frombuffer(bytes(data.value), dtype="<u2" if little_endian else ">u2")
     else:
         raw = data.value
-        table = np.asarray(raw if isinstance(raw, (list, tuple)) else [raw], dtype=np.float64)
+        table = np.asarray([raw] if isinstance(raw, (int, float)) else list(raw), dtype=np.float64)
     table = table[:entries].astype(np.float64)
     if table.size == 0 or not 8 <= bits <= 16:
         return None
