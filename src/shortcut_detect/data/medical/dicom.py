@@ -539,8 +539,6 @@ def _read_dicom(path: Path, window: WindowSpec, max_pixels: int) -> MedicalImage
             position, orientation, in_plane = plane
             normal = np.cross(orientation[:3], orientation[3:])
             affine = _image_affine(position, orientation, in_plane, normal * _slice_thickness(ds))
-    elif spacing is not None:
-        spacing_all = (1.0, *spacing)  # frames of a cine: no geometry between them
     file_window = None if photometric == "RGB" else window_from_dicom(ds)
     chosen = _choose_window(path, window, values, file_window, photometric, ds)
     return MedicalImage(
