@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from shortcut_detect.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
-from shortcut_detect.data.medical.image import MEDICAL_EXTRA, MedicalImage, require
+from shortcut_detect.data.medical.image import MEDICAL_EXTRA, MedicalImage, first_line, require
 from shortcut_detect.data.medical.window import (
     Window,
     WindowSpec,
+    frame_groups,
     resolve_window,
     window_from_dicom,
 )
@@ -195,11 +196,6 @@ def _error(path: Any, reason: str, ds: Any = None) -> ImageLoadError:
     return ImageLoadError(f"{path}: {reason}")
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _read_dataset(path: Path) -> Any:
     pydicom = require("pydicom", "reading DICOM files")
     from pydicom.errors import InvalidDicomError
@@ -212,7 +208,7 @@ def _read_dataset(path: Path) -> Any:
     try:
         ds = pydicom.dcmread(path, force=not has_magic)
     except InvalidDicomError as error:
-        raise ImageLoadError(f"{path}: not a DICOM file ({_first_line(error)})") from error
+        raise ImageLoadError(f"{path}: not a DICOM file ({first_line(error)})") from error
     except Exception as error:
         raise ImageLoadError(
             f"{path}: not a DICOM file or a corrupt one ({type(error).__name__})"
@@ -250,20 +246,8 @@ def _check_decodable(path: Path, ds: Any) -> None:
         )
 
 
-def _frame_groups(ds: Any, frame: int) -> list[Any]:
-    """Functional group items that apply to one frame of an enhanced multi-frame file."""
-    groups = []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and 0 <= frame < len(per_frame):
-        groups.append(per_frame[frame])
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        groups.append(shared[0])
-    return groups
-
-
 def _from_groups(ds: Any, frame: int, sequence: str, keyword: str) -> Any:
-    for group in _frame_groups(ds, frame):
+    for group in frame_groups(ds, frame):
         items = group.get(sequence)
         if items and keyword in items[0]:
             return items[0][keyword].value
@@ -321,9 +305,7 @@ def _decode(path: Path, ds: Any, max_pixels: int) -> tuple[np.ndarray, str, int]
         if photometric == "PALETTE COLOR":
             raw = apply_color_lut(raw, ds)
     except Exception as error:
-        raise _error(
-            path, f"corrupt or undecodable pixel data ({_first_line(error)})", ds
-        ) from None
+        raise _error(path, f"corrupt or undecodable pixel data ({first_line(error)})", ds) from None
     if samples == 3 or photometric == "PALETTE COLOR":
         return np.asarray(raw, dtype=np.float32), "RGB", frames
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):

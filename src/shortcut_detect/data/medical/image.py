@@ -26,8 +26,6 @@ __all__ = [
 
 MEDICAL_EXTRA = "pip install 'shortcut-detect[medical]'"
 
-_PACKAGES = {"pydicom": "pydicom", "nibabel": "nibabel"}
-
 
 class MedicalDependencyError(ImportError):
     """A package needed to read medical files is not installed (the message says which)."""
@@ -46,10 +44,15 @@ def require(module: str, purpose: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        package = _PACKAGES.get(module, module)
         raise MedicalDependencyError(
-            f"{purpose} needs the {package} package, which is not installed: {MEDICAL_EXTRA}"
+            f"{purpose} needs the {module} package, which is not installed: {MEDICAL_EXTRA}"
         ) from error
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @dataclass(frozen=True, eq=False, repr=False)

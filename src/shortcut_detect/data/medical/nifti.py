@@ -21,6 +21,7 @@ import torch
 from shortcut_detect.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
 from shortcut_detect.data.medical.image import (
     MedicalImage,
+    first_line,
     reorientation,
     reoriented_affine,
     require,
@@ -100,7 +101,7 @@ def read_nifti(
         image = nibabel.load(path)
     except Exception as error:
         raise ImageLoadError(
-            f"{path}: not a NIfTI file or a corrupt one ({_first_line(error)})"
+            f"{path}: not a NIfTI file or a corrupt one ({first_line(error)})"
         ) from None
     if not isinstance(image, (nibabel.Nifti1Image, nibabel.Nifti2Image)):
         raise ImageLoadError(f"{path}: not a NIfTI image ({type(image).__name__})")
@@ -128,7 +129,7 @@ def read_nifti(
         raise
     except Exception as error:
         raise ImageLoadError(
-            f"{path}: corrupt or truncated NIfTI data ({_first_line(error)})"
+            f"{path}: corrupt or truncated NIfTI data ({first_line(error)})"
         ) from None
     if data.ndim == 2:
         data = data[:, :, None]
@@ -162,11 +163,6 @@ def read_nifti(
         metadata=metadata,
         is_volume=data.ndim >= 3 and data.shape[2] > 1,
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def resample_map(heatmap: np.ndarray | torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:

@@ -26,6 +26,7 @@ from shortcut_detect.data.medical.image import require
 __all__ = [
     "SyntheticMedicalSet",
     "SyntheticSeries",
+    "fake_identity",
     "write_synthetic_dicom_series",
     "write_synthetic_dicom_set",
     "write_synthetic_nifti_set",
@@ -82,6 +83,24 @@ def _labels_and_markers(
     agrees = rng.random(n) < agreement
     marker = np.where(agrees, labels == 1, labels == 0)
     return labels, marker
+
+
+def _written_set(
+    root: Path,
+    paths: list[Path],
+    labels: np.ndarray,
+    marker: np.ndarray,
+    class_names: tuple[str, str],
+    identities: list[dict[str, str]] | None = None,
+) -> SyntheticMedicalSet:
+    return SyntheticMedicalSet(
+        root=root,
+        paths=tuple(paths),
+        labels=tuple(int(v) for v in labels),
+        marker=tuple(bool(v) for v in marker),
+        class_names=tuple(class_names),
+        identifying=tuple(identities or ()),
+    )
 
 
 def fake_identity(index: int, rng_seed: int = 0) -> dict[str, str]:
@@ -241,14 +260,7 @@ def write_synthetic_dicom_set(
         ds.save_as(path, enforce_file_format=True)  # type: ignore[attr-defined]
         paths.append(path)
         identities.append({**identity, "SOPInstanceUID": str(ds.SOPInstanceUID)})  # type: ignore[attr-defined]
-    return SyntheticMedicalSet(
-        root=root,
-        paths=tuple(paths),
-        labels=tuple(int(v) for v in labels),
-        marker=tuple(bool(v) for v in marker),
-        class_names=tuple(class_names),
-        identifying=tuple(identities),
-    )
+    return _written_set(root, paths, labels, marker, class_names, identities)
 
 
 def write_synthetic_dicom_series(
@@ -353,10 +365,4 @@ def write_synthetic_nifti_set(
         path = root / class_names[labels[index]] / f"vol_{index:04d}.nii.gz"
         nibabel.save(image, path)
         paths.append(path)
-    return SyntheticMedicalSet(
-        root=root,
-        paths=tuple(paths),
-        labels=tuple(int(v) for v in labels),
-        marker=tuple(bool(v) for v in marker),
-        class_names=tuple(class_names),
-    )
+    return _written_set(root, paths, labels, marker, class_names)

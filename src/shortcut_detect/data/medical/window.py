@@ -330,6 +330,19 @@ def _center_width_window(item: Any) -> Window | None:
         return None
 
 
+def frame_groups(ds: Any, frame: int) -> list[Any]:
+    """Functional group items that apply to one frame of an enhanced multi-frame DICOM file
+    (the frame's own, then the shared ones)."""
+    groups = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and 0 <= frame < len(per_frame):
+        groups.append(per_frame[frame])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    return groups
+
+
 def window_from_dicom(ds: Any, frame: int = 0) -> Window | None:
     """The display window stored in a DICOM dataset, or ``None`` when it has none.
 
@@ -349,14 +362,7 @@ def window_from_dicom(ds: Any, frame: int = 0) -> Window | None:
     window = _center_width_window(ds)
     if window is not None:
         return window
-    groups = []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if per_frame is not None and 0 <= frame < len(per_frame):
-        groups.append(per_frame[frame])
-    shared = ds.get("SharedFunctionalGroupsSequence")
-    if shared:
-        groups.append(shared[0])
-    for group in groups:
+    for group in frame_groups(ds, frame):
         for item in group.get("FrameVOILUTSequence") or []:
             window = _center_width_window(item)
             if window is not None:
