@@ -570,3 +570,47 @@ def test_read_medical_dispatches_on_magic_suffix_and_folder(tmp_path, dicom_set)
     assert image.window.label() == "C=-600 W=1500" and image.window.source == "user"
     full = read_medical(dicom_set.paths[0], window="full")
     assert (full.window.low, full.window.high) == (image.array.min(), image.array.max())
+
+
+def test_enhanced_multiframe_uses_per_frame_positions_rescale_and_window(tmp_path):
+    series = write_synthetic_dicom_series(tmp_path / "series", (4, 10, 12), seed=4)
+    # Instance numbers run against the positions: frames go from the last position to the first.
+    slices = sorted((pydicom.dcmread(p) for p in series.paths), key=lambda d: d.InstanceNumber)
+    ds = pydicom.dcmread(series.paths[0])
+    for keyword in (
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "WindowCenter",
+        "WindowWidth",
+    ):
+        delattr(ds, keyword)
+    ds.NumberOfFrames = len(slices)
+    ds.PixelData = b"".join(s.PixelData for s in slices)
+    shared = pydicom.Dataset()
+    orientation, measures, voi = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+    orientation.ImageOrientationPatient = slices[0].ImageOrientationPatient
+    measures.PixelSpacing = slices[0].PixelSpacing
+    voi.WindowCenter, voi.WindowWidth = 100, 700
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelMeasuresSequence = [measures]
+    shared.FrameVOILUTSequence = [voi]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    frames = []
+    for s in slices:
+        frame, position, rescale = pydicom.Dataset(), pydicom.Dataset(), pydicom.Dataset()
+        position.ImagePositionPatient = s.ImagePositionPatient
+        rescale.RescaleSlope, rescale.RescaleIntercept = s.RescaleSlope, s.RescaleIntercept
+        frame.PlanePositionSequence = [position]
+        frame.PixelValueTransformationSequence = [rescale]
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = frames
+    path = tmp_path / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    image = read_dicom(path)
+    assert image.is_volume and image.array.shape == (4, 10, 12)
+    np.testing.assert_allclose(image.array, series.volume, atol=1e-3)
+    np.testing.assert_allclose(image.affine, series.affine, atol=1e-5)
+    assert image.window.label() == "C=100 W=700"
