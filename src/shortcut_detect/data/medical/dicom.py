@@ -206,14 +206,16 @@ def _read_dataset(path: Path) -> Any:
     if not has_magic and path.suffix.lower() not in DICOM_SUFFIXES:
         raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128)")
     try:
-        ds = pydicom.dcmread(path, force=not has_magic)
+        # Large values (the pixel data) are read when used, after the pixel limit check.
+        ds = pydicom.dcmread(path, force=not has_magic, defer_size="2 MB")
     except InvalidDicomError as error:
         raise ImageLoadError(f"{path}: not a DICOM file ({first_line(error)})") from error
     except Exception as error:
         raise ImageLoadError(
             f"{path}: not a DICOM file or a corrupt one ({type(error).__name__})"
         ) from error
-    if not has_magic and not any(tag >> 16 in _IMAGE_GROUPS for tag in ds.keys()):  # noqa: SIM118 (tags only: no conversion)
+    tags = list(ds.keys())  # tags only: iterating a Dataset would convert every element
+    if not has_magic and not any(tag >> 16 in _IMAGE_GROUPS for tag in tags):
         # Without the marker pydicom parses any bytes; real data has standard groups.
         raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' marker, no DICOM elements)")
     return ds
