@@ -614,3 +614,25 @@ def test_enhanced_multiframe_uses_per_frame_positions_rescale_and_window(tmp_pat
     np.testing.assert_allclose(image.array, series.volume, atol=1e-3)
     np.testing.assert_allclose(image.affine, series.affine, atol=1e-5)
     assert image.window.label() == "C=100 W=700"
+
+
+def test_canonical_gives_one_layout_for_a_dicom_series_and_its_nifti_export(tmp_path):
+    series = write_synthetic_dicom_series(tmp_path / "series", (4, 10, 12), seed=6)
+    volume = read_dicom_series(series.folder)
+    exported = save_heatmap_nifti(volume.array, volume.affine, tmp_path / "volume.nii.gz")
+    from_nifti = read_nifti(exported)
+    assert from_nifti.array.shape == (4, 10, 12)  # same voxel order as the series
+    a, b = volume.canonical(), from_nifti.canonical()
+    assert np.array_equal(a.array, b.array)
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-4)
+    # RAS order: each voxel axis runs mostly along +x, +y, +z.
+    directions = a.affine[:3, :3] / np.linalg.norm(a.affine[:3, :3], axis=0)
+    assert np.all(np.argmax(np.abs(directions), axis=0) == [0, 1, 2])
+    assert np.all(np.diag(directions) > 0)
+    # Every voxel keeps its world position.
+    index = np.array([1, 2, 3])
+    world = a.affine @ [*index, 1]
+    original = np.linalg.solve(volume.affine, world)[:3]
+    assert np.allclose(original, np.rint(original), atol=1e-6)
+    k, r, c = np.rint(original).astype(int)
+    assert a.array[tuple(index)] == volume.array[k, r, c]

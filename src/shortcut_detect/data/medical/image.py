@@ -177,6 +177,26 @@ class MedicalImage:
             metadata={**self.metadata, "frame": index},
         )
 
+    def canonical(self) -> MedicalImage:
+        """The volume with its voxel axes reordered and flipped to the closest RAS+ order
+        (``array[x, y, z]``, x towards the patient's right), as nibabel's
+        ``as_closest_canonical`` and MONAI's ``Orientation("RAS")`` do: the same layout for
+        a DICOM series and a NIfTI file of the same scan, e.g. for a 3-D model."""
+        if self.affine is None or len(self.spatial_shape) != 3:
+            raise ValueError(f"{self.source}: canonical() needs a 3-D volume with an affine")
+        perm, flips = reorientation(self.affine, [(0, 1), (1, 1), (2, 1)])
+        axes = (*perm, 3) if self.is_color else perm
+        array = self.array.transpose(axes)
+        if flips:
+            array = np.flip(array, flips)
+        affine = reoriented_affine(self.affine, self.spatial_shape, perm, flips)
+        return replace(
+            self,
+            array=np.ascontiguousarray(array),
+            affine=affine,
+            spacing=tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)),
+        )
+
     def describe(self) -> dict[str, Any]:
         """Plain-JSON description (no identifying attributes) for ``summary.json``."""
         return {
