@@ -206,8 +206,7 @@ def _read_dataset(path: Path) -> Any:
     if not has_magic and path.suffix.lower() not in DICOM_SUFFIXES:
         raise ImageLoadError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128)")
     try:
-        # Large values (the pixel data) are read when used, after the pixel limit check.
-        ds = pydicom.dcmread(path, force=not has_magic, defer_size="2 MB")
+        ds = pydicom.dcmread(path, force=not has_magic)
     except InvalidDicomError as error:
         raise ImageLoadError(f"{path}: not a DICOM file ({first_line(error)})") from error
     except Exception as error:
