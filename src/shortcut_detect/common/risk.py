@@ -41,7 +41,9 @@ class Risk(str, enum.Enum):
     @classmethod
     def highest(cls, levels: Iterable[str | Risk | None]) -> Risk:
         """The highest of ``levels`` (UNKNOWN when there are none)."""
-        return max((cls.parse(level) for level in levels), key=_RANK.__getitem__, default=cls.UNKNOWN)
+        return max(
+            (cls.parse(level) for level in levels), key=_RANK.__getitem__, default=cls.UNKNOWN
+        )
 
     def __lt__(self, other: object) -> bool:
         if isinstance(other, (Risk, str)):
