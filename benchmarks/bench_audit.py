@@ -81,7 +81,7 @@ def _pipeline_rate(
         **extra,
     )
     started = time.perf_counter()
-    run = run_audit(options, log=lambda message: None)
+    run = run_audit(options)
     total = time.perf_counter() - started
     done = json.loads((out / "shards" / "shard-00000-of-00001" / "DONE.json").read_text())
     return float(done["images_per_second"]), run.processed / total

@@ -32,4 +32,4 @@ def shortcut_audit(tmp_path_factory, demo_manifest):
         n_permutations=200,
         progress=False,
     )
-    return run_audit(options, log=lambda message: None)
+    return run_audit(options)

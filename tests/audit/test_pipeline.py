@@ -33,10 +33,6 @@ def _options(manifest, out, **extra):
     return AuditOptions(**values)
 
 
-def _quiet(message):
-    return None
-
-
 def test_rows_and_heatmaps_equal_the_engine(shortcut_audit, demo_manifest, shortcut_model):
     store = shortcut_audit.store
     table = store.table()
@@ -90,7 +86,7 @@ def test_shortcut_model_summary_and_report(shortcut_audit):
 
 
 def test_clean_model_is_not_flagged(demo_manifest, tmp_path):
-    run = run_audit(_options(demo_manifest, tmp_path / "clean", model="demo:clean"), log=_quiet)
+    run = run_audit(_options(demo_manifest, tmp_path / "clean", model="demo:clean"))
     verdict = run.summary["verdict"]
     assert verdict["shortcut_suspected"] is False and verdict["risk"] == "LOW"
 
@@ -108,7 +104,7 @@ def test_unreadable_images_are_skipped_counted_and_listed(demo_manifest, tmp_pat
         "images/gone.png,disk,marker,",
     ]
     (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    run = run_audit(_options(root / "manifest.csv", tmp_path / "out"), log=_quiet)
+    run = run_audit(_options(root / "manifest.csv", tmp_path / "out"))
     assert run.failed == 3 and run.processed == 23
     table = run.store.table()
     errors = {r["sample_id"]: r["error"] for r in table.to_pylist() if r["status"] == "error"}
@@ -125,10 +121,10 @@ def test_unreadable_images_are_skipped_counted_and_listed(demo_manifest, tmp_pat
 
 def test_shards_give_the_same_rows_as_one_run(shortcut_audit, demo_manifest, tmp_path):
     out = tmp_path / "sharded"
-    first = run_audit(_options(demo_manifest, out, num_shards=2, shard_index=0), log=_quiet)
+    first = run_audit(_options(demo_manifest, out, num_shards=2, shard_index=0))
     assert not first.all_complete and first.summary is None
     assert "shortcut-detect report" in first.notes[0]
-    second = run_audit(_options(demo_manifest, out, num_shards=2, shard_index=1), log=_quiet)
+    second = run_audit(_options(demo_manifest, out, num_shards=2, shard_index=1))
     assert second.all_complete and second.summary is not None
     merged = AuditStore(out).table()
     single = shortcut_audit.store.table()
@@ -140,14 +136,14 @@ def test_shards_give_the_same_rows_as_one_run(shortcut_audit, demo_manifest, tmp
 def test_rerun_continues_and_refuses_a_different_run(demo_manifest, tmp_path):
     out = tmp_path / "again"
     options = _options(demo_manifest, out, report=False)
-    run_audit(options, log=_quiet)
-    again = run_audit(options, log=_quiet)
+    run_audit(options)
+    again = run_audit(options)
     assert again.processed == 0 and again.already_done == 120
     assert AuditStore(out).table().num_rows == 120
     with pytest.raises(AuditError, match=r"different run \(layer.*--overwrite"):
-        run_audit(_options(demo_manifest, out, layer="features.6", report=False), log=_quiet)
+        run_audit(_options(demo_manifest, out, layer="features.6", report=False))
     replaced = run_audit(
-        _options(demo_manifest, out, layer="features.6", overwrite=True, report=False), log=_quiet
+        _options(demo_manifest, out, layer="features.6", overwrite=True, report=False)
     )
     assert replaced.processed == 120
 
@@ -163,9 +159,7 @@ def test_grayscale_images_feed_an_rgb_model(demo_manifest, tmp_path):
         path, label = line.split(",")[:2]
         gray = Image.open(demo_manifest.parent / path).convert("L")
         gray.save(root / label / path.split("/")[-1])
-    run = run_audit(
-        _options(root, tmp_path / "out", group_column=None, mask_column=None), log=_quiet
-    )
+    run = run_audit(_options(root, tmp_path / "out", group_column=None, mask_column=None))
     table = run.store.table().to_pylist()
     assert run.failed == 0 and len(table) == 12
     loaded = load_model("demo")
@@ -220,7 +214,6 @@ def test_single_logit_binary_model(demo_manifest, tmp_path, target):
     run = run_audit(
         _options(demo_manifest, tmp_path / "out", report=False, target=target),
         loaded=loaded,
-        log=_quiet,
     )
     rows = run.store.table().slice(0, 16).to_pylist()
     images = torch.stack([loaded.transform(load_image(r["path"])) for r in rows])

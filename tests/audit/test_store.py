@@ -142,3 +142,40 @@ def test_a_killed_writers_forked_worker_does_not_keep_the_lock(tmp_path):
             os.kill(os.getpid(), signal.SIGKILL)
     os.waitpid(writer_pid, 0)
     ShardWriter(tmp_path, 0, 1).close()  # no "Another process is writing"
+
+
+def test_background_writer_commits_the_same_chunks(tmp_path):
+    ids = [f"s{i}" for i in range(10)]
+    rows = _rows(ids[:4]) + _rows(ids[4:6], with_map=False) + _rows(ids[6:])
+    for row, position in zip(rows[6:], range(4, 8)):
+        row["heatmap_row"] = position
+    maps = _maps(8)
+    tables = {}
+    for background in (False, True):
+        root = tmp_path / str(background)
+        _config(root)
+        with ShardWriter(root, 0, 1, flush_rows=3, background=background) as writer:
+            writer.add(rows[:5], maps[:4])
+            writer.add(rows[5:], maps[4:])
+            writer.finish()
+        store = AuditStore(root)
+        tables[background] = store.table().to_pylist()
+        np.testing.assert_array_equal(store.heatmaps(ids[:4] + ids[6:]), maps.astype(np.float16))
+        assert len(store.part_files()) == 2
+    assert tables[True] == tables[False]
+
+
+def test_background_writer_raises_the_error_of_a_failed_chunk(tmp_path, monkeypatch):
+    import shortcut_detect.audit.store as store_module
+
+    def broken(path, table):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_module, "_write_parquet", broken)
+    _config(tmp_path)
+    with ShardWriter(tmp_path, 0, 1, flush_rows=100, background=True) as writer:
+        writer.add(_rows(["s0"]), _maps(1))
+        writer.flush()
+        with pytest.raises(OSError, match="disk full"):
+            writer.wait()
+    assert not (tmp_path / "shards" / "shard-00000-of-00001" / "DONE.json").exists()

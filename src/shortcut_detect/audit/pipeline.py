@@ -8,8 +8,9 @@ finished it merges the shards and writes ``summary.json`` and ``report.html``.
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from shortcut_detect.analysis.maps import entropy, peak_locations
+from shortcut_detect.analysis.regions import attention_in_region
 from shortcut_detect.audit.store import (
     STORE_VERSION,
     AuditStore,
@@ -25,6 +28,9 @@ from shortcut_detect.audit.store import (
     close_inherited_locks,
     write_json,
 )
+from shortcut_detect.common.logs import forward_log
+from shortcut_detect.common.progress import ProgressBar
+from shortcut_detect.common.serialization import nan_to_none
 from shortcut_detect.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageRecord,
@@ -46,6 +52,7 @@ __all__ = [
     "run_audit",
 ]
 
+_LOG = logging.getLogger(__name__)
 TARGETS = ("predicted", "label")
 
 
@@ -215,8 +222,6 @@ def _prepare_directory(out: Path, config: dict[str, Any], overwrite: bool) -> No
     if out.exists() and not out.is_dir():
         raise AuditError(f"--out {out} is a file; give a directory")
     if config_path.is_file():
-        import json
-
         existing = json.loads(config_path.read_text())
         differences = [key for key in _IDENTITY_KEYS if existing.get(key) != config.get(key)]
         if not differences:
@@ -245,6 +250,49 @@ def _prepare_directory(out: Path, config: dict[str, Any], overwrite: bool) -> No
 # -- one batch ----------------------------------------------------------------------------------
 
 
+def _probabilities(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``(n, k)`` and the score of each explained class."""
+    if logits.ndim == 1:  # one logit: class 1 is the logit, class 0 its negation
+        positive = 1.0 / (1.0 + np.exp(-logits))
+        return np.stack([1.0 - positive, positive], axis=1), np.where(targets == 1, logits, -logits)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
+    return probabilities, logits[np.arange(len(logits)), targets]
+
+
+def _mask_numbers(raw: np.ndarray, masks: torch.Tensor, flags: np.ndarray) -> dict[str, np.ndarray]:
+    """Attention in each sample's mask, whether the peak hits it, its area and its centre."""
+    count = len(raw)
+    numbers = {
+        "mask_area": np.full(count, np.nan),
+        "mask_attention": np.full(count, np.nan),
+        "mask_pointing_hit": np.zeros(count, dtype=bool),
+        "mask_center_y": np.full(count, np.nan),
+        "mask_center_x": np.full(count, np.nan),
+    }
+    if not flags.any():
+        return numbers
+    region_masks = masks.numpy()[flags].astype(np.float64)
+    region = attention_in_region(raw[flags], region_masks)
+    numbers["mask_attention"][flags] = region.fractions
+    numbers["mask_pointing_hit"][flags] = region.pointing_hits
+    height, width = region_masks.shape[1:]
+    pixels = region_masks.sum(axis=(1, 2))
+    numbers["mask_area"][flags] = pixels / (height * width)
+    # The centre of each mask's pixels, 0..1 from the top and from the left.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rows = region_masks.sum(axis=2) @ np.arange(height) / pixels
+        cols = region_masks.sum(axis=1) @ np.arange(width) / pixels
+    numbers["mask_center_y"][flags] = np.where(pixels > 0, (rows + 0.5) / height, np.nan)
+    numbers["mask_center_x"][flags] = np.where(pixels > 0, (cols + 0.5) / width, np.nan)
+    return numbers
+
+
+def _nullable(values: np.ndarray) -> list[float | None]:
+    """Floats with NaN as ``None``, for the row table."""
+    return [nan_to_none(value) for value in values.tolist()]
+
+
 def explain_batch(
     generator: Any,
     images: torch.Tensor,
@@ -260,28 +308,17 @@ def explain_batch(
     Per-sample numbers (peak, entropy, attention in the mask) are read off the CAM at its
     native resolution, where it was computed; masks are area-averaged onto that grid.
     """
-    from shortcut_detect.analysis.maps import entropy, peak_locations
-    from shortcut_detect.analysis.regions import attention_in_region
-
     labels = np.array([r.label for r in records], dtype=np.int64)
     by_label = target == "label" and bool((labels >= 0).all())
     request = torch.from_numpy(labels) if by_label else None
     explanation = generator.explain(images, [("logits", request)])[0]
-    raw = explanation.raw_heatmaps
     predictions = explanation.predictions.astype(np.int64)
     targets = explanation.target_indices.astype(np.int64)
     # numpy, not torch: on a busy CPU torch's thread pool makes tiny ops cost milliseconds.
     logits = explanation.head_output.float().numpy().astype(np.float64)
-    if logits.ndim == 1:  # one logit: class 1 is the logit, class 0 its negation
-        positive = 1.0 / (1.0 + np.exp(-logits))
-        probabilities = np.stack([1.0 - positive, positive], axis=1)
-        target_scores = np.where(targets == 1, logits, -logits)
-    else:
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-        target_scores = logits[np.arange(len(labels)), targets]
+    probabilities, target_scores = _probabilities(logits, targets)
     confidences = probabilities[np.arange(len(labels)), predictions]
-    raw = np.maximum(np.asarray(raw, dtype=np.float32), 0.0)
+    raw = np.maximum(np.asarray(explanation.raw_heatmaps, dtype=np.float32), 0.0)
     if raw.ndim != 3:
         raise AuditError(
             f"The target layer gives {raw.ndim - 1}-D maps; the audit handles 2-D image maps only"
@@ -292,33 +329,23 @@ def explain_batch(
     stored = (raw / scale[:, None, None]).astype(np.float16)
 
     peaks = peak_locations(raw)
-    spreads = entropy(raw)
-    mask_fraction = np.full(count, np.nan)
-    mask_hit = np.zeros(count, dtype=bool)
-    mask_area = np.full(count, np.nan)
-    centres = np.full((count, 2), np.nan)
     flags = has_mask.numpy().astype(bool)
-    if flags.any():
-        region_masks = masks.numpy()[flags].astype(np.float64)
-        region = attention_in_region(raw[flags], region_masks)
-        mask_fraction[flags] = region.fractions
-        mask_hit[flags] = region.pointing_hits
-        mask_area[flags] = region_masks.reshape(len(region_masks), -1).mean(axis=1)
-        for slot, mask in zip(np.flatnonzero(flags), region_masks):
-            if mask.any():
-                ys, xs = np.nonzero(mask)
-                centres[slot] = (
-                    (ys.mean() + 0.5) / mask.shape[0],
-                    (xs.mean() + 0.5) / mask.shape[1],
-                )
-
+    columns = {
+        "confidence": confidences.tolist(),
+        "target": targets.tolist(),
+        "target_score": target_scores.tolist(),
+        "peak_y": ((peaks[:, 0] + 0.5) / height).tolist(),
+        "peak_x": ((peaks[:, 1] + 0.5) / width).tolist(),
+        "entropy": _nullable(entropy(raw)),
+        "cam_max": cam_max.tolist(),
+    }
+    for name, values in _mask_numbers(raw, masks, flags).items():
+        columns[name] = values.tolist() if values.dtype == bool else _nullable(values)
     rows = []
     for i, record in enumerate(records):
         label = int(record.label)
         prediction = int(predictions[i])
-        label_probability = (
-            float(probabilities[i, label]) if 0 <= label < probabilities.shape[1] else None
-        )
+        known_label = 0 <= label < probabilities.shape[1]
         rows.append(
             {
                 "sample_id": record.sample_id,
@@ -333,32 +360,19 @@ def explain_batch(
                 "prediction_name": class_names[prediction]
                 if 0 <= prediction < len(class_names)
                 else str(prediction),
-                "confidence": float(confidences[i]),
-                "label_probability": label_probability,
+                "label_probability": float(probabilities[i, label]) if known_label else None,
                 "correct": (prediction == label) if label >= 0 else None,
-                "target": int(targets[i]),
-                "target_score": float(target_scores[i]),
                 "width": int(sizes[i][0]) if sizes else None,
                 "height": int(sizes[i][1]) if sizes else None,
                 "has_mask": bool(flags[i]),
                 "mask": mask_text(record.mask),
-                "mask_area": _nan_to_none(mask_area[i]),
-                "mask_attention": _nan_to_none(mask_fraction[i]),
-                "mask_pointing_hit": bool(mask_hit[i]) if flags[i] else None,
-                "mask_center_y": _nan_to_none(centres[i, 0]),
-                "mask_center_x": _nan_to_none(centres[i, 1]),
-                "peak_y": float((peaks[i, 0] + 0.5) / height),
-                "peak_x": float((peaks[i, 1] + 0.5) / width),
-                "entropy": _nan_to_none(spreads[i]),
-                "cam_max": float(cam_max[i]),
+                **{name: values[i] for name, values in columns.items()},
                 "heatmap_row": i,
             }
         )
+        if not flags[i]:
+            rows[-1]["mask_pointing_hit"] = None
     return BatchResult(rows=rows, maps=stored)
-
-
-def _nan_to_none(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)
 
 
 def failed_row(record: ImageRecord, error: str) -> dict[str, Any]:
@@ -378,62 +392,44 @@ def failed_row(record: ImageRecord, error: str) -> dict[str, Any]:
     }
 
 
-# -- progress -------------------------------------------------------------------------------------
-
-
-class _Progress:
-    """A rich progress bar on a terminal; silence otherwise."""
-
-    def __init__(self, total: int, done: int, enabled: bool | None, label: str) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._progress = None
-        self._task = None
-        if self.enabled and total > 0:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-                transient=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task(label, total=total + done, completed=done, rate="")
-        self._started = time.perf_counter()
-        self._count = 0
-
-    def advance(self, count: int) -> None:
-        self._count += count
-        if self._progress is not None:
-            elapsed = max(time.perf_counter() - self._started, 1e-9)
-            self._progress.update(
-                self._task, advance=count, rate=f"{self._count / elapsed:.1f} img/s"
-            )
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+def _batch_rows(
+    batch: dict[str, Any],
+    records: list[ImageRecord],
+    generator: Any,
+    class_names: list[str],
+    target: str,
+) -> tuple[list[dict[str, Any]], np.ndarray | None, int]:
+    """Rows (in batch order), the maps of the readable images, and how many failed."""
+    ok = batch["ok"].numpy().astype(bool)
+    if not ok.any():
+        return [failed_row(r, e) for r, e in zip(records, batch["error"])], None, len(records)
+    images, masks, has_mask, sizes = batch["image"], batch["mask"], batch["has_mask"], batch["size"]
+    if not ok.all():  # only then copy the readable part out of the batch
+        selected = torch.from_numpy(np.flatnonzero(ok))
+        images, masks, has_mask, sizes = (t[selected] for t in (images, masks, has_mask, sizes))
+    result = explain_batch(
+        generator,
+        images,
+        [r for r, flag in zip(records, ok) if flag],
+        masks,
+        has_mask,
+        class_names,
+        target,
+        [tuple(size) for size in sizes.tolist()],
+    )
+    explained = iter(result.rows)
+    # rows with maps keep their order, matching `maps`
+    rows = [
+        next(explained) if flag else failed_row(record, error)
+        for record, flag, error in zip(records, ok, batch["error"])
+    ]
+    return rows, result.maps, int((~ok).sum())
 
 
 # -- the run -----------------------------------------------------------------------------------
 
 
 def _update_cam_size(out: Path, cam_size: tuple[int, int]) -> None:
-    import json
-
     path = out / "audit.json"
     config = json.loads(path.read_text())
     if config.get("cam_size") != list(cam_size):
@@ -441,33 +437,7 @@ def _update_cam_size(out: Path, cam_size: tuple[int, int]) -> None:
         write_json(path, config)
 
 
-def run_audit(
-    options: AuditOptions,
-    *,
-    loaded: LoadedModel | None = None,
-    log: Any = None,
-) -> AuditRun:
-    """Run (or continue) an audit; analyse and report when all shards are finished.
-
-    Parameters
-    ----------
-    options:
-        What to audit and how.
-    loaded:
-        An already loaded model (skips :func:`load_model`).
-    log:
-        ``log(message)`` for progress messages (default: print to stderr).
-
-    Raises
-    ------
-    AuditError, ModelLoadError, ManifestError, StoreError
-        With a message naming what to change.
-    AuditInterrupted
-        On Ctrl-C; rows committed so far are kept (rerun to continue).
-    """
-    from shortcut_detect.gradcam import GradCAMHeatmapGenerator
-
-    log = log or (lambda message: print(message, file=sys.stderr))
+def _check_options(options: AuditOptions) -> None:
     if options.target not in TARGETS:
         raise AuditError(f"--target must be one of {', '.join(TARGETS)}, got {options.target!r}")
     if options.num_shards < 1:
@@ -476,8 +446,12 @@ def run_audit(
         raise AuditError(
             f"--shard-index must be in 0..{options.num_shards - 1}, got {options.shard_index}"
         )
-    started = time.perf_counter()
-    loaded = loaded or load_model(options.model, **options.load_kwargs())
+
+
+def _make_generator(options: AuditOptions, loaded: LoadedModel) -> tuple[Any, str]:
+    """The Grad-CAM generator on the chosen layer, and the layer's name."""
+    from shortcut_detect.gradcam import GradCAMHeatmapGenerator
+
     if loaded.is_torchscript:
         raise AuditError(
             "Grad-CAM needs hooks on a layer, which TorchScript models do not support (a "
@@ -493,14 +467,14 @@ def run_audit(
         )
     try:
         generator = GradCAMHeatmapGenerator(
-            loaded.model,
-            layer,
-            device=loaded.device,
-            method=options.method,
+            loaded.model, layer, device=loaded.device, method=options.method
         )
     except ValueError as error:
         raise AuditError(str(error)) from error
+    return generator, layer
 
+
+def _read_data(options: AuditOptions, loaded: LoadedModel) -> tuple[ImageSet, list[str]]:
     image_set = read_image_set(
         options.data,
         class_names=loaded.class_names if loaded.class_names_known else None,
@@ -511,14 +485,70 @@ def run_audit(
     )
     # len(class_names), not num_classes: a single-logit model has two classes.
     _check_labels(image_set, len(loaded.class_names))
-    class_names = _adopt_data_class_names(loaded, image_set)
-    out = Path(options.out).expanduser()
-    config = run_config(options, loaded, image_set, layer, class_names)
-    _prepare_directory(out, config, options.overwrite)
+    return image_set, _adopt_data_class_names(loaded, image_set)
 
+
+@dataclass
+class _ShardCounts:
+    processed: int = 0
+    failed: int = 0
+    already: int = 0
+
+
+def _explain_shard(
+    options: AuditOptions,
+    loaded: LoadedModel,
+    generator: Any,
+    todo: list[ImageRecord],
+    writer: ShardWriter,
+    progress: ProgressBar,
+    class_names: list[str],
+    cam_size_known: bool,
+) -> _ShardCounts:
+    """Decode, explain and store every record of ``todo``."""
+    counts = _ShardCounts()
+    dataset = ImageRecordDataset(todo, loaded.transform, max_pixels=options.max_pixels)
+    loader = make_loader(
+        dataset,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        worker_init=close_inherited_locks,
+    )
+    try:
+        for batch in loader:
+            records = [todo[p] for p in batch["position"].tolist()]
+            rows, maps, failed = _batch_rows(batch, records, generator, class_names, options.target)
+            if maps is not None and not cam_size_known:
+                _update_cam_size(writer.root, maps.shape[1:])
+                cam_size_known = True
+            writer.add(rows, maps)
+            counts.processed += len(records)
+            counts.failed += failed
+            progress.advance(len(records))
+    except KeyboardInterrupt as interrupt:
+        writer.flush()
+        writer.wait()
+        raise AuditInterrupted(
+            f"Interrupted after {counts.processed} new samples; "
+            f"{len(writer.done_ids())} are stored. Run the same command again to continue."
+        ) from interrupt
+    return counts
+
+
+def _audit_shard(
+    options: AuditOptions,
+    loaded: LoadedModel,
+    generator: Any,
+    image_set: ImageSet,
+    class_names: list[str],
+    out: Path,
+    config: dict[str, Any],
+) -> _ShardCounts:
+    """Audit this run's shard, skipping what an earlier run stored; mark it finished."""
     records = image_set.shard(options.shard_index, options.num_shards)
-    processed = failed = 0
-    with ShardWriter(out, options.shard_index, options.num_shards, options.flush_rows) as writer:
+    with ShardWriter(
+        out, options.shard_index, options.num_shards, options.flush_rows, background=True
+    ) as writer:
         done = writer.done_ids()
         todo = [r for r in records if r.sample_id not in done]
         already = len(records) - len(todo)
@@ -527,97 +557,116 @@ def run_audit(
             for name in ("summary.json", "report.html"):
                 (out / name).unlink(missing_ok=True)
         if already:
-            log(f"Continuing: {already} of {len(records)} samples of this shard are already done.")
-        dataset = ImageRecordDataset(todo, loaded.transform, max_pixels=options.max_pixels)
-        loader = make_loader(
-            dataset,
-            batch_size=options.batch_size,
-            num_workers=options.num_workers,
-            worker_init=close_inherited_locks,
-        )
-        progress = _Progress(len(todo), already, options.progress, "Auditing")
-        cam_size_known = config.get("cam_size") is not None
-        run_started = time.perf_counter()
-        try:
-            for batch in loader:
-                positions = batch["position"].tolist()
-                ok = batch["ok"]
-                batch_records = [todo[p] for p in positions]
-                rows: list[dict[str, Any]] = []
-                maps = np.zeros((0, 1, 1), dtype=np.float16)
-                ok_index = [i for i, flag in enumerate(ok.tolist()) if flag]
-                if ok_index:
-                    selected = torch.tensor(ok_index)
-                    result = explain_batch(
-                        generator,
-                        batch["image"][selected],
-                        [batch_records[i] for i in ok_index],
-                        batch["mask"][selected],
-                        batch["has_mask"][selected],
-                        class_names,
-                        options.target,
-                        [tuple(batch["size"][i].tolist()) for i in ok_index],
-                    )
-                    maps = result.maps
-                    if not cam_size_known:
-                        _update_cam_size(out, maps.shape[1:])
-                        cam_size_known = True
-                    by_position = dict(zip(ok_index, result.rows))
-                else:
-                    by_position = {}
-                for i, record in enumerate(batch_records):
-                    if i in by_position:
-                        rows.append(by_position[i])
-                    else:
-                        rows.append(failed_row(record, batch["error"][i]))
-                        failed += 1
-                # rows with maps keep their order, matching `maps`
-                writer.add(rows, maps if ok_index else None)
-                processed += len(batch_records)
-                progress.advance(len(batch_records))
-        except KeyboardInterrupt as interrupt:
-            writer.flush()
-            progress.close()
-            raise AuditInterrupted(
-                f"Interrupted after {processed} new samples; {already + writer.written} are "
-                "stored. Run the same command again to continue."
-            ) from interrupt
-        finally:
-            progress.close()
-            generator.close()
-        seconds = time.perf_counter() - run_started
+            _LOG.info(
+                "Continuing: %d of %d samples of this shard are already done.",
+                already,
+                len(records),
+            )
+        progress = ProgressBar(len(todo), "Auditing", enabled=options.progress, done=already)
+        started = time.perf_counter()
+        with progress:
+            counts = _explain_shard(
+                options,
+                loaded,
+                generator,
+                todo,
+                writer,
+                progress,
+                class_names,
+                config.get("cam_size") is not None,
+            )
+        writer.flush()
+        writer.wait()
+        seconds = time.perf_counter() - started
         writer.finish(
             {
-                "processed": processed,
-                "failed": failed,
+                "processed": counts.processed,
+                "failed": counts.failed,
                 "seconds": round(seconds, 3),
-                "images_per_second": round(processed / seconds, 3) if seconds > 0 else None,
+                "images_per_second": round(counts.processed / seconds, 3) if seconds > 0 else None,
             }
         )
+    counts.already = already
+    return counts
 
+
+def _shards_left_note(options: AuditOptions, unfinished: list[int], out: Path) -> str:
+    others = [str(index) for index in unfinished]
+    if len(others) == 1:
+        pending = f"shard {others[0]} is not"
+    else:
+        pending = f"shards {', '.join(others[:-1])} and {others[-1]} are not"
+    return (
+        f"Shard {options.shard_index} of {options.num_shards} is done; {pending}. When all are "
+        f"finished, run `shortcut-detect report {out}`."
+    )
+
+
+def run_audit(
+    options: AuditOptions,
+    *,
+    loaded: LoadedModel | None = None,
+    log: Any = None,
+) -> AuditRun:
+    """Run (or continue) an audit; analyse and report when all shards are finished.
+
+    Progress messages go to the ``shortcut_detect.audit`` loggers (INFO); the progress bar
+    to stderr when it is a terminal (``options.progress``).
+
+    Parameters
+    ----------
+    options:
+        What to audit and how.
+    loaded:
+        An already loaded model (skips :func:`load_model`).
+    log:
+        Deprecated: a callable that also receives the progress messages; attach a
+        :mod:`logging` handler to ``shortcut_detect.audit`` instead.
+
+    Raises
+    ------
+    AuditError, ModelLoadError, ManifestError, StoreError
+        With a message naming what to change.
+    AuditInterrupted
+        On Ctrl-C; rows committed so far are kept (rerun to continue).
+    """
+    with forward_log(log, deprecated="run_audit(log=...)"):
+        _check_options(options)
+        started = time.perf_counter()
+        loaded = loaded or load_model(options.model, **options.load_kwargs())
+        generator, layer = _make_generator(options, loaded)
+        try:
+            image_set, class_names = _read_data(options, loaded)
+            out = Path(options.out).expanduser()
+            config = run_config(options, loaded, image_set, layer, class_names)
+            _prepare_directory(out, config, options.overwrite)
+            counts = _audit_shard(options, loaded, generator, image_set, class_names, out, config)
+        finally:
+            generator.close()
+        return _after_shard(options, loaded, out, counts, started)
+
+
+def _after_shard(
+    options: AuditOptions, loaded: LoadedModel, out: Path, counts: _ShardCounts, started: float
+) -> AuditRun:
+    """The run's result; the report too when this was the last unfinished shard."""
     store = AuditStore(out)
     status = store.shard_status()
     run = AuditRun(
         store=store,
-        processed=processed,
-        already_done=already,
-        failed=failed,
+        processed=counts.processed,
+        already_done=counts.already,
+        failed=counts.failed,
         shard_complete=True,
         all_complete=not status["unfinished"],
         seconds=time.perf_counter() - started,
     )
     if not run.all_complete:
-        run.notes.append(
-            f"Shard {options.shard_index} of {options.num_shards} is done; shards "
-            f"{', '.join(map(str, status['unfinished']))} are not. When all are finished, run "
-            f"`shortcut-detect report {out}`."
-        )
-        return run
-    if not options.report:
+        run.notes.append(_shards_left_note(options, status["unfinished"], out))
+    elif not options.report:
         run.notes.append(f"Store complete; build the report with `shortcut-detect report {out}`.")
-        return run
-    if options.report:
-        from shortcut_detect.audit.report import build_report
+    else:
+        from shortcut_detect.audit.report import build_report  # report imports this module
 
         run.summary, run.report_path = build_report(
             store,
@@ -628,7 +677,6 @@ def run_audit(
             seed=options.seed,
             num_workers=options.num_workers,
             batch_size=options.batch_size,
-            log=log,
         )
     return run
 

@@ -15,8 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from shortcut_detect.audit.analysis import Analysis, analyse_store, jsonable
+from shortcut_detect.audit.analysis import Analysis, analyse_store
+from shortcut_detect.audit.html import format_number, format_percent, render
 from shortcut_detect.audit.store import AuditStore, write_json
+from shortcut_detect.common.logs import forward_log
+from shortcut_detect.common.serialization import to_jsonable
 
 __all__ = ["build_report", "render_html"]
 
@@ -24,7 +27,6 @@ TILE_PIXELS = 176
 MAX_TILES = 12
 MAX_CLUSTERS = 8
 MAX_CLUSTER_TILES = 6
-RISK_COLOURS = {"HIGH": "#c62828", "MODERATE": "#e08a00", "LOW": "#2e7d32", "UNKNOWN": "#757575"}
 
 
 def _png_uri(array: np.ndarray) -> str:
@@ -180,22 +182,6 @@ def _spray_section(analysis: Analysis, images: _SampleImages) -> list[dict[str, 
     return sections
 
 
-def _percent(value: Any, digits: int = 0) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    return f"{100 * float(value):.{digits}f}%"
-
-
-def _number(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "n/a"
-    if isinstance(value, (int, np.integer)):
-        return f"{int(value):,}"
-    return (
-        f"{float(value):.{digits}g}" if abs(float(value)) < 1e-3 else f"{float(value):.{digits}f}"
-    )
-
-
 def _key_numbers(summary: dict[str, Any]) -> list[dict[str, str]]:
     audit = summary["audit"]
     cards = [
@@ -204,23 +190,23 @@ def _key_numbers(summary: dict[str, Any]) -> list[dict[str, str]]:
     ]
     accuracy = summary.get("accuracy", {})
     if accuracy.get("overall") is not None:
-        cards.append({"label": "accuracy", "value": _percent(accuracy["overall"], 1)})
+        cards.append({"label": "accuracy", "value": format_percent(accuracy["overall"], 1)})
     for signal in summary.get("signals", []):
         metrics = signal.get("metrics", {})
         if signal["name"] == "mask_attention" and metrics.get("attention_in_mask_mean") is not None:
             cards.append(
                 {
                     "label": "attention in mask",
-                    "value": _percent(metrics["attention_in_mask_mean"], 1),
-                    "note": f"mask covers {_percent(metrics.get('mask_area_share_mean'), 1)}",
+                    "value": format_percent(metrics["attention_in_mask_mean"], 1),
+                    "note": f"mask covers {format_percent(metrics.get('mask_area_share_mean'), 1)}",
                 }
             )
         if signal["name"] == "group_attention" and metrics.get("overlap_score") is not None:
             cards.append(
                 {
                     "label": "attention shared by groups",
-                    "value": _percent(metrics["overlap_score"]),
-                    "note": f"p = {_number(metrics.get('p_value'), 2)}",
+                    "value": format_percent(metrics["overlap_score"]),
+                    "note": f"p = {format_number(metrics.get('p_value'), 2)}",
                 }
             )
     return cards
@@ -251,7 +237,6 @@ def render_html(
     store: AuditStore,
 ) -> str:
     """Render the report HTML from an analysis (images are read from the data on disk)."""
-    import jinja2
 
     rows = _rows_of(store, _shown_ids(analysis))
     images = _SampleImages(store, rows)
@@ -264,18 +249,11 @@ def render_html(
             "tiles": [images.tile(sid, score, "in region") for sid, score in zip(ids, scores)],
         }
     misclassified = [images.tile(sid) for sid in analysis.misclassified[:MAX_TILES]]
-    environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("shortcut_detect.audit", "templates"),
-        autoescape=jinja2.select_autoescape(["html"]),
-    )
-    environment.filters["percent"] = _percent
-    environment.filters["number"] = _number
-    template = environment.get_template("report.html")
-    return template.render(
+    return render(
+        "report.html",
         summary=summary,
         verdict=summary["verdict"],
         key_numbers=_key_numbers(summary),
-        risk_colours=RISK_COLOURS,
         groups_figure=_group_figure(analysis, images),
         top=top,
         misclassified=misclassified,
@@ -302,23 +280,23 @@ def build_report(
 ) -> tuple[dict[str, Any], Path]:
     """Merge the shards, analyse, and write ``summary.json`` and ``report.html``.
 
-    Returns ``(summary, report_path)``.
+    Returns ``(summary, report_path)``. Progress messages go to the ``shortcut_detect.audit``
+    loggers; ``log`` (deprecated) also receives them.
     """
-    log = log or (lambda message: None)
-    store.merge()
-    analysis = analyse_store(
-        store,
-        loaded=loaded,
-        n_permutations=n_permutations,
-        max_analysis_samples=max_analysis_samples,
-        embedding_samples=embedding_samples,
-        seed=seed,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        log=log,
-    )
+    with forward_log(log, deprecated="build_report(log=...)"):
+        store.merge()
+        analysis = analyse_store(
+            store,
+            loaded=loaded,
+            n_permutations=n_permutations,
+            max_analysis_samples=max_analysis_samples,
+            embedding_samples=embedding_samples,
+            seed=seed,
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
     target = Path(out) if out is not None else store.root
-    summary = jsonable(analysis.summary)
+    summary = to_jsonable(analysis.summary)
     summary["files"] = {"report": "report.html", "table": "merged/results.parquet"}
     write_json(target / "summary.json", summary)
     html = render_html(summary, analysis, store)

@@ -27,10 +27,13 @@ import os
 import re
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shortcut_detect.common.serialization import json_default
 
 __all__ = [
     "STORE_VERSION",
@@ -118,17 +121,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (tmp file, then rename)."""
-    _atomic_write_bytes(path, (json.dumps(data, indent=2, default=_json_default) + "\n").encode())
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    _atomic_write_bytes(path, (json.dumps(data, indent=2, default=json_default) + "\n").encode())
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -166,13 +159,23 @@ class ShardWriter:
         Which shard this writer owns.
     flush_rows:
         Rows per chunk; :meth:`add` commits a chunk when this many rows are buffered.
+    background:
+        Commit chunks in a writer thread, so that the caller computes the next chunk while
+        this one is written and synced to disk. At most one chunk is in flight; its error,
+        if any, is raised by the next :meth:`flush`, :meth:`wait` or :meth:`finish`.
 
     Only one process may write a shard at a time (an OS file lock enforces it; the lock
     goes away with the process, even when it is killed).
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], shard_index: int, num_shards: int, flush_rows: int = 256
+        self,
+        root: str | os.PathLike[str],
+        shard_index: int,
+        num_shards: int,
+        flush_rows: int = 256,
+        *,
+        background: bool = False,
     ) -> None:
         if flush_rows < 1:
             raise ValueError(f"flush_rows must be at least 1, got {flush_rows}")
@@ -188,6 +191,8 @@ class ShardWriter:
         self._clean_partial()
         self._next_part = self._last_part() + 1
         self.written = 0
+        self._executor = ThreadPoolExecutor(1, "shard-writer") if background else None
+        self._pending: Future[None] | None = None
 
     def _lock(self) -> Any:
         handle = open(self.directory / "LOCK", "a+")  # noqa: SIM115 - held for the writer's life
@@ -242,45 +247,62 @@ class ShardWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Commit the buffered rows as one chunk (no-op when empty)."""
-        import pyarrow as pa
+        """Commit the buffered rows as one chunk (no-op when empty).
 
+        With ``background=True`` the chunk is handed to the writer thread; :meth:`wait`
+        returns when it is on disk.
+        """
         if not self._rows:
             return
         stem = f"part-{self._next_part:06d}"
+        rows, maps = self._rows, self._maps
+        self._rows, self._maps = [], []
+        self._next_part += 1
+        if self._executor is None:
+            self._commit(stem, rows, maps)
+            return
+        self.wait()
+        self._pending = self._executor.submit(self._commit, stem, rows, maps)
+
+    def wait(self) -> None:
+        """Block until the chunk handed to the writer thread is committed (raises its error)."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _commit(self, stem: str, rows: list[dict[str, Any]], maps: list[np.ndarray]) -> None:
+        import pyarrow as pa
+
         relative = f"shards/{self.directory.name}/{stem}.npy"
-        rows = []
-        position = 0
-        for row in self._rows:
-            row = dict(row)
-            if row.get("heatmap_row", -1) != -1:
-                row["heatmap_row"] = position
-                row["heatmap_file"] = relative
-                position += 1
-            else:
-                row["heatmap_row"] = -1
-                row["heatmap_file"] = None
-            row["shard"] = self.shard_index
-            rows.append(row)
-        if position:
-            _save_npy(self.directory / f"{stem}.npy", np.concatenate(self._maps, axis=0))
         schema = row_schema()
-        columns = {name: [row.get(name) for row in rows] for name in schema.names}
+        columns: dict[str, list[Any]] = {
+            name: [row.get(name) for row in rows] for name in schema.names
+        }
+        with_map = [row.get("heatmap_row", -1) != -1 for row in rows]
+        positions = np.cumsum(with_map) - 1
+        columns["heatmap_row"] = [int(p) if has else -1 for p, has in zip(positions, with_map)]
+        columns["heatmap_file"] = [relative if has else None for has in with_map]
+        columns["shard"] = [self.shard_index] * len(rows)
+        if any(with_map):
+            _save_npy(self.directory / f"{stem}.npy", np.concatenate(maps, axis=0))
         _write_parquet(self.directory / f"{stem}.parquet", pa.table(columns, schema=schema))
         self.written += len(rows)
-        self._next_part += 1
-        self._rows, self._maps = [], []
 
     def finish(self, info: dict[str, Any] | None = None) -> None:
         """Flush and mark the shard complete."""
         self.flush()
+        self.wait()
         write_json(
             self.directory / "DONE.json",
             {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})},
         )
 
     def close(self) -> None:
-        """Release the shard lock (buffered rows not flushed are dropped)."""
+        """Let a chunk in flight land, then release the shard lock (buffered rows not flushed
+        are dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         if self._lock_handle is not None:
             _HELD_LOCKS.discard(self._lock_handle.fileno())
             self._lock_handle.close()

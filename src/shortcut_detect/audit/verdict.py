@@ -1,16 +1,35 @@
-"""Turning the individual findings into one verdict a person (or a CI job) can act on.
+"""Turning the individual findings of an audit into one verdict a person (or a CI job) can act on.
 
 Rules
 -----
-* Primary signals look at where the model attends and what it predicts: attention by
-  group, attention in the given masks, accuracy by group within a class, and where the
-  heatmaps peak (this one is only a hint, it never exceeds MODERATE).
-* Secondary signals (SpRAy clusters, group information in the embeddings) support a
-  primary finding but never make a verdict on their own: a clean model may well *encode*
-  a visible marker without *using* it.
-* Risk is the highest primary risk; a MODERATE primary risk becomes HIGH when another
-  primary signal, or a secondary one at HIGH, points the same way.
+* **Primary** signals look at where the model attends and what it predicts: attention in
+  the given masks, attention by group, accuracy by group within a class, and where the
+  heatmaps peak (this one is only a hint; it never exceeds MODERATE).
+* **Secondary** signals (SpRAy clusters, group information in the embeddings) support a
+  primary finding but never make a verdict on their own.
+* The risk is the highest primary risk; a MODERATE primary risk becomes HIGH when a second
+  primary signal is MODERATE too, or a secondary one is HIGH.
 * ``shortcut_suspected`` is true exactly when the risk is HIGH.
+
+Why this combination
+--------------------
+A shortcut is a model *using* something that is not the object. Only the primary signals
+measure use: attention on the suspected region, attention or accuracy that changes with the
+group. The secondary ones measure whether the information is *there*: a clean model may
+well encode a visible marker in its embeddings, or form a SpRAy cluster around it, without
+basing its decisions on it. So secondary evidence can only raise a primary MODERATE that it
+agrees with, never a LOW. One strong primary signal is enough for HIGH, because each of them
+already compares against a baseline (mask area, the other group, a permutation test).
+
+How this differs from the detectors' overall risk
+-------------------------------------------------
+:func:`shortcut_detect.detectors.shortcut_detector.overall_risk` combines the *embedding*
+methods of a :class:`~shortcut_detect.detectors.ShortcutDetector`, which all answer the same
+question (is group information in the embeddings?) with different tests. There no single
+test is trusted on its own: HIGH needs two methods at HIGH, and one HIGH alone gives
+MODERATE. Here the signals answer *different* questions and are not interchangeable, so the
+verdict weighs them by kind (primary/secondary) instead of counting agreement. The
+detectors' overall risk enters this verdict as the one secondary ``embeddings`` signal.
 """
 
 from __future__ import annotations
@@ -18,39 +37,46 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["PRIMARY", "RISK_ORDER", "Signal", "Verdict", "decide_verdict"]
+from shortcut_detect.common.risk import Risk
 
-RISK_ORDER = {"UNKNOWN": -1, "LOW": 0, "MODERATE": 1, "HIGH": 2}
+__all__ = ["PRIMARY", "Signal", "Verdict", "decide_verdict"]
+
 PRIMARY = ("mask_attention", "group_attention", "prediction_by_group", "peak_concentration")
 
 
 @dataclass
 class Signal:
-    """One finding: a named test, its risk, one sentence, and the numbers behind it."""
+    """One finding: a named test, its risk, one sentence, and the numbers behind it.
+
+    ``risk`` accepts a :class:`~shortcut_detect.common.Risk` or its name. ``primary`` (can
+    this signal decide the verdict on its own?) defaults to whether ``name`` is in
+    :data:`PRIMARY`.
+    """
 
     name: str
     title: str
-    risk: str
+    risk: Risk
     finding: str
     metrics: dict[str, Any] = field(default_factory=dict)
     location: str | None = None
+    primary: bool = None  # type: ignore[assignment]  # None: decided by the name
 
-    @property
-    def primary(self) -> bool:
-        """Whether this signal can decide the verdict on its own."""
-        return self.name in PRIMARY
+    def __post_init__(self) -> None:
+        self.risk = Risk.parse(self.risk)
+        if self.primary is None:
+            self.primary = self.name in PRIMARY
 
     @property
     def available(self) -> bool:
         """False when the test could not run."""
-        return self.risk != "UNKNOWN"
+        return self.risk is not Risk.UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
             "name": self.name,
             "title": self.title,
-            "risk": self.risk,
+            "risk": self.risk.value,
             "primary": self.primary,
             "finding": self.finding,
             "location": self.location,
@@ -63,7 +89,7 @@ class Verdict:
     """The verdict at the top of ``summary.json``."""
 
     shortcut_suspected: bool
-    risk: str
+    risk: Risk
     reasons: list[str]
     headline: str
     location: str | None = None
@@ -73,7 +99,7 @@ class Verdict:
         """JSON-ready form (the three documented keys first)."""
         return {
             "shortcut_suspected": self.shortcut_suspected,
-            "risk": self.risk,
+            "risk": Risk.parse(self.risk).value,
             "reasons": self.reasons,
             "headline": self.headline,
             "location": self.location,
@@ -81,26 +107,21 @@ class Verdict:
         }
 
 
-def decide_verdict(signals: list[Signal], *, has_groups: bool, has_masks: bool) -> Verdict:
-    """Combine signals into a :class:`Verdict` (rules in the module docstring)."""
-    primary = [s for s in signals if s.primary and s.available]
-    secondary = [s for s in signals if not s.primary and s.available]
-    levels = [RISK_ORDER[s.risk] for s in primary]
-    level = max(levels, default=0)
-    moderate_primary = [s for s in primary if s.risk == "MODERATE"]
-    high_secondary = [s for s in secondary if s.risk == "HIGH"]
-    if level == 1 and (len(moderate_primary) >= 2 or high_secondary):
-        level = 2
-    risk = {0: "LOW", 1: "MODERATE", 2: "HIGH"}[level]
+def _specificity(name: str) -> int:
+    """Position of a primary signal in :data:`PRIMARY` (other primary signals come last)."""
+    return PRIMARY.index(name) if name in PRIMARY else len(PRIMARY)
 
-    # Most specific evidence first: a named region, then attention, then accuracy.
-    ranked = sorted(primary, key=lambda s: (-RISK_ORDER[s.risk], PRIMARY.index(s.name)))
-    reasons = [s.finding for s in ranked if s.risk in ("HIGH", "MODERATE")]
-    if level >= 1:
-        reasons += [s.finding for s in secondary if s.risk in ("HIGH", "MODERATE")]
-    location = next(
-        (s.location for s in ranked if s.location and s.risk in ("HIGH", "MODERATE")), None
-    )
+
+def _risk(primary: list[Signal], secondary: list[Signal]) -> Risk:
+    level = max((s.risk for s in primary), key=lambda risk: risk.rank, default=Risk.LOW)
+    moderate_primary = sum(s.risk is Risk.MODERATE for s in primary)
+    high_secondary = any(s.risk is Risk.HIGH for s in secondary)
+    if level is Risk.MODERATE and (moderate_primary >= 2 or high_secondary):
+        return Risk.HIGH
+    return level
+
+
+def _limitations(has_groups: bool, has_masks: bool, any_primary: bool) -> list[str]:
     limitations = []
     if not has_groups:
         limitations.append(
@@ -112,23 +133,39 @@ def decide_verdict(signals: list[Signal], *, has_groups: bool, has_masks: bool) 
             "No masks of a suspected shortcut region were given, so attention on it was not "
             "measured."
         )
-    if not primary:
+    if not any_primary:
         limitations.append("No primary test could run; the verdict is not informative.")
-    if risk == "HIGH":
+    return limitations
+
+
+def decide_verdict(signals: list[Signal], *, has_groups: bool, has_masks: bool) -> Verdict:
+    """Combine signals into a :class:`Verdict` (rules in the module docstring)."""
+    primary = [s for s in signals if s.primary and s.available]
+    secondary = [s for s in signals if not s.primary and s.available]
+    risk = _risk(primary, secondary)
+    flagged = (Risk.HIGH, Risk.MODERATE)
+
+    # Most specific evidence first: a named region, then attention, then accuracy.
+    ranked = sorted(primary, key=lambda s: (-s.risk.rank, _specificity(s.name)))
+    reasons = [s.finding for s in ranked if s.risk in flagged]
+    if risk in flagged:
+        reasons += [s.finding for s in secondary if s.risk in flagged]
+    location = next((s.location for s in ranked if s.location and s.risk in flagged), None)
+    if risk is Risk.HIGH:
         where = f" in the {location} of the image" if location else ""
         headline = (
             f"A shortcut is likely: the model relies on something{where} that is not the object."
         )
-    elif risk == "MODERATE":
+    elif risk is Risk.MODERATE:
         headline = "Possible shortcut: some evidence, not conclusive. Look at the findings below."
     else:
         headline = "No shortcut found by these tests."
         reasons = [s.finding for s in primary] or ["No test found evidence of a shortcut."]
     return Verdict(
-        shortcut_suspected=risk == "HIGH",
+        shortcut_suspected=risk is Risk.HIGH,
         risk=risk,
         reasons=reasons,
         headline=headline,
         location=location,
-        limitations=limitations,
+        limitations=_limitations(has_groups, has_masks, bool(primary)),
     )
