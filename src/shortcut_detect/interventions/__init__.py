@@ -9,16 +9,30 @@ from shortcut_detect.interventions.core import (
     TransplantResult,
     intervene,
 )
+from shortcut_detect.interventions.discovery import (
+    Candidate,
+    CandidateTest,
+    DiscoveryResult,
+    discover_candidates,
+    find_shortcuts,
+    test_candidates,
+)
 from shortcut_detect.interventions.stats import Estimate, bootstrap_interval, sign_flip_p_value
 
 __all__ = [
     "READINGS",
     "AttentionShare",
+    "Candidate",
+    "CandidateTest",
+    "DiscoveryResult",
     "Estimate",
     "FillResult",
     "InterventionResult",
     "TransplantResult",
     "bootstrap_interval",
+    "discover_candidates",
+    "find_shortcuts",
     "intervene",
     "sign_flip_p_value",
+    "test_candidates",
 ]

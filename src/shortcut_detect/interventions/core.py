@@ -456,7 +456,11 @@ def intervene(
     tested = has_region & (carrier if carrier is not None else True)
     if not tested.any():
         raise ValueError("No image both carries the feature and has a non-empty region")
-    avoid_mask = None if avoid is None else region_masks(avoid, 1, spatial)[0]
+    avoid_mask = None
+    if avoid is not None:
+        avoid_mask = np.asarray(avoid, dtype=bool)
+        if avoid_mask.shape != spatial:
+            raise ValueError(f"avoid must be a bool mask {spatial}, got shape {avoid_mask.shape}")
     centres = None
     if object_centres is not None:
         centres = np.asarray(object_centres, dtype=np.float64)
@@ -480,9 +484,10 @@ def intervene(
     for code in range(len(fills)):
         region_slice = jobs.add(rows, none, code, masks[rows])
         control_slice = jobs.add(
-            np.repeat(rows, n_ctrl), np.repeat(none, n_ctrl), code, controls[rows].reshape(
-                -1, *spatial
-            )
+            np.repeat(rows, n_ctrl),
+            np.repeat(none, n_ctrl),
+            code,
+            controls[rows].reshape(-1, *spatial),
         )
         fill_slices.append((region_slice, control_slice))
 
@@ -541,7 +546,7 @@ def intervene(
         per_fill[name] = {"drop": drop, "control_drop": control_drop, "flip": flip}
 
     chosen = (
-        min(fills, key=lambda name: (np.nan_to_num(removal[name].control_disturbance, nan=1.0)))
+        min(fills, key=lambda name: np.nan_to_num(removal[name].control_disturbance, nan=1.0))
         if fill == "auto"
         else fill
     )

@@ -173,9 +173,10 @@ def _hot_region(mean_map: np.ndarray, within: np.ndarray | None = None) -> np.nd
 
 
 def _overlaps(region: np.ndarray, others: Sequence[Candidate], limit: float = 0.5) -> bool:
+    """The region mostly lies inside (or holds) one already kept."""
     for other in others:
-        union = (region | other.region).sum()
-        if union and (region & other.region).sum() / union > limit:
+        smaller = min(region.sum(), other.region.sum())
+        if smaller and (region & other.region).sum() / smaller > limit:
             return True
     return False
 
@@ -284,7 +285,10 @@ def _embedding_groups(
                 continue
             _, pred_counts = np.unique(predicted[members], return_counts=True)
             _, label_counts = np.unique(truth[members], return_counts=True)
-            if pred_counts.max() / members.sum() >= 0.9 and label_counts.max() / members.sum() <= 0.75:
+            if (
+                pred_counts.max() / members.sum() >= 0.9
+                and label_counts.max() / members.sum() <= 0.75
+            ):
                 groups.append(members)
     return groups
 
@@ -435,7 +439,9 @@ def find_shortcuts(
     """
     batch = as_image_batch(images)
     if batch.ndim != 4:
-        raise ValueError("find_shortcuts works on 2-D images (N, C, H, W); use intervene for volumes")
+        raise ValueError(
+            "find_shortcuts works on 2-D images (N, C, H, W); use intervene for volumes"
+        )
     if heatmaps is None:
         generator = generator or GradCAMHeatmapGenerator(model)
         heatmaps = heatmaps_from_images(generator, batch)
