@@ -46,6 +46,7 @@ def test_hotspot_candidate_from_constructed_maps():
     rng = np.random.default_rng(0)
     maps = rng.random((40, 24, 24)) * 0.1
     maps[:30, 2:5, 18:21] += 1.0  # 75% of maps peak in the top-right ninth
+    maps[30:, 11:13, 11:13] += 1.0  # the rest in the centre
     candidates = discover_candidates(maps, use_spray=False)
     assert len(candidates) == 1
     candidate = candidates[0]

@@ -13,9 +13,9 @@ from shortcut_detect.interventions.discovery import (
     Candidate,
     CandidateTest,
     DiscoveryResult,
+    confirm_candidates,
     discover_candidates,
     find_shortcuts,
-    test_candidates,
 )
 from shortcut_detect.interventions.stats import Estimate, bootstrap_interval, sign_flip_p_value
 
@@ -30,9 +30,9 @@ __all__ = [
     "InterventionResult",
     "TransplantResult",
     "bootstrap_interval",
+    "confirm_candidates",
     "discover_candidates",
     "find_shortcuts",
     "intervene",
     "sign_flip_p_value",
-    "test_candidates",
 ]

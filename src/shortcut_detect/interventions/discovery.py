@@ -27,9 +27,9 @@ __all__ = [
     "Candidate",
     "CandidateTest",
     "DiscoveryResult",
+    "confirm_candidates",
     "discover_candidates",
     "find_shortcuts",
-    "test_candidates",
 ]
 
 HOT_LEVEL = 0.5  # a hot region: where the mean map is at least this share of its peak
@@ -372,7 +372,7 @@ def discover_candidates(
     return kept
 
 
-def test_candidates(
+def confirm_candidates(
     model: nn.Module,
     images: Any,
     candidates: Sequence[Candidate],
@@ -457,7 +457,7 @@ def find_shortcuts(
         labels=labels,
         **(discovery_options or {}),
     )
-    tests = test_candidates(model, batch, candidates, heatmaps=heatmaps, **intervene_options)
+    tests = confirm_candidates(model, batch, candidates, heatmaps=heatmaps, **intervene_options)
     confirmed = [test for test in tests if test.confirmed]
     if not candidates:
         summary = "No candidate shortcut: no off-centre attention hotspot or concentrated cluster."
