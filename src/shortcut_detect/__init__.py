@@ -56,6 +56,11 @@ _LAZY = {
     "available_detectors": "shortcut_detect.detectors.registry",
     "extract_embeddings": "shortcut_detect.embeddings",
     "EmbeddingExtractor": "shortcut_detect.embeddings",
+    # interventions: proving reliance, discovery without metadata
+    "intervene": "shortcut_detect.interventions",
+    "find_shortcuts": "shortcut_detect.interventions",
+    "discover_candidates": "shortcut_detect.interventions",
+    "confirm_candidates": "shortcut_detect.interventions",
     # figures and overlays
     "overlay_heatmap": "shortcut_detect.viz",
     "plot_explanation": "shortcut_detect.viz",

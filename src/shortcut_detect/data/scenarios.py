@@ -1,0 +1,199 @@
+"""Planted-shortcut scenarios for measuring shortcut detection: markers of several kinds and a
+global artefact, on synthetic shapes and on scikit-learn's handwritten digits (real scans).
+
+Each scenario trains a small CNN (seconds, cached) on data where the shortcut follows the
+label as the scenario says, and gives a held-out test set where the marker is independent of
+the label, with its per-image masks and which images carry it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shortcut_detect.data.synthetic import SmallCNN, make_shortcut_dataset, train_classifier
+
+__all__ = ["BASES", "KINDS", "Scenario", "load_scenario", "scenario_cache_dir"]
+
+SCENARIO_VERSION = 1
+
+#: Scenario kinds: how the marker (or artefact) relates to the label in the training data.
+KINDS = {
+    "fixed_marker": "a marker at a fixed place (top-left), on 95% of class 1 and 5% of class 0",
+    "random_corner": "a marker in a random corner per image, on 95% of class 1 and 5% of class 0",
+    "salient_unused": "a bright marker (top-left) on half the images, independent of the label",
+    "one_class_marker": "a marker (top-left) on 60% of class 1 only; never on class 0",
+    "global_brightness": "class 1 images brighter overall (95% agreement); no marker",
+    "clean": "no marker in training (test images carry one at random)",
+}
+#: Base images: synthetic shapes (32x32 RGB) and scikit-learn digits (upsampled to 32x32).
+BASES = ("shapes", "digits")
+LOCALISED = ("fixed_marker", "random_corner", "one_class_marker")
+IMAGE_SIZE = 32
+MARKER = 4
+OFFSET = 2
+BRIGHTNESS = 0.15
+
+
+@dataclass
+class Scenario:
+    """A trained model and its held-out test set.
+
+    Attributes
+    ----------
+    model:
+        The trained :class:`~shortcut_detect.data.synthetic.SmallCNN` (eval mode).
+    images, labels:
+        Test images ``(N, C, 32, 32)`` float32 and labels.
+    masks:
+        ``(N, 32, 32)`` bool: where the marker is drawn (empty where absent; all empty for
+        the global artefact).
+    carriers:
+        ``(N,)`` bool: the image carries the marker (or, for the global artefact, is
+        brightened).
+    uses_shortcut:
+        Whether the training data makes the marker (or artefact) predictive.
+    """
+
+    base: str
+    kind: str
+    seed: int
+    model: torch.nn.Module
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    carriers: np.ndarray
+    uses_shortcut: bool
+    accuracy: float
+
+    @property
+    def marker_zone(self) -> np.ndarray:
+        """``(32, 32)`` bool: every place a marker can be drawn in this scenario."""
+        zone = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+        for corner in range(4) if self.kind == "random_corner" else [0]:
+            zone |= _corner_mask(corner)
+        return zone
+
+
+def scenario_cache_dir() -> Path:
+    """``$SHORTCUT_DETECT_CACHE/scenarios-vN`` (or under ``~/.cache/shortcut_detect``)."""
+    root = os.environ.get("SHORTCUT_DETECT_CACHE") or Path.home() / ".cache" / "shortcut_detect"
+    return Path(root) / f"scenarios-v{SCENARIO_VERSION}"
+
+
+def _corner_mask(corner: int) -> np.ndarray:
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    low, high = OFFSET, IMAGE_SIZE - OFFSET - MARKER
+    y, x = [(low, low), (low, high), (high, low), (high, high)][corner]
+    mask[y : y + MARKER, x : x + MARKER] = True
+    return mask
+
+
+def _base_images(base: str, n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Marker-free images and binary labels."""
+    rng = np.random.default_rng(seed)
+    if base == "shapes":
+        # Keep only images drawn without the demo marker (group 0): no marker anywhere.
+        data = make_shortcut_dataset(
+            2 * n_samples + 64,
+            shortcut_strength=0.5,
+            image_size=IMAGE_SIZE,
+            marker_size=MARKER,
+            marker_offset=OFFSET,
+            seed=seed,
+        )
+        keep = np.flatnonzero(data.groups == 0)[:n_samples]
+        return data.images[keep], data.labels[keep]
+    if base == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        index = rng.choice(len(digits.target), n_samples, replace=n_samples > len(digits.target))
+        small = torch.from_numpy(digits.images[index].astype(np.float32) / 16.0)[:, None]
+        images = torch.nn.functional.interpolate(
+            small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear"
+        )
+        images = (
+            images * 0.8
+            + 0.1
+            + 0.05 * torch.from_numpy(rng.normal(size=images.shape).astype(np.float32))
+        )
+        return images.clamp(0, 1).numpy(), (digits.target[index] >= 5).astype(np.int64)
+    raise ValueError(f"unknown base {base!r}; choose one of {BASES}")
+
+
+def _plant(
+    images: np.ndarray, labels: np.ndarray, kind: str, train: bool, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw the scenario's marker (or artefact); returns images, masks, carriers."""
+    n_samples = len(labels)
+    images = images.copy()
+    masks = np.zeros((n_samples, IMAGE_SIZE, IMAGE_SIZE), dtype=bool)
+    if not train or kind in ("salient_unused", "clean"):
+        chance = np.full(n_samples, 0.0 if (train and kind == "clean") else 0.5)
+    elif kind == "one_class_marker":
+        chance = np.where(labels == 1, 0.6, 0.0)
+    else:
+        chance = np.where(labels == 1, 0.95, 0.05)
+    carriers = rng.random(n_samples) < chance
+    if kind == "global_brightness":
+        images[carriers] = np.clip(images[carriers] + BRIGHTNESS, 0, 1)
+        return images, masks, carriers
+    corners = rng.integers(0, 4, n_samples) if kind == "random_corner" else np.zeros(n_samples, int)
+    for index in np.flatnonzero(carriers):
+        masks[index] = _corner_mask(int(corners[index]))
+    colour = np.array([1.0, 1.0, 0.0] if images.shape[1] == 3 else [1.0], dtype=np.float32)
+    for channel, value in enumerate(colour):
+        images[:, channel][masks] = value
+    return images, masks, carriers
+
+
+def load_scenario(
+    base: str, kind: str, seed: int, *, n_train: int = 800, n_test: int = 200, epochs: int = 5
+) -> Scenario:
+    """Train (or load from the cache) the model of one scenario and make its test set."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown scenario kind {kind!r}; choose one of {sorted(KINDS)}")
+    rng = np.random.default_rng([seed, BASES.index(base), list(KINDS).index(kind)])
+    train_images, train_labels = _base_images(base, n_train, seed)
+    test_images, test_labels = _base_images(base, n_test, seed + 10_000)
+    train_images, _, _ = _plant(train_images, train_labels, kind, True, rng)
+    test_images, masks, carriers = _plant(test_images, test_labels, kind, False, rng)
+    channels = train_images.shape[1]
+    path = scenario_cache_dir() / f"{base}-{kind}-n{n_train}-e{epochs}-seed{seed}.pt"
+    model = SmallCNN(in_channels=channels, width=8)
+    if path.exists():
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.eval()
+    else:
+        torch.manual_seed(seed)
+        model = SmallCNN(in_channels=channels, width=8)
+        train_classifier(
+            model,
+            torch.from_numpy(train_images),
+            torch.from_numpy(train_labels),
+            epochs=epochs,
+            seed=seed,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), partial)
+        partial.replace(path)
+    with torch.inference_mode():
+        predicted = model(torch.from_numpy(test_images)).argmax(dim=1).numpy()
+    return Scenario(
+        base=base,
+        kind=kind,
+        seed=seed,
+        model=model,
+        images=test_images,
+        labels=test_labels,
+        masks=masks,
+        carriers=carriers,
+        uses_shortcut=kind in (*LOCALISED, "global_brightness"),
+        accuracy=float((predicted == test_labels).mean()),
+    )

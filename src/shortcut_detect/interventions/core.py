@@ -1,0 +1,689 @@
+"""Proving reliance: change a region and see whether predictions change, against a control.
+
+:func:`intervene` removes a region (replacing it with content built from its surroundings),
+transplants it from images that carry it onto images that lack it, and does the same on
+control regions of the same shape placed elsewhere. The *effect* is the region's change
+minus the control's, per image, with a bootstrap interval and a paired sign-flip p-value.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from shortcut_detect.analysis.batches import heatmaps_from_images
+from shortcut_detect.analysis.maps import area_resize, as_heatmap_stack
+from shortcut_detect.common import eval_mode, resolve_device, to_jsonable
+from shortcut_detect.gradcam import class_probabilities, select_head
+from shortcut_detect.interventions.fills import FILLS, apply_fill, region_extent
+from shortcut_detect.interventions.regions import as_image_batch, control_masks, region_masks
+from shortcut_detect.interventions.stats import Estimate, estimate
+
+__all__ = [
+    "READINGS",
+    "AttentionShare",
+    "FillResult",
+    "InterventionResult",
+    "TransplantResult",
+    "intervene",
+    "predict_probabilities",
+]
+
+#: The three readings of an intervention test.
+READINGS = ("relied on", "salient but not relied on", "not looked at, not relied on")
+NOT_RELIED_UNKNOWN_ATTENTION = "not relied on"
+
+
+@dataclass
+class AttentionShare:
+    """How much attention the region gets: ``share`` of heatmap mass inside it, ``area`` the
+    share of the image it covers, ``enrichment = share / area`` (1 = no more than its size)."""
+
+    share: float
+    area: float
+    enrichment: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(
+            {"share": self.share, "area": self.area, "enrichment": self.enrichment, "n": self.n}
+        )
+
+
+@dataclass
+class FillResult:
+    """Removing the region with one fill, and the same removal on the control regions.
+
+    Attributes
+    ----------
+    flip_rate, control_flip_rate:
+        Share of images whose predicted class changes (controls: averaged over placements).
+    probability_drop, control_probability_drop:
+        Mean drop of the originally predicted class's probability.
+    effect:
+        Per image, region drop minus control drop: mean, interval, sign-flip p-value.
+    flip_effect:
+        Per image, region flip minus control flip rate.
+    control_disturbance:
+        Mean absolute change of the predicted class's probability under the control
+        removals: how much the fill alone moves predictions (smaller is more in-distribution).
+    """
+
+    fill: str
+    flip_rate: Estimate
+    control_flip_rate: Estimate
+    probability_drop: Estimate
+    control_probability_drop: Estimate
+    effect: Estimate
+    flip_effect: Estimate
+    control_disturbance: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(
+            {
+                "fill": self.fill,
+                "flip_rate": self.flip_rate.to_dict(),
+                "control_flip_rate": self.control_flip_rate.to_dict(),
+                "probability_drop": self.probability_drop.to_dict(),
+                "control_probability_drop": self.control_probability_drop.to_dict(),
+                "effect": self.effect.to_dict(),
+                "flip_effect": self.flip_effect.to_dict(),
+                "control_disturbance": self.control_disturbance,
+            }
+        )
+
+
+@dataclass
+class TransplantResult:
+    """The region's pixels copied from images that carry it onto images that lack it.
+
+    Attributes
+    ----------
+    target_class:
+        The class most associated with the carriers (largest excess of carrier predictions).
+    moved_share, control_moved_share:
+        Share of recipients not predicted ``target_class`` before that are after.
+    shift, control_shift:
+        Mean increase of the probability of ``target_class``.
+    effect:
+        Per recipient, shift minus control shift, with interval and p-value.
+    """
+
+    target_class: int
+    moved_share: Estimate
+    control_moved_share: Estimate
+    shift: Estimate
+    control_shift: Estimate
+    effect: Estimate
+    n_recipients: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(
+            {
+                "target_class": self.target_class,
+                "moved_share": self.moved_share.to_dict(),
+                "control_moved_share": self.control_moved_share.to_dict(),
+                "shift": self.shift.to_dict(),
+                "control_shift": self.control_shift.to_dict(),
+                "effect": self.effect.to_dict(),
+                "n_recipients": self.n_recipients,
+            }
+        )
+
+
+@dataclass
+class InterventionResult:
+    """Everything :func:`intervene` measured, and what it means.
+
+    Attributes
+    ----------
+    reading:
+        ``"relied on"``, ``"salient but not relied on"``, ``"not looked at, not relied on"``
+        (or ``"not relied on"`` when no attention was given).
+    relied_on:
+        The removal (or transplant) effect is at least ``min_effect`` and significant.
+    salient:
+        Attention enrichment in the region is at least ``salient_enrichment`` (``None``
+        without heatmaps).
+    fill:
+        The fill the reading uses (the least out-of-distribution one unless chosen).
+    removal:
+        One :class:`FillResult` per fill tried.
+    effect:
+        ``removal[fill].effect``, the headline number.
+    transplant:
+        The transplant test (``None`` without ``carriers``).
+    attention:
+        Attention share in the region (``None`` without heatmaps).
+    summary:
+        Sentences a person can read.
+    per_sample:
+        Arrays per image: ``tested``, ``predictions``, ``probabilities`` (of the predicted
+        class), ``region_drop`` / ``control_drop`` / ``region_flip`` (of the chosen fill).
+    n_forward_passes:
+        Model calls made (one per batch of counterfactuals, plus the originals).
+    """
+
+    reading: str
+    relied_on: bool
+    salient: bool | None
+    fill: str
+    removal: dict[str, FillResult]
+    effect: Estimate
+    transplant: TransplantResult | None
+    attention: AttentionShare | None
+    summary: str
+    n_samples: int
+    n_tested: int
+    n_forward_passes: int
+    parameters: dict[str, Any] = field(default_factory=dict)
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self, per_sample: bool = False) -> dict[str, Any]:
+        """JSON-ready dict; ``per_sample=True`` adds the per-image arrays."""
+        result: dict[str, Any] = {
+            "reading": self.reading,
+            "relied_on": self.relied_on,
+            "salient": self.salient,
+            "fill": self.fill,
+            "effect": self.effect.to_dict(),
+            "removal": {name: value.to_dict() for name, value in self.removal.items()},
+            "transplant": None if self.transplant is None else self.transplant.to_dict(),
+            "attention": None if self.attention is None else self.attention.to_dict(),
+            "summary": self.summary,
+            "n_samples": self.n_samples,
+            "n_tested": self.n_tested,
+            "n_forward_passes": self.n_forward_passes,
+            "parameters": self.parameters,
+        }
+        if per_sample:
+            result["per_sample"] = self.per_sample
+        return to_jsonable(result, max_array_values=10**7)
+
+
+# -- running counterfactuals ---------------------------------------------------------------------
+
+
+class _Runner:
+    """Forward passes in batches, counted; returns class probabilities."""
+
+    def __init__(self, model: nn.Module, device: torch.device, batch_size: int, head: Any):
+        self.model, self.device, self.batch_size, self.head = model, device, batch_size, head
+        self.n_forward_passes = 0
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        self.n_forward_passes += 1
+        outputs = self.model(batch.to(self.device))
+        return class_probabilities(select_head(outputs, self.head)).cpu()
+
+    def originals(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat(
+            [
+                self.probabilities(images[start : start + self.batch_size])
+                for start in range(0, len(images), self.batch_size)
+            ]
+        )
+
+
+@dataclass
+class _Jobs:
+    """Counterfactual images to build: recipient, content source (fill name or donor), mask."""
+
+    sample: list[np.ndarray] = field(default_factory=list)
+    donor: list[np.ndarray] = field(default_factory=list)
+    fill: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, sample: np.ndarray, donor: np.ndarray, fill: int, masks: np.ndarray) -> slice:
+        start = sum(len(s) for s in self.sample)
+        self.sample.append(sample)
+        self.donor.append(donor)
+        self.fill.append(np.full(len(sample), fill))
+        self.masks.append(masks)
+        return slice(start, start + len(sample))
+
+    def run(
+        self,
+        runner: _Runner,
+        images: torch.Tensor,
+        fill_names: Sequence[str],
+        extent: int,
+        seed: int,
+    ) -> torch.Tensor:
+        sample, donor = np.concatenate(self.sample), np.concatenate(self.donor)
+        fills, masks = np.concatenate(self.fill), np.concatenate(self.masks)
+        generator = torch.Generator().manual_seed(seed)
+        outputs = []
+        for start in range(0, len(sample), runner.batch_size):
+            part = slice(start, start + runner.batch_size)
+            batch = images[torch.from_numpy(sample[part])].clone()
+            mask = torch.from_numpy(masks[part])
+            for code in np.unique(fills[part]):
+                rows = torch.from_numpy(np.flatnonzero(fills[part] == code))
+                if code < 0:  # transplant: the donor's pixels inside the mask
+                    region = mask[rows][:, None].to(batch.dtype)
+                    source = images[torch.from_numpy(donor[part][rows.numpy()])]
+                    batch[rows] = batch[rows] * (1 - region) + source * region
+                else:
+                    batch[rows] = apply_fill(
+                        batch[rows], mask[rows], fill_names[code], generator, extent
+                    )
+            outputs.append(runner.probabilities(batch))
+        return torch.cat(outputs) if outputs else torch.zeros(0)
+
+
+def predict_probabilities(
+    model: nn.Module,
+    images: Any,
+    *,
+    batch_size: int = 256,
+    head: str | int = "logits",
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Class probabilities ``(N, K)`` of ``images`` (eval mode, inference mode, batched)."""
+    batch = as_image_batch(images)
+    runner = _Runner(model, resolve_device(device, model), int(batch_size), head)
+    with eval_mode(model), torch.inference_mode():
+        return runner.originals(batch).numpy()
+
+
+# -- the test --------------------------------------------------------------------------------------
+
+
+def _attention(
+    heatmaps: Any, generator: Any, images: torch.Tensor, masks: np.ndarray, tested: np.ndarray
+) -> AttentionShare | None:
+    if heatmaps is None and generator is None:
+        return None
+    if heatmaps is None:
+        heatmaps = heatmaps_from_images(generator, images)
+    maps = as_heatmap_stack(heatmaps, single_ndim=masks.ndim - 1)
+    if len(maps) != len(masks) or maps.ndim != masks.ndim:
+        raise ValueError(
+            f"heatmaps {maps.shape} do not match {len(masks)} images with "
+            f"{masks.ndim - 1}-D regions; give one map per image"
+        )
+    cover = area_resize(masks.astype(np.float64), maps.shape[1:])
+    flat_maps = maps.reshape(len(maps), -1)[tested]
+    flat_cover = cover.reshape(len(cover), -1)[tested]
+    mass = flat_maps.sum(axis=1)
+    keep = mass > 0
+    if not keep.any():
+        return AttentionShare(float("nan"), float("nan"), float("nan"), 0)
+    share = float(((flat_maps * flat_cover).sum(axis=1)[keep] / mass[keep]).mean())
+    area = float(flat_cover[keep].mean())
+    return AttentionShare(share, area, share / area, int(keep.sum()))
+
+
+def _paired(
+    region: np.ndarray, control: np.ndarray, stats: dict[str, Any], seed: int
+) -> tuple[Estimate, Estimate, Estimate]:
+    """Estimates of the region values, the control values and their paired difference."""
+    usable = ~np.isnan(region) & ~np.isnan(control)
+    return (
+        estimate(region[usable], **stats, seed=seed),
+        estimate(control[usable], **stats, seed=seed + 1),
+        estimate(region[usable] - control[usable], paired_test=True, **stats, seed=seed + 2),
+    )
+
+
+def _check(
+    n_controls: int, fills: Sequence[str], fill: str, alpha: float, batch_size: int
+) -> list[str]:
+    if int(n_controls) != n_controls or n_controls < 1:
+        raise ValueError(f"n_controls must be a positive integer, got {n_controls!r}")
+    fills = list(fills)
+    unknown = [name for name in fills if name not in FILLS]
+    if not fills or unknown:
+        raise ValueError(f"fills must be some of {sorted(FILLS)}; got {fills}")
+    if fill != "auto" and fill not in fills:
+        raise ValueError(f"fill must be 'auto' or one of the fills tried {fills}; got {fill!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return fills
+
+
+def intervene(
+    model: nn.Module,
+    images: Any,
+    regions: Any,
+    *,
+    carriers: Any = None,
+    heatmaps: Any = None,
+    generator: Any = None,
+    fills: Sequence[str] = ("blur", "mean", "noise"),
+    fill: str = "auto",
+    n_controls: int = 4,
+    avoid: Any = None,
+    object_centres: Any = None,
+    min_effect: float = 0.05,
+    salient_enrichment: float = 2.0,
+    alpha: float = 0.05,
+    n_bootstrap: int = 2000,
+    n_permutations: int = 2000,
+    batch_size: int = 256,
+    head: str | int = "logits",
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> InterventionResult:
+    """Test whether ``model`` relies on a region of ``images``: remove it, transplant it, and
+    compare with the same operations on control regions.
+
+    Parameters
+    ----------
+    model:
+        The classifier (run in eval mode under ``torch.inference_mode``; its modes are
+        restored).
+    images:
+        ``(N, C, H, W)`` or ``(N, C, D, H, W)`` model inputs (preprocessed), N >= 2.
+    regions:
+        The suspected region: a box ``(x0, y0, x1, y1)`` (volumes: ``(x0, y0, z0, x1, y1,
+        z1)``; upper bounds exclusive) or a bool mask ``(H, W)`` / ``(N, H, W)`` (volumes
+        ``(D, H, W)`` / ``(N, D, H, W)``). Images whose mask is empty are not tested.
+    carriers:
+        Optional bool ``(N,)``: the images that carry the suspected feature (e.g. the
+        marker is drawn). Removal is then tested on the carriers only, and the region is
+        transplanted from a random carrier onto every non-carrier.
+    heatmaps, generator:
+        Attention for the reading: heatmaps ``(N, *grid)`` at any resolution, or a
+        :class:`~shortcut_detect.gradcam.GradCAMHeatmapGenerator` to compute them.
+    fills:
+        Removal fills to try: ``"blur"`` (mask-aware local blur of the surroundings),
+        ``"mean"`` (the surroundings' mean colour), ``"noise"`` (noise with the
+        surroundings' mean and spread).
+    fill:
+        The fill the reading uses; ``"auto"`` takes the least out-of-distribution one: the
+        fill whose *control* removals change the predicted class's probability least (the
+        control shows how much a fill alone moves predictions).
+    n_controls:
+        Control placements per image: the region moved (with wrap-around) to where it
+        overlaps neither itself, ``avoid`` (bool mask, e.g. other suspected regions) nor
+        the image's ``object_centres`` (``(N, ndim)`` pixel positions, row-major).
+    min_effect:
+        Smallest effect (drop of the predicted class's probability beyond the control's)
+        that counts as reliance.
+    salient_enrichment:
+        "Salient" means the region's attention share is at least this many times its
+        area share.
+    alpha:
+        Significance level of the one-sided sign-flip test of effect > 0.
+    n_bootstrap, n_permutations:
+        Resamples for the 95% intervals and the p-values.
+    batch_size:
+        Counterfactual images per forward pass.
+    head:
+        Prediction head of a multi-output model (see ``GradCAMHeatmapGenerator``).
+    device:
+        ``None``: the model's device.
+    seed:
+        Seeds control placements, donors, noise fills and resampling.
+
+    Returns
+    -------
+    InterventionResult
+
+    Examples
+    --------
+    >>> result = intervene(model, images, (3, 3, 9, 9), carriers=has_marker)  # doctest: +SKIP
+    >>> result.reading, result.effect.text()                                  # doctest: +SKIP
+    ('relied on', '+0.612 [+0.571, +0.650]')
+    """
+    fills = _check(n_controls, fills, fill, alpha, batch_size)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    batch = as_image_batch(images)
+    n_samples, spatial = batch.shape[0], tuple(batch.shape[2:])
+    if n_samples < 2:
+        raise ValueError(f"intervene needs at least 2 images, got {n_samples}")
+    masks = region_masks(regions, n_samples, spatial)
+    has_region = masks.reshape(n_samples, -1).any(axis=1)
+    carrier = None
+    if carriers is not None:
+        carrier = np.asarray(carriers).astype(bool).ravel()
+        if carrier.shape != (n_samples,):
+            raise ValueError(f"carriers must be {n_samples} booleans (one per image)")
+        if not carrier.any():
+            raise ValueError("carriers marks no image; at least one image must carry the region")
+    tested = has_region & (carrier if carrier is not None else True)
+    if not tested.any():
+        raise ValueError("No image both carries the feature and has a non-empty region")
+    avoid_mask = None
+    if avoid is not None:
+        avoid_mask = np.asarray(avoid, dtype=bool)
+        if avoid_mask.shape != spatial:
+            raise ValueError(f"avoid must be a bool mask {spatial}, got shape {avoid_mask.shape}")
+    centres = None
+    if object_centres is not None:
+        centres = np.asarray(object_centres, dtype=np.float64)
+        if centres.shape != (n_samples, len(spatial)):
+            raise ValueError(
+                f"object_centres must be ({n_samples}, {len(spatial)}) positions, got "
+                f"{centres.shape}"
+            )
+    controls, found = control_masks(
+        masks, int(n_controls), avoid=avoid_mask, object_centres=centres, seed=seed
+    )
+    extent = region_extent(torch.from_numpy(masks))
+    stats = {"n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations)}
+
+    runner = _Runner(model, resolve_device(device, model), int(batch_size), head)
+    jobs = _Jobs()
+    rows = np.flatnonzero(tested)
+    n_ctrl = int(n_controls)
+    none = np.full(len(rows), -1)
+    fill_slices = []
+    for code in range(len(fills)):
+        region_slice = jobs.add(rows, none, code, masks[rows])
+        control_slice = jobs.add(
+            np.repeat(rows, n_ctrl),
+            np.repeat(none, n_ctrl),
+            code,
+            controls[rows].reshape(-1, *spatial),
+        )
+        fill_slices.append((region_slice, control_slice))
+
+    transplant_plan = None
+    if carrier is not None and (~carrier).any():
+        rng = np.random.default_rng(seed + 7)
+        recipients = np.flatnonzero(~carrier)
+        donors = rng.choice(np.flatnonzero(carrier & has_region), len(recipients))
+        transplant_plan = (
+            recipients,
+            donors,
+            jobs.add(recipients, donors, -1, masks[donors]),
+            jobs.add(
+                np.repeat(recipients, n_ctrl),
+                np.repeat(donors, n_ctrl),
+                -1,
+                controls[donors].reshape(-1, *spatial),
+            ),
+        )
+
+    with eval_mode(model), torch.inference_mode():
+        original = runner.originals(batch).numpy()
+        counterfactual = jobs.run(runner, batch, fills, extent, seed).numpy()
+    predicted = original.argmax(axis=1)
+    confidence = original[np.arange(n_samples), predicted]
+
+    removal: dict[str, FillResult] = {}
+    per_fill: dict[str, dict[str, np.ndarray]] = {}
+    for name, (region_slice, control_slice) in zip(fills, fill_slices):
+        classes = predicted[rows]
+        region_p = counterfactual[region_slice]
+        control_p = counterfactual[control_slice].reshape(len(rows), n_ctrl, -1)
+        drop = confidence[rows] - region_p[np.arange(len(rows)), classes]
+        flip = (region_p.argmax(axis=1) != classes).astype(np.float64)
+        control_drops = confidence[rows, None] - control_p[np.arange(len(rows)), :, classes]
+        control_flips = (control_p.argmax(axis=2) != classes[:, None]).astype(np.float64)
+        valid = found[rows]
+        control_drops[~valid] = np.nan
+        control_flips[~valid] = np.nan
+        with _quiet():
+            control_drop = np.nanmean(control_drops, axis=1)
+            control_flip = np.nanmean(control_flips, axis=1)
+            disturbance = float(np.nanmean(np.abs(control_drops)))
+        flip_rate, control_flip_rate, flip_effect = _paired(flip, control_flip, stats, seed)
+        dropped, control_dropped, effect = _paired(drop, control_drop, stats, seed + 10)
+        removal[name] = FillResult(
+            name,
+            flip_rate,
+            control_flip_rate,
+            dropped,
+            control_dropped,
+            effect,
+            flip_effect,
+            disturbance,
+        )
+        per_fill[name] = {"drop": drop, "control_drop": control_drop, "flip": flip}
+
+    chosen = (
+        min(fills, key=lambda name: np.nan_to_num(removal[name].control_disturbance, nan=1.0))
+        if fill == "auto"
+        else fill
+    )
+
+    transplant = None
+    if transplant_plan is not None:
+        recipients, donors, region_slice, control_slice = transplant_plan
+        excess = np.bincount(predicted[carrier], minlength=original.shape[1]) / carrier.sum()
+        excess -= np.bincount(predicted[~carrier], minlength=original.shape[1]) / (~carrier).sum()
+        target = int(excess.argmax())
+        before = original[recipients, target]
+        after = counterfactual[region_slice][:, target]
+        control_after = counterfactual[control_slice].reshape(len(recipients), n_ctrl, -1)
+        valid = found[donors]
+        control_shift = np.where(valid, control_after[:, :, target] - before[:, None], np.nan)
+        eligible = predicted[recipients] != target
+        moved = (counterfactual[region_slice].argmax(axis=1) == target).astype(np.float64)
+        control_moved = np.where(valid, control_after.argmax(axis=2) == target, np.nan)
+        with _quiet():
+            control_shift_mean = np.nanmean(control_shift, axis=1)
+            control_moved_mean = np.nanmean(control_moved, axis=1)
+        moved_share, control_moved_share, _ = _paired(
+            moved[eligible], control_moved_mean[eligible], stats, seed + 20
+        )
+        shift, control_shift_estimate, transplant_effect = _paired(
+            after - before, control_shift_mean, stats, seed + 30
+        )
+        transplant = TransplantResult(
+            target,
+            moved_share,
+            control_moved_share,
+            shift,
+            control_shift_estimate,
+            transplant_effect,
+            len(recipients),
+        )
+
+    attention = _attention(heatmaps, generator, batch, masks, tested)
+    effect = removal[chosen].effect
+
+    def significant(value: Estimate) -> bool:
+        return bool(
+            value.n > 0
+            and value.value >= min_effect
+            and value.low > 0
+            and value.p_value is not None
+            and value.p_value < alpha
+        )
+
+    relied = significant(effect) or (transplant is not None and significant(transplant.effect))
+    salient = None
+    if attention is not None and not np.isnan(attention.enrichment):
+        salient = bool(attention.enrichment >= salient_enrichment)
+    if relied:
+        reading = READINGS[0]
+    elif salient is None:
+        reading = NOT_RELIED_UNKNOWN_ATTENTION
+    else:
+        reading = READINGS[1] if salient else READINGS[2]
+
+    per_sample = {
+        "tested": tested,
+        "predictions": predicted,
+        "probabilities": confidence,
+        "region_drop": _scatter(per_fill[chosen]["drop"], rows, n_samples),
+        "control_drop": _scatter(per_fill[chosen]["control_drop"], rows, n_samples),
+        "region_flip": _scatter(per_fill[chosen]["flip"], rows, n_samples),
+    }
+    return InterventionResult(
+        reading=reading,
+        relied_on=relied,
+        salient=salient,
+        fill=chosen,
+        removal=removal,
+        effect=effect,
+        transplant=transplant,
+        attention=attention,
+        summary=_summary(reading, removal[chosen], transplant, attention, len(rows)),
+        n_samples=n_samples,
+        n_tested=len(rows),
+        n_forward_passes=runner.n_forward_passes,
+        parameters={
+            "fills": fills,
+            "fill": fill,
+            "n_controls": n_ctrl,
+            "min_effect": float(min_effect),
+            "salient_enrichment": float(salient_enrichment),
+            "alpha": float(alpha),
+            "n_bootstrap": int(n_bootstrap),
+            "n_permutations": int(n_permutations),
+            "seed": int(seed),
+            "n_missing_controls": int((~found[rows]).sum()),
+        },
+        per_sample=per_sample,
+    )
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence "mean of empty slice" for images without any valid control."""
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _scatter(values: np.ndarray, rows: np.ndarray, n_samples: int) -> np.ndarray:
+    full = np.full(n_samples, np.nan)
+    full[rows] = values
+    return full
+
+
+def _summary(
+    reading: str,
+    removal: FillResult,
+    transplant: TransplantResult | None,
+    attention: AttentionShare | None,
+    n_tested: int,
+) -> str:
+    effect = removal.effect
+    lines = [
+        f"Reading: {reading}.",
+        f"Removing the region ({removal.fill} fill, {n_tested} images) flips "
+        f"{removal.flip_rate.text(percent=True)} of predictions (control "
+        f"{removal.control_flip_rate.value:.0%}); the predicted class's probability drops by "
+        f"{effect.text()} more than for a control region of the same shape "
+        f"(p = {effect.p_value:.3g}).",
+    ]
+    if transplant is not None:
+        lines.append(
+            f"Transplanting it onto {transplant.n_recipients} images that lack it moves "
+            f"{transplant.moved_share.text(percent=True)} of them to class "
+            f"{transplant.target_class} (control {transplant.control_moved_share.value:.0%}); "
+            f"effect on its probability {transplant.effect.text()}."
+        )
+    if attention is not None and attention.n:
+        lines.append(
+            f"Attention: {attention.share:.0%} of heatmap mass falls in the region, which covers "
+            f"{attention.area:.1%} of the image ({attention.enrichment:.1f}x its area share)."
+        )
+    return "\n".join(lines)

@@ -1,0 +1,473 @@
+"""Finding shortcuts without metadata: candidate regions (and groups) from the heatmaps and
+embeddings, each confirmed or rejected by an intervention test."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from shortcut_detect.analysis.batches import heatmaps_from_images
+from shortcut_detect.analysis.groups import compare_groups
+from shortcut_detect.analysis.maps import area_resize, as_heatmap_stack, location_words
+from shortcut_detect.common import to_jsonable
+from shortcut_detect.gradcam import GradCAMHeatmapGenerator
+from shortcut_detect.interventions.core import (
+    READINGS,
+    InterventionResult,
+    intervene,
+    predict_probabilities,
+)
+from shortcut_detect.interventions.regions import as_image_batch
+
+__all__ = [
+    "Candidate",
+    "CandidateTest",
+    "DiscoveryResult",
+    "confirm_candidates",
+    "discover_candidates",
+    "find_shortcuts",
+]
+
+HOT_LEVEL = 0.5  # a hot region: where the mean map is at least this share of its peak
+MAX_REGION_AREA = 0.25  # larger hot regions are not a localised shortcut; use the ninth
+
+
+@dataclass
+class Candidate:
+    """A suspected shortcut to test.
+
+    Attributes
+    ----------
+    source:
+        Where it came from: ``"hotspot"``, ``"spray"``, ``"group comparison"``,
+        ``"embedding cluster"``.
+    region:
+        Bool mask ``(H, W)`` at the image resolution.
+    description:
+        One sentence: why it is suspected.
+    score:
+        Strength of the suspicion (share of maps peaking there, cluster share, ...).
+    carriers:
+        Bool ``(N,)`` images thought to carry it (from groups), or ``None``: test all images.
+    """
+
+    source: str
+    region: np.ndarray
+    description: str
+    score: float
+    carriers: np.ndarray | None = None
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """Bounding box ``(x0, y0, x1, y1)`` of the region (upper bounds exclusive)."""
+        rows, cols = np.nonzero(self.region)
+        return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(
+            {
+                "source": self.source,
+                "box": self.box,
+                "area": float(self.region.mean()),
+                "description": self.description,
+                "score": self.score,
+                "n_carriers": None if self.carriers is None else int(self.carriers.sum()),
+            }
+        )
+
+
+@dataclass
+class CandidateTest:
+    """A candidate and its intervention result; ``confirmed`` when the model relies on it."""
+
+    candidate: Candidate
+    result: InterventionResult
+
+    @property
+    def confirmed(self) -> bool:
+        return self.result.relied_on
+
+    @property
+    def reading(self) -> str:
+        """Sentence like "the model relies on the top-left corner: removing it flips 71% ..."."""
+        removal = self.result.removal[self.result.fill]
+        where = _where(self.candidate.region)
+        if self.confirmed:
+            return (
+                f"The model relies on the {where} region ({self.candidate.source}): removing it "
+                f"flips {removal.flip_rate.text(percent=True)} of predictions, control "
+                f"{removal.control_flip_rate.value:.0%}; effect {self.result.effect.text()}."
+            )
+        return (
+            f"Not confirmed: the {where} region ({self.candidate.source}) reads "
+            f"'{self.result.reading}' (effect {self.result.effect.text()})."
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate.to_dict(),
+            "confirmed": self.confirmed,
+            "reading": self.reading,
+            "result": self.result.to_dict(),
+        }
+
+
+@dataclass
+class DiscoveryResult:
+    """Candidates tried, their tests, and the confirmed shortcuts."""
+
+    candidates: list[Candidate]
+    tests: list[CandidateTest]
+    summary: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def confirmed(self) -> list[CandidateTest]:
+        return [test for test in self.tests if test.confirmed]
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(
+            {
+                "n_candidates": len(self.candidates),
+                "n_confirmed": len(self.confirmed),
+                "tests": [test.to_dict() for test in self.tests],
+                "summary": self.summary,
+                "notes": self.notes,
+            }
+        )
+
+
+def _where(region: np.ndarray) -> str:
+    rows, cols = np.nonzero(region)
+    return location_words((rows.mean(), cols.mean()), region.shape)
+
+
+def _ninth_box(index: int, shape: tuple[int, int]) -> np.ndarray:
+    row, col = divmod(index, 3)
+    mask = np.zeros(shape, dtype=bool)
+    h, w = shape
+    mask[row * h // 3 : (row + 1) * h // 3, col * w // 3 : (col + 1) * w // 3] = True
+    return mask
+
+
+def _hot_region(mean_map: np.ndarray, within: np.ndarray | None = None) -> np.ndarray | None:
+    """Bounding box (as a mask) of the connected hot area around the map's peak."""
+    from scipy import ndimage
+
+    search = mean_map if within is None else np.where(within, mean_map, -np.inf)
+    peak = np.unravel_index(int(np.argmax(search)), mean_map.shape)
+    if mean_map[peak] <= 0:
+        return None
+    labelled, _ = ndimage.label(mean_map >= HOT_LEVEL * mean_map[peak])
+    component = labelled == labelled[peak]
+    rows, cols = np.nonzero(component)
+    box = np.zeros(mean_map.shape, dtype=bool)
+    box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+    if box.mean() > MAX_REGION_AREA:
+        return None
+    return box
+
+
+def _overlaps(region: np.ndarray, others: Sequence[Candidate], limit: float = 0.5) -> bool:
+    """The region mostly lies inside (or holds) one already kept."""
+    for other in others:
+        smaller = min(region.sum(), other.region.sum())
+        if smaller and (region & other.region).sum() / smaller > limit:
+            return True
+    return False
+
+
+def _hotspots(maps: np.ndarray, min_share: float) -> list[Candidate]:
+    n_samples, shape = len(maps), maps.shape[1:]
+    flat = maps.reshape(n_samples, -1).argmax(axis=1)
+    rows, cols = np.unravel_index(flat, shape)
+    ninth = (3 * rows // shape[0]) * 3 + 3 * cols // shape[1]
+    shares = np.bincount(ninth, minlength=9) / n_samples
+    found = []
+    for index in np.argsort(-shares):
+        if index == 4 or shares[index] < min_share:  # the centre ninth is where objects are
+            continue
+        members = ninth == index
+        cell = _ninth_box(int(index), shape)
+        region = _hot_region(maps[members].mean(axis=0), within=cell)
+        region = cell if region is None else region
+        where = location_words(divmod(int(index), 3), (3, 3))
+        found.append(
+            Candidate(
+                "hotspot",
+                region,
+                f"{shares[index]:.0%} of heatmaps peak in the {where} ninth of the image",
+                float(shares[index]),
+            )
+        )
+    return found
+
+
+def _spray(maps: np.ndarray, seed: int) -> list[Candidate]:
+    from shortcut_detect.detectors.spray import SpRAyDetector  # sklearn on first use
+
+    if len(maps) < 8:
+        return []
+    detector = SpRAyDetector(random_state=seed).fit(maps)
+    found = []
+    for cluster in detector.get_report()["details"]["clusters"]:
+        if not cluster["flagged"]:
+            continue
+        mean_map = detector.cluster_mean_maps_[cluster["cluster"]]
+        if mean_map.shape != maps.shape[1:]:
+            mean_map = area_resize(mean_map[None], maps.shape[1:])[0]
+        region = _hot_region(mean_map)
+        if region is None:
+            continue
+        found.append(
+            Candidate(
+                "spray",
+                region,
+                f"SpRAy cluster {cluster['cluster']} ({cluster['share']:.0%} of images) "
+                f"concentrates its attention on {cluster['concentration_area']:.1%} of the "
+                f"image ({cluster['peak_location']})",
+                float(cluster["share"]),
+            )
+        )
+    return found
+
+
+def _from_group_comparison(
+    comparison: Any, codes: np.ndarray, names: list[Any], shape: tuple[int, int]
+) -> list[Candidate]:
+    metrics, details = comparison.metrics, comparison.details
+    if not metrics.get("significant") or len(names) != 2:
+        return []
+    significance = np.asarray(details["significance_map"], dtype=bool)
+    divergence = np.asarray(comparison.divergence_regions)
+    found = []
+    for sign, group in ((1, 1), (-1, 0)):
+        part = significance & (np.sign(divergence) == sign)
+        if not part.any():
+            continue
+        mean_map = np.where(part, np.abs(divergence), 0.0)
+        if mean_map.shape != shape:
+            mean_map = area_resize(mean_map[None], shape)[0]
+        region = _hot_region(mean_map)
+        if region is None:
+            continue
+        found.append(
+            Candidate(
+                "group comparison",
+                region,
+                f"group {names[group]!s} attends significantly more to the "
+                f"{_where(region)} (permutation p = {metrics['p_value']:.3g})",
+                float(abs(divergence[part]).max()),
+                carriers=codes == group,
+            )
+        )
+    return found
+
+
+def _embedding_groups(
+    embeddings: Any, predictions: Any, labels: Any, seed: int, max_clusters: int = 6
+) -> list[np.ndarray]:
+    """Clusters of the embeddings that are pure in prediction but mixed in label."""
+    from sklearn.cluster import KMeans
+
+    features = np.asarray(embeddings, dtype=np.float64).reshape(len(embeddings), -1)
+    predicted, truth = np.asarray(predictions), np.asarray(labels)
+    groups = []
+    for k in range(2, max_clusters + 1):
+        assignment = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(features)
+        for cluster in range(k):
+            members = assignment == cluster
+            if members.sum() < max(4, 0.05 * len(members)):
+                continue
+            _, pred_counts = np.unique(predicted[members], return_counts=True)
+            _, label_counts = np.unique(truth[members], return_counts=True)
+            if (
+                pred_counts.max() / members.sum() >= 0.9
+                and label_counts.max() / members.sum() <= 0.75
+            ):
+                groups.append(members)
+    return groups
+
+
+def discover_candidates(
+    heatmaps: Any,
+    *,
+    image_size: Sequence[int] | None = None,
+    groups: Any = None,
+    embeddings: Any = None,
+    predictions: Any = None,
+    labels: Any = None,
+    group_comparison: Any = None,
+    min_hotspot_share: float = 2 / 9,
+    use_spray: bool = True,
+    max_candidates: int = 6,
+    n_permutations: int = 500,
+    seed: int = 0,
+) -> list[Candidate]:
+    """Suspected shortcut regions read off the heatmaps (and groups or embeddings if given).
+
+    Parameters
+    ----------
+    heatmaps:
+        Non-negative ``(N, H, W)`` maps (2-D images only).
+    image_size:
+        ``(H', W')`` of the images, when the maps are at another resolution; regions are
+        returned at this size.
+    groups:
+        Known group per image (2 groups): the significant region of the group comparison
+        becomes a candidate, with the group attending more there as carriers.
+    embeddings, predictions, labels:
+        When no groups are given: clusters of the embeddings that are pure in prediction
+        (>= 90%) but mixed in label (<= 75%) are compared with the rest as candidate groups.
+    group_comparison:
+        An already computed :func:`~shortcut_detect.analysis.groups.compare_groups` result
+        for ``groups`` (saves recomputing it).
+    min_hotspot_share:
+        A ninth of the image (not the centre) where at least this share of maps peak is a
+        candidate (2/9 = twice the share of evenly spread peaks).
+    use_spray:
+        Add the hot regions of SpRAy clusters that concentrate their attention.
+    max_candidates:
+        Keep at most this many (highest score first; near-duplicates dropped).
+    """
+    maps = as_heatmap_stack(heatmaps, keep_float32=True)
+    if maps.ndim != 3:
+        raise ValueError(f"discovery works on 2-D heatmaps (N, H, W); got shape {maps.shape}")
+    shape = tuple(int(s) for s in (image_size or maps.shape[1:]))
+    if len(shape) != 2:
+        raise ValueError(f"image_size must be (H, W), got {image_size}")
+    if shape != maps.shape[1:]:
+        maps = area_resize(maps, shape)
+    n_samples = len(maps)
+    found = _hotspots(maps, float(min_hotspot_share))
+    if use_spray:
+        found += _spray(maps, seed)
+    group_sets: list[tuple[np.ndarray, list[Any]]] = []
+    if groups is not None:
+        names, codes = np.unique(np.asarray(groups), return_inverse=True)
+        if len(names) == 2:
+            group_sets.append((codes, list(names)))
+    elif embeddings is not None and predictions is not None and labels is not None:
+        for members in _embedding_groups(embeddings, predictions, labels, seed):
+            group_sets.append((members.astype(np.int64), ["rest", "embedding cluster"]))
+    for index, (codes, names) in enumerate(group_sets):
+        comparison = group_comparison if (index == 0 and groups is not None) else None
+        if comparison is None:
+            comparison = compare_groups(maps, codes, n_permutations=n_permutations, seed=seed)
+        for candidate in _from_group_comparison(comparison, codes, names, shape):
+            if groups is None:
+                candidate.source = "embedding cluster"
+            found.append(candidate)
+    found.sort(key=lambda c: -c.score)
+    kept: list[Candidate] = []
+    for candidate in found:
+        if not _overlaps(candidate.region, kept):
+            kept.append(candidate)
+    if n_samples and len(kept) > max_candidates:
+        kept = kept[:max_candidates]
+    return kept
+
+
+def confirm_candidates(
+    model: nn.Module,
+    images: Any,
+    candidates: Sequence[Candidate],
+    *,
+    heatmaps: Any = None,
+    alpha: float = 0.05,
+    **intervene_options: Any,
+) -> list[CandidateTest]:
+    """Run :func:`~shortcut_detect.interventions.intervene` on every candidate.
+
+    Controls avoid all candidate regions. The significance level is Bonferroni-corrected
+    over the candidates (``alpha / len(candidates)``), so trying more candidates does not
+    raise the false-alarm rate. Extra keyword arguments go to ``intervene``.
+    """
+    if not candidates:
+        return []
+    union = np.zeros_like(candidates[0].region)
+    for candidate in candidates:
+        union |= candidate.region
+    corrected = alpha / len(candidates)
+    tests = []
+    for candidate in candidates:
+        result = intervene(
+            model,
+            images,
+            candidate.region,
+            carriers=candidate.carriers,
+            heatmaps=heatmaps,
+            avoid=union & ~candidate.region,
+            alpha=corrected,
+            **intervene_options,
+        )
+        tests.append(CandidateTest(candidate, result))
+    return tests
+
+
+def find_shortcuts(
+    model: nn.Module,
+    images: Any,
+    *,
+    heatmaps: Any = None,
+    generator: Any = None,
+    groups: Any = None,
+    embeddings: Any = None,
+    labels: Any = None,
+    discovery_options: dict[str, Any] | None = None,
+    **intervene_options: Any,
+) -> DiscoveryResult:
+    """Look for shortcuts with no masks (and maybe no groups), and test every candidate.
+
+    Parameters
+    ----------
+    model, images:
+        The classifier and its preprocessed inputs ``(N, C, H, W)``.
+    heatmaps, generator:
+        Heatmaps ``(N, H, W)``, or a generator to compute them (default: Grad-CAM on the
+        last spatial layer).
+    groups, embeddings, labels:
+        Optional metadata for :func:`discover_candidates` (predictions are computed).
+    discovery_options:
+        Extra arguments of :func:`discover_candidates`.
+    intervene_options:
+        Passed to :func:`~shortcut_detect.interventions.intervene` for every candidate.
+    """
+    batch = as_image_batch(images)
+    if batch.ndim != 4:
+        raise ValueError(
+            "find_shortcuts works on 2-D images (N, C, H, W); use intervene for volumes"
+        )
+    if heatmaps is None:
+        generator = generator or GradCAMHeatmapGenerator(model)
+        heatmaps = heatmaps_from_images(generator, batch)
+    predictions = None
+    if embeddings is not None and labels is not None:
+        predictions = predict_probabilities(model, batch).argmax(axis=1)
+    candidates = discover_candidates(
+        heatmaps,
+        image_size=batch.shape[2:],
+        groups=groups,
+        embeddings=embeddings,
+        predictions=predictions,
+        labels=labels,
+        **(discovery_options or {}),
+    )
+    tests = confirm_candidates(model, batch, candidates, heatmaps=heatmaps, **intervene_options)
+    confirmed = [test for test in tests if test.confirmed]
+    if not candidates:
+        summary = "No candidate shortcut: no off-centre attention hotspot or concentrated cluster."
+    elif not confirmed:
+        summary = (
+            f"Tried {len(candidates)} candidate region(s); none is relied on: "
+            + "; ".join(f"{t.candidate.description} -> {t.result.reading}" for t in tests)
+            + "."
+        )
+    else:
+        summary = " ".join(test.reading for test in confirmed)
+    notes = [f"{READINGS[0]!r} needs a significant effect after Bonferroni correction"]
+    return DiscoveryResult(candidates, tests, summary, notes)

@@ -1,0 +1,173 @@
+"""Regions to intervene on: validated masks from boxes or masks, and control placements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["as_image_batch", "control_masks", "region_masks"]
+
+
+def as_image_batch(images: Any) -> torch.Tensor:
+    """``images`` as a float tensor ``(N, C, H, W)`` or ``(N, C, D, H, W)``, validated."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"images must be a tensor or numpy array (N, C, H, W); got {type(images).__name__}"
+        )
+    if images.ndim not in (4, 5):
+        raise ValueError(
+            "images must be a batch (N, C, H, W) or (N, C, D, H, W) of volumes; got shape "
+            f"{tuple(images.shape)}. Add the batch axis with images[None] for one image."
+        )
+    if images.shape[0] == 0:
+        raise ValueError("images is empty (0 images); pass at least 2 images to intervene on")
+    if not torch.is_floating_point(images):
+        images = images.float()
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf values; clean them before intervening")
+    return images
+
+
+def _box_mask(box: Sequence[float], spatial: tuple[int, ...]) -> np.ndarray:
+    ndim = len(spatial)
+    if len(box) != 2 * ndim:
+        form = "(x0, y0, x1, y1)" if ndim == 2 else "(x0, y0, z0, x1, y1, z1)"
+        raise ValueError(
+            f"A box for {ndim}-D images has {2 * ndim} numbers {form}; got {len(box)}: {tuple(box)}"
+        )
+    values = [float(v) for v in box]
+    if any(v != int(v) for v in values):
+        raise ValueError(f"Box coordinates must be whole pixels, got {tuple(box)}")
+    low, high = [int(v) for v in values[:ndim]], [int(v) for v in values[ndim:]]
+    # Box order is x (column), y (row)[, z (depth)]; array axes are ([depth,] row, column).
+    axes_size = list(reversed(spatial[-2:])) + ([spatial[0]] if ndim == 3 else [])
+    names = ["x", "y", "z"][:ndim]
+    for name, lo, hi, size in zip(names, low, high, axes_size):
+        if not 0 <= lo < hi <= size:
+            raise ValueError(
+                f"Box {tuple(box)} is empty or outside the image: need 0 <= {name}0 < {name}1 "
+                f"<= {size} ({name}1 exclusive) for images of spatial size {spatial}"
+            )
+    mask = np.zeros(spatial, dtype=bool)
+    if ndim == 2:
+        mask[low[1] : high[1], low[0] : high[0]] = True
+    else:
+        mask[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = True
+    return mask
+
+
+def _is_box(region: Any) -> bool:
+    if isinstance(region, (tuple, list)) and len(region) in (4, 6):
+        return all(np.ndim(value) == 0 for value in region)
+    return isinstance(region, np.ndarray) and region.ndim == 1 and region.size in (4, 6)
+
+
+def region_masks(region: Any, n_samples: int, spatial: Sequence[int]) -> np.ndarray:
+    """Bool masks ``(N, *spatial)`` of a region given as a box or masks.
+
+    Parameters
+    ----------
+    region:
+        A box ``(x0, y0, x1, y1)`` (``(x0, y0, z0, x1, y1, z1)`` for volumes; pixels,
+        upper bounds exclusive, i.e. ``mask[y0:y1, x0:x1]``), or a mask of the images'
+        spatial size shared by all images or one per image (bool, or numbers in [0, 1],
+        read as "in the region" above 0.5).
+    n_samples:
+        ``N``, the number of images.
+    spatial:
+        Spatial size of the images, ``(H, W)`` or ``(D, H, W)``.
+    """
+    spatial = tuple(int(s) for s in spatial)
+    if _is_box(region):
+        masks = _box_mask(list(region), spatial)[None]
+    else:
+        if isinstance(region, torch.Tensor):
+            region = region.detach().cpu().numpy()
+        masks = np.asarray(region)
+        if masks.dtype == object or not (
+            np.issubdtype(masks.dtype, np.number) or masks.dtype == bool
+        ):
+            raise TypeError(
+                "region must be a box or a mask array; got "
+                f"{type(region).__name__} of dtype {masks.dtype}"
+            )
+        if masks.ndim == len(spatial):
+            masks = masks[None]
+        if masks.ndim != len(spatial) + 1 or masks.shape[1:] != spatial:
+            raise ValueError(
+                f"Region mask of shape {masks.shape} does not fit images of spatial size "
+                f"{spatial}: give one mask {spatial}, one per image {(n_samples, *spatial)}, "
+                "or a box"
+            )
+        if masks.shape[0] not in (1, n_samples):
+            raise ValueError(
+                f"Got {masks.shape[0]} region masks for {n_samples} images; give one per image "
+                "or one for all"
+            )
+        if masks.dtype != bool:
+            if not np.isfinite(masks).all() or masks.min() < 0 or masks.max() > 1:
+                raise ValueError("Region masks must be bool or hold values in [0, 1]")
+            masks = masks > 0.5
+    if not masks.any():
+        raise ValueError("The region is empty (no pixel of the mask is set); nothing to change")
+    if masks.reshape(len(masks), -1).all(axis=1).any():
+        raise ValueError(
+            "The region covers a whole image; an intervention needs some of the image left "
+            "outside the region (for the fill and the control)"
+        )
+    return np.broadcast_to(masks, (n_samples, *spatial)).copy()
+
+
+def _covers(masks: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    index = (np.arange(len(masks)), *np.clip(np.round(centres).astype(int), 0, None).T)
+    clipped = tuple(
+        np.minimum(axis, size - 1) if k else axis
+        for k, (axis, size) in enumerate(zip(index, (len(masks), *masks.shape[1:])))
+    )
+    return masks[clipped]
+
+
+def control_masks(
+    masks: np.ndarray,
+    n_controls: int,
+    *,
+    avoid: np.ndarray | None = None,
+    object_centres: np.ndarray | None = None,
+    seed: int = 0,
+    n_tries: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Control regions: each sample's region moved (circularly) to where it overlaps neither
+    the region, ``avoid`` nor the object's centre.
+
+    Returns ``(controls, found)``: ``controls`` bool ``(N, n_controls, *spatial)``;
+    ``found`` bool ``(N, n_controls)``, False where no valid placement was found among
+    ``n_tries`` random shifts (that control is then left out).
+    """
+    n_samples, spatial = masks.shape[0], masks.shape[1:]
+    rng = np.random.default_rng(seed)
+    shifts = np.stack([rng.integers(0, size, n_tries) for size in spatial], axis=1)
+    forbidden = masks if avoid is None else masks | np.broadcast_to(avoid, masks.shape)
+    controls = np.zeros((n_samples, n_controls, *spatial), dtype=bool)
+    found = np.zeros((n_samples, n_controls), dtype=bool)
+    filled = np.zeros(n_samples, dtype=np.int64)
+    axes = tuple(range(1, masks.ndim))
+    for shift in shifts:
+        if (filled >= n_controls).all():
+            break
+        if not shift.any():
+            continue
+        moved = np.roll(masks, tuple(int(s) for s in shift), axis=axes)
+        valid = ~(moved & forbidden).reshape(n_samples, -1).any(axis=1)
+        if object_centres is not None:
+            valid &= ~_covers(moved, object_centres)
+        valid &= filled < n_controls
+        rows = np.flatnonzero(valid)
+        controls[rows, filled[rows]] = moved[rows]
+        found[rows, filled[rows]] = True
+        filled[rows] += 1
+    return controls, found
