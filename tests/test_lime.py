@@ -108,7 +108,11 @@ def test_slic_gives_about_the_requested_number_of_dense_superpixels(test_data):
         ({"target": 5}, ValueError, "target 5 is out of range: the model has 2 classes"),
         ({"target": 1.5}, ValueError, "target must be a class index"),
         ({"baseline": "blur"}, ValueError, "unknown baseline 'blur'"),
-        ({"segments": np.zeros((4, 4), dtype=int)}, ValueError, "segments must have the image's shape"),
+        (
+            {"segments": np.zeros((4, 4), dtype=int)},
+            ValueError,
+            "segments must have the image's shape",
+        ),
         ({"segments": np.zeros((48, 48), dtype=int)}, ValueError, "single superpixel"),
     ],
 )

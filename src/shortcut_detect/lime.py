@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from shortcut_detect.cam.engine import prepare_inputs
+from shortcut_detect.cam.perturbation import _positive_int
 from shortcut_detect.common.device import resolve_device
 from shortcut_detect.common.modes import eval_mode
 from shortcut_detect.common.serialization import to_jsonable
@@ -148,7 +149,9 @@ def slic_superpixels(
         ) from error
     tensor = torch.as_tensor(image)
     if tensor.ndim != 3:
-        raise ValueError(f"slic_superpixels takes one (C, H, W) image, got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"slic_superpixels takes one (C, H, W) image, got shape {tuple(tensor.shape)}"
+        )
     segments = slic(
         _display_rgb(tensor),
         n_segments=int(n_segments),
@@ -216,12 +219,6 @@ def _kernel_weights(masks: np.ndarray, kernel_width: float) -> np.ndarray:
     shown = masks.sum(axis=1).astype(np.float64)
     distance = 1.0 - np.sqrt(shown / masks.shape[1])  # cosine; an all-hidden mask is 1
     return np.sqrt(np.exp(-(distance**2) / kernel_width**2))
-
-
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def explain_lime(

@@ -295,7 +295,11 @@ def plot_lime(
     axes[2].imshow(overlay_heatmap(rgb, explanation.heatmap, alpha=alpha))
     axes[2].set_title("Positive weights")
     axes[3].imshow(highlighted)
-    shown = len(explanation.top_superpixels) if top_k is None else min(top_k, len(explanation.top_superpixels))
+    shown = (
+        len(explanation.top_superpixels)
+        if top_k is None
+        else min(top_k, len(explanation.top_superpixels))
+    )
     axes[3].set_title(f"Top {shown} superpixels")
     for axis in axes:
         _clean_axis(axis)

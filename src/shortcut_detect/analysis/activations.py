@@ -13,6 +13,7 @@ from torch import nn
 
 from shortcut_detect.cam.engine import prepare_inputs, upsample
 from shortcut_detect.cam.layers import LayerSpec, default_layer, resolve_layer
+from shortcut_detect.cam.perturbation import _positive_int
 from shortcut_detect.common.device import resolve_device
 from shortcut_detect.gradcam import get_activation_maps
 
@@ -93,8 +94,7 @@ def activation_grid(
         For transformer layers, turns tokens into ``(B, C, h, w)`` (see
         :mod:`shortcut_detect.cam.reshape`).
     """
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    top_k = _positive_int("top_k", top_k)
     device = resolve_device(device, model)
     batch = prepare_inputs(image, device, spatial_dims=2)
     if batch.shape[0] != 1:

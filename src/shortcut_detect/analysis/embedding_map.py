@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shortcut_detect.cam.perturbation import _positive_int
 from shortcut_detect.common.serialization import nan_to_none, to_jsonable
 
 __all__ = [
@@ -27,7 +28,8 @@ __all__ = [
 ]
 
 METHODS = ("tsne", "umap", "pca", "auto")
-#: t-SNE of this many points takes well under a minute on 2 CPU cores (see benchmarks/).
+#: Larger inputs are subsampled: the target is a map of 10^4 points in under a minute on 2 CPU
+#: cores (``benchmarks/bench_embedding_map.py`` measures it).
 DEFAULT_MAX_POINTS = 10_000
 
 
@@ -139,12 +141,6 @@ def _check_embeddings(embeddings: Any) -> np.ndarray:
     return array
 
 
-def _positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def _resolve_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
@@ -162,7 +158,7 @@ def embedding_map(
     pca_dims: int | None = 50,
     perplexity: float = 30.0,
     n_neighbors: int = 15,
-    max_iter: int = 1000,
+    max_iter: int = 500,
 ) -> EmbeddingMap:
     """Map embeddings to 2-D.
 
@@ -175,7 +171,8 @@ def embedding_map(
         (the first two principal components), or ``"auto"`` (UMAP where installed, else
         t-SNE).
     seed:
-        Seed of the subsampling, the PCA step and the method: the same seed gives the same map.
+        Seed of the subsampling, the PCA step and UMAP: the same seed gives the same map
+        (t-SNE starts from the PCA layout, so it has no randomness of its own).
     max_points:
         Above this many points a random subset of this size (without replacement, from
         ``seed``) is mapped; :attr:`EmbeddingMap.indices` says which. ``None`` maps all.
@@ -187,7 +184,9 @@ def embedding_map(
     n_neighbors:
         UMAP neighbourhood size.
     max_iter:
-        t-SNE optimisation steps.
+        t-SNE optimisation steps, at least 250 (the early-exaggeration phase). The default
+        500 takes half the time of scikit-learn's 1000, which refines the layout a little
+        more; see ``benchmarks/bench_embedding_map.py``.
 
     Returns
     -------
@@ -207,6 +206,8 @@ def embedding_map(
         raise ValueError(f"perplexity must be positive, got {perplexity}")
     n_neighbors = _positive_int("n_neighbors", n_neighbors)
     max_iter = _positive_int("max_iter", max_iter)
+    if resolved == "tsne" and max_iter < 250:
+        raise ValueError(f"max_iter must be at least 250 for t-SNE, got {max_iter}")
     if resolved == "umap" and importlib.util.find_spec("umap") is None:
         raise ImportError(
             "method='umap' needs the umap-learn package: pip install umap-learn "
@@ -247,7 +248,9 @@ def embedding_map(
             data = pca.fit_transform(data).astype(np.float32)
             params["pca_dims"] = pca_dims
             kept = float(np.sum(pca.explained_variance_ratio_))
-            notes.append(f"Reduced to {pca_dims} principal components first ({kept:.0%} of the variance).")
+            notes.append(
+                f"Reduced to {pca_dims} principal components first ({kept:.0%} of the variance)."
+            )
         if resolved == "tsne":
             coordinates = _tsne(data, seed, perplexity, max_iter, params, notes)
         else:
@@ -290,7 +293,7 @@ def _tsne(
         perplexity=usable,
         init="pca",
         learning_rate="auto",
-        max_iter=max(max_iter, 250),  # scikit-learn's minimum
+        max_iter=max_iter,
         random_state=seed,
     )
     return tsne.fit_transform(data)
@@ -338,12 +341,12 @@ class MapDescription:
 
     sentence: str
     verdict: str
-    neighbour_agreement: float | None
-    expected_agreement: float | None
-    separation: float | None
-    p_value: float | None
     n_neighbors: int
     n_permutations: int
+    neighbour_agreement: float | None = None
+    expected_agreement: float | None = None
+    separation: float | None = None
+    p_value: float | None = None
     per_class: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __str__(self) -> str:
@@ -468,7 +471,7 @@ def describe_embedding_map(
     if not np.isfinite(points).all():
         raise ValueError("coords contains NaN or Inf values")
     count = points.shape[0]
-    group_names, group_codes = _codes(groups, count, "groups")
+    _, group_codes = _codes(groups, count, "groups")
     if labels is None:
         class_names: list[Hashable] = ["all"]
         class_codes = np.zeros(count, dtype=np.int64)
@@ -513,10 +516,6 @@ def describe_embedding_map(
         return MapDescription(
             sentence=f"Whether {group_name} separate on the map cannot be told: {reason}.",
             verdict="undetermined",
-            neighbour_agreement=None,
-            expected_agreement=None,
-            separation=None,
-            p_value=None,
             n_neighbors=n_neighbors,
             n_permutations=n_permutations,
             per_class=per_class,
@@ -533,7 +532,11 @@ def describe_embedding_map(
         verdict, phrase = "partly separate", f"{group_name} are partly separated{within}"
     else:
         verdict, phrase = "mixed", f"{group_name} are mixed{within}"
-    p_text = f"p < {1 / (1 + n_permutations):.2g}" if p_value <= 1 / (1 + n_permutations) else f"p = {p_value:.2g}"
+    p_text = (
+        f"p < {1 / (1 + n_permutations):.2g}"
+        if p_value <= 1 / (1 + n_permutations)
+        else f"p = {p_value:.2g}"
+    )
     sentence = (
         f"{phrase[0].upper()}{phrase[1:]}: {observed:.0%} of each point's nearest "
         f"{'same-class ' if labels is not None else ''}neighbours share its "
@@ -565,4 +568,3 @@ def _singular(name: str) -> str:
     if name.endswith("sses"):
         return name[:-2]
     return name[:-1] if name.endswith("s") else name
-
