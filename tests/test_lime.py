@@ -125,3 +125,20 @@ def test_bad_arguments_are_refused(shortcut_model, test_data, kwargs, error, mes
 def test_a_batch_is_refused(shortcut_model, test_data):
     with pytest.raises(ValueError, match="takes one image, got a batch of 2"):
         explain_lime(shortcut_model, test_data.images[:2], num_samples=10)
+
+
+def test_plot_lime_shows_segments_weights_and_top_superpixels(shortcut_model, test_data, tmp_path):
+    from shortcut_detect.viz_embeddings import plot_lime
+
+    image = test_data.images[3]
+    explanation = explain_lime(shortcut_model, image, num_samples=40, seed=0, num_top=2)
+    figure = plot_lime(
+        explanation, image, class_names=("disk", "cross"), save_path=tmp_path / "lime.png"
+    )
+    titles = [axis.get_title() for axis in figure.axes[:4]]
+    assert titles[0] == f"{explanation.n_superpixels} superpixels"
+    assert titles[3] == f"Top {len(explanation.top_superpixels)} superpixels"
+    assert ("disk", "cross")[explanation.target] in figure.get_suptitle()
+    assert (tmp_path / "lime.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="does not match the explanation"):
+        plot_lime(explanation, image[:, :20, :20])
