@@ -38,14 +38,22 @@ def main() -> None:
     parser.add_argument("--dims", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--methods", nargs="+", default=["tsne", "pca"])
+    parser.add_argument(
+        "--threads", type=int, default=1, help="OpenMP threads for t-SNE (0: all cores)"
+    )
     args = parser.parse_args()
     data, labels, groups = _features(args.points, args.dims)
-    print(f"{args.points} points x {args.dims} features; load average {os.getloadavg()}")
+    print(
+        f"{args.points} points x {args.dims} features, t-SNE threads {args.threads or 'all'}; "
+        f"load average {os.getloadavg()}"
+    )
     for method in args.methods:
         times = []
         for _ in range(args.rounds):
             started = time.perf_counter()
-            result = embedding_map(data, method, seed=0, max_points=None)
+            result = embedding_map(
+                data, method, seed=0, max_points=None, n_threads=args.threads or None
+            )
             times.append(time.perf_counter() - started)
         started = time.perf_counter()
         description = describe_embedding_map(result, labels, groups)

@@ -159,6 +159,7 @@ def embedding_map(
     perplexity: float = 30.0,
     n_neighbors: int = 15,
     max_iter: int = 500,
+    n_threads: int | None = 1,
 ) -> EmbeddingMap:
     """Map embeddings to 2-D.
 
@@ -187,6 +188,11 @@ def embedding_map(
         t-SNE optimisation steps, at least 250 (the early-exaggeration phase). The default
         500 takes half the time of scikit-learn's 1000, which refines the layout a little
         more; see ``benchmarks/bench_embedding_map.py``.
+    n_threads:
+        OpenMP threads for t-SNE (``None``: scikit-learn's default, all cores). One thread
+        is the default because on a busy machine (a server, parallel jobs) OpenMP's waiting
+        threads made t-SNE 4-7 times slower in our measurements; on an idle multi-core
+        machine ``None`` is faster.
 
     Returns
     -------
@@ -206,6 +212,8 @@ def embedding_map(
         raise ValueError(f"perplexity must be positive, got {perplexity}")
     n_neighbors = _positive_int("n_neighbors", n_neighbors)
     max_iter = _positive_int("max_iter", max_iter)
+    if n_threads is not None:
+        n_threads = _positive_int("n_threads", n_threads)
     if resolved == "tsne" and max_iter < 250:
         raise ValueError(f"max_iter must be at least 250 for t-SNE, got {max_iter}")
     if resolved == "umap" and importlib.util.find_spec("umap") is None:
@@ -252,7 +260,7 @@ def embedding_map(
                 f"Reduced to {pca_dims} principal components first ({kept:.0%} of the variance)."
             )
         if resolved == "tsne":
-            coordinates = _tsne(data, seed, perplexity, max_iter, params, notes)
+            coordinates = _tsne(data, seed, perplexity, max_iter, n_threads, params, notes)
         else:
             coordinates = _umap(data, seed, n_neighbors, params, notes)
 
@@ -278,10 +286,12 @@ def _tsne(
     seed: int,
     perplexity: float,
     max_iter: int,
+    n_threads: int | None,
     params: dict[str, Any],
     notes: list[str],
 ) -> np.ndarray:
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     count = data.shape[0]
     usable = min(float(perplexity), (count - 1) / 3.0)
@@ -296,7 +306,8 @@ def _tsne(
         max_iter=max_iter,
         random_state=seed,
     )
-    return tsne.fit_transform(data)
+    with threadpool_limits(limits=n_threads, user_api="openmp"):
+        return tsne.fit_transform(data)
 
 
 def _umap(
