@@ -221,6 +221,19 @@ def _kernel_weights(masks: np.ndarray, kernel_width: float) -> np.ndarray:
     return np.sqrt(np.exp(-(distance**2) / kernel_width**2))
 
 
+def _checked_target(target: int | None, probabilities: torch.Tensor) -> int:
+    """The class to explain: ``target``, or the predicted class of the unperturbed image."""
+    classes = int(probabilities.numel())
+    if target is None:
+        return int(probabilities.argmax())
+    if not 0 <= int(target) < classes:
+        raise ValueError(
+            f"target {int(target)} is out of range: the model has {classes} classes "
+            f"(valid 0..{classes - 1})"
+        )
+    return int(target)
+
+
 def explain_lime(
     model: nn.Module,
     image: torch.Tensor | np.ndarray,
@@ -333,21 +346,19 @@ def explain_lime(
             perturbed = torch.where(shown, pixels, hidden)
             outputs = model(perturbed)
             probabilities.append(class_probabilities(select_head(outputs, head, mappings)).cpu())
+            if start == 0:  # fail before the remaining passes
+                target = _checked_target(target, probabilities[0][0])
             if progress is not None:
                 progress(min(start + batch_size, num_samples), num_samples)
     scores = torch.cat(probabilities).double().numpy()
     original = scores[0]
     predicted = int(np.argmax(original))
-    if target is None:
-        target = predicted
-    target = int(target)
-    if not 0 <= target < scores.shape[1]:
-        raise ValueError(
-            f"target {target} is out of range: the model has {scores.shape[1]} classes "
-            f"(valid 0..{scores.shape[1] - 1})"
-        )
-
-    from sklearn.linear_model import Ridge
+    try:
+        from sklearn.linear_model import Ridge
+    except ImportError as error:  # pragma: no cover - scikit-learn is in the analysis extra
+        raise ImportError(
+            "LIME needs scikit-learn: pip install 'shortcut-detect[analysis]'"
+        ) from error
 
     features = masks.astype(np.float64)
     response = scores[:, target]
