@@ -44,6 +44,10 @@ _LAZY = {
     "head_overlap_over_dataset": "shortcut_detect.analysis.heads",
     "peak_locations": "shortcut_detect.analysis.maps",
     "entropy": "shortcut_detect.analysis.maps",
+    "embedding_map": "shortcut_detect.analysis.embedding_map",
+    "describe_embedding_map": "shortcut_detect.analysis.embedding_map",
+    "activation_grid": "shortcut_detect.analysis.activations",
+    "explain_lime": "shortcut_detect.lime",
     # detectors
     "GradCAMMaskOverlapDetector": "shortcut_detect.detectors.mask_overlap",
     "SpRAyDetector": "shortcut_detect.detectors.spray",
@@ -67,6 +71,9 @@ _LAZY = {
     "plot_group_comparison": "shortcut_detect.viz",
     "plot_spray_clusters": "shortcut_detect.viz",
     "plot_top_attention_grid": "shortcut_detect.viz",
+    "plot_embedding_map": "shortcut_detect.viz_embeddings",
+    "plot_activation_grid": "shortcut_detect.viz_embeddings",
+    "plot_lime": "shortcut_detect.viz_embeddings",
     # data, models
     "make_shortcut_dataset": "shortcut_detect.data.synthetic",
     "train_shortcut_model": "shortcut_detect.data.synthetic",

@@ -24,6 +24,13 @@ _EXPORTS = {
     "mass_overlap": "maps",
     "overlap_per_sample": "maps",
     "peak_locations": "maps",
+    "EmbeddingMap": "embedding_map",
+    "MapDescription": "embedding_map",
+    "describe_embedding_map": "embedding_map",
+    # the function embedding_map is not listed: its module has the same name and, once
+    # imported, shadows it here; use shortcut_detect.embedding_map
+    "ActivationGrid": "activations",
+    "activation_grid": "activations",
 }
 
 __all__ = sorted(_EXPORTS)
