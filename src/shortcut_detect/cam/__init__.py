@@ -12,6 +12,19 @@ from __future__ import annotations
 
 from shortcut_detect.cam.base import BaseCAM, GradCAM
 from shortcut_detect.cam.engine import CAMEngine, Capture, TargetScores
+from shortcut_detect.cam.extra_methods import (
+    CAM,
+    FEM,
+    KPCA_CAM,
+    FinerCAM,
+    RandomCAM,
+    RefineCAM,
+    SegEigenCAM,
+    ShapleyCAM,
+    SmoothGradCAMpp,
+    fuse_cams,
+)
+from shortcut_detect.cam.fullgrad import FullGrad
 from shortcut_detect.cam.guided import (
     GuidedBackpropReLUModel,
     guided_backprop,
@@ -44,10 +57,14 @@ from shortcut_detect.cam.perturbation import AblationCAM, ScoreCAM
 from shortcut_detect.cam.reshape import swin_reshape_transform, vit_reshape_transform
 from shortcut_detect.cam.targets import (
     BinaryClassifierOutputTarget,
+    ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    FasterRCNNBoxScoreTarget,
+    FinerWeightedTarget,
     RawScoresOutputTarget,
     SemanticSegmentationTarget,
+    SoftmaxOutputTarget,
 )
 
 METHODS: dict[str, type[BaseCAM]] = {
@@ -61,6 +78,14 @@ METHODS: dict[str, type[BaseCAM]] = {
     "eigengradcam": EigenGradCAM,
     "scorecam": ScoreCAM,
     "ablationcam": AblationCAM,
+    "fullgrad": FullGrad,
+    "shapleycam": ShapleyCAM,
+    "fem": FEM,
+    "randomcam": RandomCAM,
+    "kpcacam": KPCA_CAM,
+    "segeigencam": SegEigenCAM,
+    "cam": CAM,
+    "smoothgradcam++": SmoothGradCAMpp,
 }
 """CAM classes by name: lowercase, no punctuation ("gradcam++" keeps its plus signs)."""
 
@@ -68,7 +93,7 @@ METHODS: dict[str, type[BaseCAM]] = {
 def _method_key(name: str) -> str:
     key = "".join(ch for ch in str(name).lower() if ch.isalnum() or ch == "+")
     for long_form in ("plusplus", "pp"):
-        if key.endswith(long_form) and key[: -len(long_form)] in ("gradcam",):
+        if key.endswith(long_form) and key[: -len(long_form)] in ("gradcam", "smoothgradcam"):
             key = key[: -len(long_form)] + "++"
     return key
 
@@ -88,17 +113,25 @@ def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
 
 
 __all__ = [
+    "CAM",
+    "FEM",
+    "KPCA_CAM",
     "METHODS",
     "AblationCAM",
     "BaseCAM",
     "BinaryClassifierOutputTarget",
     "CAMEngine",
     "Capture",
+    "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
     "ConfidenceChange",
     "EigenCAM",
     "EigenGradCAM",
+    "FasterRCNNBoxScoreTarget",
+    "FinerCAM",
+    "FinerWeightedTarget",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
@@ -107,9 +140,15 @@ __all__ = [
     "LayerCAM",
     "LayerInfo",
     "ROADResult",
+    "RandomCAM",
     "RawScoresOutputTarget",
+    "RefineCAM",
     "ScoreCAM",
+    "SegEigenCAM",
     "SemanticSegmentationTarget",
+    "ShapleyCAM",
+    "SmoothGradCAMpp",
+    "SoftmaxOutputTarget",
     "TargetScores",
     "XGradCAM",
     "apply_colormap",
@@ -117,6 +156,7 @@ __all__ = [
     "confidence_change",
     "default_layer",
     "deprocess_image",
+    "fuse_cams",
     "get_method",
     "guided_backprop",
     "guided_backprop_for_scores",

@@ -92,6 +92,10 @@ class BaseCAM:
     """
 
     uses_gradients: bool = True
+    relu_maps: bool = True
+    """Clip each layer's map at 0 before normalising (torchcam's CAM does not)."""
+    capture_options: dict[str, bool] = {}  # noqa: RUF012 (read-only class default)
+    """Extra :meth:`CAMEngine.capture` flags (e.g. ``hessian_vector`` for ShapleyCAM)."""
 
     def __init__(
         self,
@@ -165,7 +169,7 @@ class BaseCAM:
                 capture=capture,
                 **context,
             )
-            maps.append(torch.relu(cam.float()))
+            maps.append(torch.relu(cam.float()) if self.relu_maps else cam.float())
         return maps
 
     @staticmethod
@@ -211,6 +215,7 @@ class BaseCAM:
             inputs,
             score_from_outputs=self._score_resolver(targets),
             need_gradients=self.uses_gradients,
+            **self.capture_options,
         )
         self.outputs = capture.outputs
         maps = self.layer_maps(capture, 0, eigen_smooth, inputs=inputs)
