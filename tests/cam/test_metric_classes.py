@@ -92,3 +92,62 @@ def test_road_removes_the_pixels_above_the_percentile(setup):
         np.testing.assert_array_equal(changed, cam >= np.percentile(cam, 75))
     with pytest.raises(ValueError, match="Otsu"):
         sc.ROADMostRelevantFirst("auto")
+
+
+class _FixedMaps:
+    """A CAM returning given maps, in our call form and torchcam's."""
+
+    def __init__(self, model, maps):
+        self.model = model
+        self.maps = maps
+
+    def __call__(self, *args, **kwargs):
+        if args and isinstance(args[0], torch.Tensor) and args[0].ndim == 4:  # ours
+            return self.maps.numpy()
+        return [self.maps.clone()]  # torchcam: (class_idx, scores)
+
+    def fuse_cams(self, cams):
+        return cams[0]
+
+    def _hooks_off(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.mark.parametrize("class_idx", [None, [1, 3, 0]])
+def test_torchcam_metrics_match_torchcam(setup, class_idx):
+    torchcam_metrics = pytest.importorskip("torchcam.metrics")
+    from functools import partial
+
+    model, inputs, cams, _ = setup
+    extractor = _FixedMaps(model, torch.from_numpy(cams))
+    softmax = partial(torch.softmax, dim=-1)
+    for ours_cls, theirs_cls, kwargs in [
+        (sc.ClassificationMetric, torchcam_metrics.ClassificationMetric, {}),
+        (sc.DeletionInsertionMetric, torchcam_metrics.DeletionInsertionMetric, {"steps": 7}),
+    ]:
+        ours, theirs = (
+            ours_cls(extractor, softmax, **kwargs),
+            theirs_cls(extractor, softmax, **kwargs),
+        )
+        for metric in (ours, theirs):
+            metric.update(inputs, class_idx)
+        expected = theirs.summary()
+        assert ours.summary() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="before summary"):
+        sc.ClassificationMetric(extractor).summary()
+
+
+def test_classification_metric_by_hand(setup):
+    model, inputs, cams, classes = setup
+    metric = sc.ClassificationMetric(_FixedMaps(model, torch.from_numpy(cams)))
+    metric.update(inputs, classes)
+    with torch.no_grad():
+        before = model(inputs)[range(3), classes]
+        after = model(inputs * torch.from_numpy(cams)[:, None])[range(3), classes]
+    drop = (torch.relu(before - after) / (before + 1e-7)).mean()
+    assert metric.summary()["avg_drop"] == pytest.approx(float(drop), abs=1e-5)
+    assert metric.summary()["conf_increase"] == pytest.approx(
+        float((after > before).float().mean())
+    )

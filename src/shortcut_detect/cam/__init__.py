@@ -76,6 +76,7 @@ from shortcut_detect.cam.targets import (
     SemanticSegmentationTarget,
     SoftmaxOutputTarget,
 )
+from shortcut_detect.cam.torchcam_metrics import ClassificationMetric, DeletionInsertionMetric
 
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
@@ -133,10 +134,12 @@ __all__ = [
     "CAMEngine",
     "CamMultImageConfidenceChange",
     "Capture",
+    "ClassificationMetric",
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
     "ConfidenceChange",
+    "DeletionInsertionMetric",
     "DropInConfidence",
     "EigenCAM",
     "EigenGradCAM",
