@@ -203,6 +203,28 @@ class BaseCAM:
 
         return from_outputs
 
+    def capture_for(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Any] | None = None,
+        score_from_outputs: Callable[[Any], list[ScoreFn]] | None = None,
+        **options: bool,
+    ) -> tuple[torch.Tensor, Capture]:
+        """Prepared inputs and the engine's capture for them (sets :attr:`outputs`).
+
+        ``score_from_outputs`` replaces the targets' resolution; ``options`` override
+        :attr:`capture_options` and ``need_gradients``.
+        """
+        inputs = prepare_inputs(input_tensor, self.device)
+        settings = {"need_gradients": self.uses_gradients, **self.capture_options, **options}
+        capture = self.engine.capture(
+            inputs,
+            score_from_outputs=score_from_outputs or self._score_resolver(targets),
+            **settings,
+        )
+        self.outputs = capture.outputs
+        return inputs, capture
+
     def forward(
         self,
         input_tensor: torch.Tensor,
@@ -210,14 +232,7 @@ class BaseCAM:
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         """One pass: ``(B, H, W)`` float32 maps in [0, 1] at input resolution."""
-        inputs = prepare_inputs(input_tensor, self.device)
-        capture = self.engine.capture(
-            inputs,
-            score_from_outputs=self._score_resolver(targets),
-            need_gradients=self.uses_gradients,
-            **self.capture_options,
-        )
-        self.outputs = capture.outputs
+        inputs, capture = self.capture_for(input_tensor, targets)
         maps = self.layer_maps(capture, 0, eigen_smooth, inputs=inputs)
         return self.combine(maps, capture.input_size).cpu().numpy().astype(np.float32)
 

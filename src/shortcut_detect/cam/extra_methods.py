@@ -28,7 +28,6 @@ from shortcut_detect.cam.engine import (
     ScoreFn,
     TargetScores,
     minmax_normalize,
-    prepare_inputs,
     upsample,
 )
 from shortcut_detect.cam.layers import LayerSpec, resolve_layer
@@ -347,11 +346,7 @@ class SmoothGradCAMpp(BaseCAM):
         targets: Sequence[Any] | None = None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
-        inputs = prepare_inputs(input_tensor, self.device)
-        clean = self.engine.capture(
-            inputs, score_from_outputs=self._score_resolver(targets), need_gradients=False
-        )
-        self.outputs = clean.outputs
+        inputs, clean = self.capture_for(input_tensor, targets, need_gradients=False)
         sample_targets = clean.score_fns[0].targets
         scale = torch.full(inputs.shape, self.std)
         noise = torch.cat(
@@ -416,6 +411,22 @@ def fuse_cams(
     return fused
 
 
+class _WrappedCAM:
+    """A method built on another CAM object (``base_cam``): hooks and context management."""
+
+    base_cam: BaseCAM
+
+    def close(self) -> None:
+        """Remove every hook (idempotent)."""
+        self.base_cam.close()
+
+    def __enter__(self) -> _WrappedCAM:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 class _TargetChooser:
     """Resolves FinerCAM's default targets from the outputs of the one forward pass."""
 
@@ -450,7 +461,7 @@ class _TargetChooser:
         return [TargetScores(chosen)]
 
 
-class FinerCAM:
+class FinerCAM(_WrappedCAM):
     """Finer-CAM (Zhang et al. 2025): what tells a class apart from the most similar ones.
 
     The base method explains :class:`FinerWeightedTarget` (main class minus ``alpha`` times
@@ -490,30 +501,15 @@ class FinerCAM:
         base = self.base_cam
         if targets is not None:
             return base.forward(input_tensor, targets, eigen_smooth)
-        inputs = prepare_inputs(input_tensor, base.device)
-        capture = base.engine.capture(
-            inputs,
-            score_from_outputs=_TargetChooser(float(alpha), comparison_categories, target_idx),
-            need_gradients=base.uses_gradients,
-        )
-        base.outputs = capture.outputs
+        chooser = _TargetChooser(float(alpha), comparison_categories, target_idx)
+        inputs, capture = base.capture_for(input_tensor, score_from_outputs=chooser)
         maps = base.layer_maps(capture, 0, eigen_smooth, inputs=inputs)
         return base.combine(maps, capture.input_size).cpu().numpy().astype(np.float32)
 
     __call__ = forward
 
-    def close(self) -> None:
-        """Remove every hook (idempotent)."""
-        self.base_cam.close()
 
-    def __enter__(self) -> FinerCAM:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class RefineCAM:
+class RefineCAM(_WrappedCAM):
     """RefineCAM: product of a base method's maps over several layers, re-normalised.
 
     Each layer's map is the base method's full map (normalised, at input resolution);
@@ -546,26 +542,9 @@ class RefineCAM:
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         base = self.base_cam
-        inputs = prepare_inputs(input_tensor, base.device)
-        capture = base.engine.capture(
-            inputs,
-            score_from_outputs=base._score_resolver(targets),
-            need_gradients=base.uses_gradients,
-            **base.capture_options,
-        )
-        base.outputs = capture.outputs
+        inputs, capture = base.capture_for(input_tensor, targets)
         layer_maps = base.layer_maps(capture, 0, eigen_smooth, inputs=inputs)
         product = torch.stack([base.combine([m], capture.input_size) for m in layer_maps])
         return minmax_normalize(product.prod(dim=0)).cpu().numpy().astype(np.float32)
 
     __call__ = forward
-
-    def close(self) -> None:
-        """Remove every hook (idempotent)."""
-        self.base_cam.close()
-
-    def __enter__(self) -> RefineCAM:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

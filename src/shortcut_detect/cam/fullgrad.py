@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from shortcut_detect.cam.base import BaseCAM, eigen_projection
-from shortcut_detect.cam.engine import ReshapeTransform, prepare_inputs, upsample
+from shortcut_detect.cam.engine import ReshapeTransform, upsample
 from shortcut_detect.cam.layers import LayerSpec
 
 __all__ = ["FullGrad", "bias_layers", "effective_bias"]
@@ -91,11 +91,7 @@ class FullGrad(BaseCAM):
         targets: Sequence[Any] | None = None,
         eigen_smooth: bool = False,
     ) -> np.ndarray:
-        inputs = prepare_inputs(input_tensor, self.device)
-        capture = self.engine.capture(
-            inputs, score_from_outputs=self._score_resolver(targets), input_gradient=True
-        )
-        self.outputs = capture.outputs
+        inputs, capture = self.capture_for(input_tensor, targets, input_gradient=True)
         size = capture.input_size
         terms = [_channel_normalize((capture.input_gradients[0] * inputs).abs().detach())]
         for layer, grads in zip(self.target_layers, capture.gradients[0]):
