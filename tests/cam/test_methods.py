@@ -65,8 +65,9 @@ def test_registry_names_and_aliases():
         assert sc.get_method(alias) is sc.GradCAMPlusPlus
     assert sc.get_method("Score-CAM") is sc.ScoreCAM
     assert sc.get_method(sc.LayerCAM) is sc.LayerCAM
+    assert sc.get_method("fullgrad") is sc.FullGrad  # issue #15 (MORE_METHODS)
     with pytest.raises(ValueError, match="choose one of: gradcam"):
-        sc.get_method("fullgrad")
+        sc.get_method("notacam")
 
 
 @pytest.mark.parametrize("method", ["ScoreCAM", "AblationCAM", "EigenCAM"])

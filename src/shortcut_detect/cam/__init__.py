@@ -12,6 +12,19 @@ from __future__ import annotations
 
 from shortcut_detect.cam.base import BaseCAM, GradCAM
 from shortcut_detect.cam.engine import CAMEngine, Capture, TargetScores
+from shortcut_detect.cam.extra_methods import (
+    CAM,
+    FEM,
+    KPCA_CAM,
+    FinerCAM,
+    RandomCAM,
+    RefineCAM,
+    SegEigenCAM,
+    ShapleyCAM,
+    SmoothGradCAMpp,
+    fuse_cams,
+)
+from shortcut_detect.cam.fullgrad import FullGrad
 from shortcut_detect.cam.guided import (
     GuidedBackpropReLUModel,
     guided_backprop,
@@ -33,6 +46,16 @@ from shortcut_detect.cam.methods import (
     LayerCAM,
     XGradCAM,
 )
+from shortcut_detect.cam.metric_classes import (
+    CamMultImageConfidenceChange,
+    DropInConfidence,
+    IncreaseInConfidence,
+    ROADCombined,
+    ROADLeastRelevantFirst,
+    ROADLeastRelevantFirstAverage,
+    ROADMostRelevantFirst,
+    ROADMostRelevantFirstAverage,
+)
 from shortcut_detect.cam.metrics import (
     ConfidenceChange,
     ROADResult,
@@ -44,11 +67,16 @@ from shortcut_detect.cam.perturbation import AblationCAM, ScoreCAM
 from shortcut_detect.cam.reshape import swin_reshape_transform, vit_reshape_transform
 from shortcut_detect.cam.targets import (
     BinaryClassifierOutputTarget,
+    ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    FasterRCNNBoxScoreTarget,
+    FinerWeightedTarget,
     RawScoresOutputTarget,
     SemanticSegmentationTarget,
+    SoftmaxOutputTarget,
 )
+from shortcut_detect.cam.torchcam_metrics import ClassificationMetric, DeletionInsertionMetric
 
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
@@ -64,11 +92,25 @@ METHODS: dict[str, type[BaseCAM]] = {
 }
 """CAM classes by name: lowercase, no punctuation ("gradcam++" keeps its plus signs)."""
 
+MORE_METHODS: dict[str, type[BaseCAM]] = {
+    "fullgrad": FullGrad,
+    "shapleycam": ShapleyCAM,
+    "fem": FEM,
+    "randomcam": RandomCAM,
+    "kpcacam": KPCA_CAM,
+    "segeigencam": SegEigenCAM,
+    "cam": CAM,
+    "smoothgradcam++": SmoothGradCAMpp,
+}
+"""The issue-#15 methods, found by :func:`get_method` but not listed in :data:`METHODS`
+(which the facade and the web app offer): they ignore the target layer (FullGrad), need
+extra arguments (CAM's ``fc_layer``) or are baselines (RandomCAM)."""
+
 
 def _method_key(name: str) -> str:
     key = "".join(ch for ch in str(name).lower() if ch.isalnum() or ch == "+")
     for long_form in ("plusplus", "pp"):
-        if key.endswith(long_form) and key[: -len(long_form)] in ("gradcam",):
+        if key.endswith(long_form) and key[: -len(long_form)] in ("gradcam", "smoothgradcam"):
             key = key[: -len(long_form)] + "++"
     return key
 
@@ -82,34 +124,60 @@ def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
     if isinstance(method, type) and issubclass(method, BaseCAM):
         return method
     key = _method_key(str(method))
-    if key not in METHODS:
-        raise ValueError(f"Unknown CAM method {method!r}; choose one of: {', '.join(METHODS)}")
-    return METHODS[key]
+    known = {**METHODS, **MORE_METHODS}
+    if key not in known:
+        raise ValueError(f"Unknown CAM method {method!r}; choose one of: {', '.join(known)}")
+    return known[key]
 
 
 __all__ = [
+    "CAM",
+    "FEM",
+    "KPCA_CAM",
     "METHODS",
+    "MORE_METHODS",
     "AblationCAM",
     "BaseCAM",
     "BinaryClassifierOutputTarget",
     "CAMEngine",
+    "CamMultImageConfidenceChange",
     "Capture",
+    "ClassificationMetric",
+    "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
     "ConfidenceChange",
+    "DeletionInsertionMetric",
+    "DropInConfidence",
     "EigenCAM",
     "EigenGradCAM",
+    "FasterRCNNBoxScoreTarget",
+    "FinerCAM",
+    "FinerWeightedTarget",
+    "FullGrad",
     "GradCAM",
     "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GuidedBackpropReLUModel",
     "HiResCAM",
+    "IncreaseInConfidence",
     "LayerCAM",
     "LayerInfo",
+    "ROADCombined",
+    "ROADLeastRelevantFirst",
+    "ROADLeastRelevantFirstAverage",
+    "ROADMostRelevantFirst",
+    "ROADMostRelevantFirstAverage",
     "ROADResult",
+    "RandomCAM",
     "RawScoresOutputTarget",
+    "RefineCAM",
     "ScoreCAM",
+    "SegEigenCAM",
     "SemanticSegmentationTarget",
+    "ShapleyCAM",
+    "SmoothGradCAMpp",
+    "SoftmaxOutputTarget",
     "TargetScores",
     "XGradCAM",
     "apply_colormap",
@@ -117,6 +185,7 @@ __all__ = [
     "confidence_change",
     "default_layer",
     "deprocess_image",
+    "fuse_cams",
     "get_method",
     "guided_backprop",
     "guided_backprop_for_scores",

@@ -93,6 +93,10 @@ class BaseCAM:
     """
 
     uses_gradients: bool = True
+    relu_maps: bool = True
+    """Clip each layer's map at 0 before normalising (torchcam's CAM does not)."""
+    capture_options: dict[str, bool] = {}  # noqa: RUF012 (read-only class default)
+    """Extra :meth:`CAMEngine.capture` flags (e.g. ``hessian_vector`` for ShapleyCAM)."""
 
     def __init__(
         self,
@@ -166,7 +170,7 @@ class BaseCAM:
                 capture=capture,
                 **context,
             )
-            maps.append(torch.relu(cam.float()))
+            maps.append(torch.relu(cam.float()) if self.relu_maps else cam.float())
         return maps
 
     @staticmethod
@@ -200,6 +204,28 @@ class BaseCAM:
 
         return from_outputs
 
+    def capture_for(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Sequence[Any] | None = None,
+        score_from_outputs: Callable[[Any], list[ScoreFn]] | None = None,
+        **options: bool,
+    ) -> tuple[torch.Tensor, Capture]:
+        """Prepared inputs and the engine's capture for them (sets :attr:`outputs`).
+
+        ``score_from_outputs`` replaces the targets' resolution; ``options`` override
+        :attr:`capture_options` and ``need_gradients``.
+        """
+        inputs = prepare_inputs(input_tensor, self.device)
+        settings = {"need_gradients": self.uses_gradients, **self.capture_options, **options}
+        capture = self.engine.capture(
+            inputs,
+            score_from_outputs=score_from_outputs or self._score_resolver(targets),
+            **settings,
+        )
+        self.outputs = capture.outputs
+        return inputs, capture
+
     def forward(
         self,
         input_tensor: torch.Tensor,
@@ -207,13 +233,7 @@ class BaseCAM:
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         """One pass: ``(B, H, W)`` float32 maps in [0, 1] at input resolution."""
-        inputs = prepare_inputs(input_tensor, self.device)
-        capture = self.engine.capture(
-            inputs,
-            score_from_outputs=self._score_resolver(targets),
-            need_gradients=self.uses_gradients,
-        )
-        self.outputs = capture.outputs
+        inputs, capture = self.capture_for(input_tensor, targets)
         maps = self.layer_maps(capture, 0, eigen_smooth, inputs=inputs)
         return self.combine(maps, capture.input_size).cpu().numpy().astype(np.float32)
 

@@ -15,7 +15,7 @@ copied for the same reason. Extra forward passes (:meth:`CAMEngine.run`,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,6 +153,11 @@ class Capture:
     score_fns:
         The score functions in effect (resolved from the outputs where needed); methods
         that re-run the model (ScoreCAM, AblationCAM) score new outputs with them.
+    input_gradients:
+        With ``input_gradient=True``: per score set, the gradient w.r.t. the input.
+    hessian_vector_products:
+        With ``hessian_vector=True``: ``[s][l]`` is ``H a``, the Hessian of score set ``s``
+        w.r.t. layer ``l``'s activation ``a`` times ``a`` (zeros where the score is linear).
     """
 
     outputs: Any
@@ -161,6 +166,8 @@ class Capture:
     scores: list[torch.Tensor] = field(default_factory=list)
     input_size: tuple[int, ...] = ()
     score_fns: list[Any] = field(default_factory=list)
+    input_gradients: list[torch.Tensor] = field(default_factory=list)
+    hessian_vector_products: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 class TargetScores:
@@ -264,6 +271,8 @@ class CAMEngine:
         *,
         score_from_outputs: Callable[[Any], Sequence[ScoreFn]] | None = None,
         need_gradients: bool = True,
+        input_gradient: bool = False,
+        hessian_vector: bool = False,
     ) -> Capture:
         """One forward pass with hooks; gradients of each score set w.r.t. each layer.
 
@@ -279,7 +288,14 @@ class CAMEngine:
             arg-max class): called with the detached outputs, returns the score functions.
         need_gradients:
             ``False`` runs under ``torch.inference_mode`` and records activations only.
+        input_gradient:
+            Also the gradient w.r.t. the input (the graph is then recorded from the input,
+            not from the first target layer).
+        hessian_vector:
+            Also Hessian-vector products ``H a`` (one double backward per score set).
         """
+        if input_gradient:
+            inputs = inputs.detach().requires_grad_(True)
         layer_count = len(self.target_layers)
         raw: list[torch.Tensor | None] = [None] * layer_count
         calls = [0] * layer_count
@@ -315,7 +331,9 @@ class CAMEngine:
                 for i, layer in enumerate(self.target_layers)
             ]
             if need_gradients:
-                with torch.no_grad():
+                # Fused attention kernels have no double backward; the math kernel does.
+                attention = _math_attention() if hessian_vector else nullcontext()
+                with torch.set_grad_enabled(input_gradient), attention:
                     outputs = self._forward(inputs)
             else:
                 with torch.inference_mode():
@@ -337,12 +355,16 @@ class CAMEngine:
             capture.score_fns = list(score_fns)
             if not need_gradients:
                 return capture
-            if not grad_switched[0] or any(t is None or not t.requires_grad for t in raw):
+            if not (grad_switched[0] or input_gradient) or any(
+                t is None or not t.requires_grad for t in raw
+            ):
                 raise RuntimeError(
                     "No gradient can flow to the target layer: the model ran it under "
                     "torch.no_grad() or detached its output. Choose another layer."
                 )
             leaves = [t for t in raw if t is not None]
+            if input_gradient:
+                leaves.insert(0, inputs)
             with torch.enable_grad():
                 for position, score_fn in enumerate(score_fns):
                     scores = score_fn(outputs)
@@ -351,7 +373,11 @@ class CAMEngine:
                     last = position == len(score_fns) - 1
                     try:
                         grads = torch.autograd.grad(
-                            scores.sum(), leaves, retain_graph=not last, allow_unused=True
+                            scores.sum(),
+                            leaves,
+                            retain_graph=hessian_vector or not last,
+                            create_graph=hessian_vector,
+                            allow_unused=True,
                         )
                     except RuntimeError as error:
                         raise RuntimeError(
@@ -363,11 +389,42 @@ class CAMEngine:
                             f"The selected score does not depend on layer(s) {self.layer_names}; "
                             "choose a layer that feeds the prediction head you explain."
                         )
+                    if hessian_vector:
+                        capture.hessian_vector_products.append(
+                            self._hessian_vector(grads, leaves, retain_graph=not last)
+                        )
+                    if input_gradient:
+                        capture.input_gradients.append(grads[0].detach())
+                        grads = grads[1:]
                     capture.gradients.append(
                         [self._to_spatial(i, grad.detach()) for i, grad in enumerate(grads)]
                     )
                     capture.scores.append(scores.detach())
             return capture
+
+    def _hessian_vector(
+        self,
+        grads: Sequence[torch.Tensor],
+        leaves: Sequence[torch.Tensor],
+        retain_graph: bool,
+    ) -> list[torch.Tensor]:
+        """``H a`` per target layer from first-order gradients kept with their graph."""
+        offset = len(leaves) - len(self.target_layers)
+        layer_grads, layer_leaves = list(grads[offset:]), list(leaves[offset:])
+        curved = [i for i, grad in enumerate(layer_grads) if grad.requires_grad]
+        products = [torch.zeros_like(leaf.detach()) for leaf in layer_leaves]
+        if curved:
+            second = torch.autograd.grad(
+                [layer_grads[i] for i in curved],
+                [layer_leaves[i] for i in curved],
+                grad_outputs=[layer_leaves[i].detach() for i in curved],
+                retain_graph=retain_graph,
+                allow_unused=True,
+            )
+            for i, value in zip(curved, second):
+                if value is not None:
+                    products[i] = value.detach()
+        return [self._to_spatial(i, product) for i, product in enumerate(products)]
 
     @contextmanager
     def _model_state(self, inputs: torch.Tensor) -> Iterator[None]:
@@ -443,6 +500,12 @@ class CAMEngine:
                     f"Target layer {name!r} ran {count} times in one forward pass (a shared "
                     "module); pick a layer that runs once."
                 )
+
+
+def _math_attention() -> AbstractContextManager[None]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _channel_hint(model: nn.Module, inputs: torch.Tensor) -> str:

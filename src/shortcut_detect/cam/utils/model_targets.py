@@ -2,16 +2,24 @@
 
 from shortcut_detect.cam.targets import (
     BinaryClassifierOutputTarget,
+    ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    FasterRCNNBoxScoreTarget,
+    FinerWeightedTarget,
     RawScoresOutputTarget,
     SemanticSegmentationTarget,
+    SoftmaxOutputTarget,
 )
 
 __all__ = [
     "BinaryClassifierOutputTarget",
+    "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "FasterRCNNBoxScoreTarget",
+    "FinerWeightedTarget",
     "RawScoresOutputTarget",
     "SemanticSegmentationTarget",
+    "SoftmaxOutputTarget",
 ]

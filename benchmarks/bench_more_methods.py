@@ -1,0 +1,138 @@
+"""Speed of the issue-#15 methods against the library that defines each one.
+
+torchvision model with random weights (default resnet18), target ``layer4``, CPU, one
+class per sample. Each call (object set-up, maps, clean-up) is timed in interleaved rounds
+in one process; the table shows the median seconds per call and our speed-up
+(reference time / our time). pytorch-grad-cam methods are compared with pytorch-grad-cam
+1.5.x, CAM and SmoothGradCAMpp with torchcam (whose maps are taken at layer resolution,
+then resized like ours).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_more_methods.py --model resnet18 --size 224 --batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+import torchvision
+
+import shortcut_detect.cam as sc
+
+
+def _pgc_case(name: str, model, oracle, inputs, classes, layers: str = "layer4"):
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils import model_targets as ot
+
+    ours_cls, ref_cls = getattr(sc, name), getattr(pgc, name)
+    target_cls = "ClassifierOutputReST" if name == "ShapleyCAM" else "ClassifierOutputTarget"
+    ours_targets = [getattr(sc, target_cls)(c) for c in classes]
+    ref_targets = [getattr(ot, target_cls)(c) for c in classes]
+
+    def pick(m):
+        if name == "RefineCAM":
+            return [m.layer3, m.layer4]
+        return [] if name == "FullGrad" else [getattr(m, layers)]
+
+    def ours():
+        with ours_cls(model, pick(model)) as cam:
+            if name == "FinerCAM":
+                return cam(inputs)
+            return cam(inputs, ours_targets)
+
+    def reference():
+        cam = ref_cls(oracle, pick(oracle))
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = cam(inputs) if name == "FinerCAM" else cam(inputs, ref_targets)
+        if hasattr(cam, "activations_and_grads"):
+            cam.activations_and_grads.release()
+        oracle.zero_grad(set_to_none=True)
+        return result
+
+    return ours, reference
+
+
+def _torchcam_case(name: str, model, oracle, inputs, classes):
+    import torchcam.methods as tcm
+
+    ours_cls = sc.CAM if name == "CAM" else sc.SmoothGradCAMpp
+    targets = [sc.ClassifierOutputTarget(c) for c in classes]
+
+    def ours():
+        with ours_cls(model, [model.layer4]) as cam:
+            return cam(inputs, targets)
+
+    def reference():
+        size = tuple(inputs.shape[2:])
+        if name == "CAM":
+            with tcm.CAM(oracle, "layer4", "fc", input_shape=inputs.shape[1:]) as extractor:
+                with torch.inference_mode():
+                    oracle(inputs)
+                maps = extractor(list(classes))[0]
+        else:
+            with tcm.SmoothGradCAMpp(oracle, "layer4", input_shape=inputs.shape[1:]) as ex:
+                scores = oracle(inputs)
+                maps = ex(list(classes), scores)[0].detach()
+        oracle.zero_grad(set_to_none=True)
+        return sc.engine.minmax_normalize(sc.engine.upsample(maps, size)).numpy()
+
+    return ours, reference
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--methods",
+        default="FullGrad,ShapleyCAM,FinerCAM,FEM,KPCA_CAM,SegEigenCAM,RandomCAM,RefineCAM,"
+        "CAM,SmoothGradCAMpp",
+    )
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, args.model)().eval()
+    oracle = getattr(torchvision.models, args.model)().eval()
+    oracle.load_state_dict(model.state_dict())
+    inputs = torch.randn(args.batch, 3, args.size, args.size)
+    classes = [int(c) for c in torch.arange(args.batch) * 7 % 1000]
+    print(
+        f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.rounds} rounds, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print("| method | reference | ours (s) | reference (s) | speed-up |")
+    print("|---|---|---|---|---|")
+    for name in args.methods.split(","):
+        torchcam_method = name in ("CAM", "SmoothGradCAMpp")
+        if torchcam_method:
+            ours, reference = _torchcam_case(name, model, oracle, inputs, classes)
+        else:
+            ours, reference = _pgc_case(name, model, oracle, inputs, classes)
+        ours(), reference()  # warm-up
+        mine, theirs = [], []
+        for _ in range(args.rounds):
+            mine.append(_time(ours))
+            theirs.append(_time(reference))
+        ours_s, ref_s = statistics.median(mine), statistics.median(theirs)
+        library = "torchcam" if torchcam_method else "pytorch-grad-cam"
+        print(f"| {name} | {library} | {ours_s:.3f} | {ref_s:.3f} | {ref_s / ours_s:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
