@@ -581,3 +581,43 @@ def test_hints_point_at_the_command_used(tmp_path, capsys, demo_run):
     err = capsys.readouterr().err
     assert "Unknown CAM method 'foo'; choose one of: gradcam" in err
     assert "layers" not in err
+
+
+def test_progress_messages_print_once_and_unfinished_shards_read_as_a_sentence(
+    user_project, capsys
+):
+    import logging
+
+    _, manifest = user_project
+    audit = ["audit", "--model", "demo", "--data", str(manifest), "--out", "sharded"]
+    shard = ["--num-shards", "2", "--shard-index", "0", "--num-workers", "0", "--no-progress"]
+    assert main([*audit, *shard]) == 0
+    assert "Shard 0 of 2 is done; shard 1 is not finished." in capsys.readouterr().out
+    # A program that configured logging itself (a root handler) must not see each line twice.
+    root_handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        assert main([*audit, *shard]) == 0
+        err = capsys.readouterr().err
+        assert err.count("Continuing: 6 of 6 samples of this shard are already done.") == 1
+        assert main(["report", "sharded", "--no-model", "--permutations", "0"]) == 0
+        err = capsys.readouterr().err
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert "note: shard 1 of 2 is not finished; the report covers the samples stored so far" in err
+    assert logging.getLogger("shortcut_detect").handlers == []  # the CLI's handler is removed
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(user_project, capsys):
+    from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
+
+    _, manifest = user_project
+    with pytest.raises(AuditError, match=r"^num_shards= must be at least 1, got 0$"):
+        run_audit(AuditOptions(model="demo", data=str(manifest), out="o", num_shards=0))
+    audit = ["audit", "--model", "demo", "--data", str(manifest), "--out", "o"]
+    assert main([*audit, "--num-shards", "0"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "error: --num-shards must be at least 1, got 0"
+    )
+    assert main([*audit, "--num-shards", "2", "--shard-index", "2"]) == 1
+    assert "error: --shard-index must be in 0..1, got 2" in capsys.readouterr().err

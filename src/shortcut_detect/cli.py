@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.audit.demo import run_demo
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.report import build_report
-from shortcut_detect.audit.store import AuditStore, StoreError
+from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
 from shortcut_detect.cam import get_method
 from shortcut_detect.cam.image import apply_colormap
 from shortcut_detect.cam.layers import spatial_layers
@@ -75,6 +77,38 @@ def _print(message: str = "") -> None:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class _StderrHandler(logging.Handler):
+    """Plain messages to the current ``sys.stderr`` (looked up per message, as ``_log`` does)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _log(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _progress_messages() -> Iterator[None]:
+    """While a command runs, INFO messages of the ``shortcut_detect`` loggers go to stderr.
+
+    The logger stops propagating meanwhile, so a root handler of an embedding program does
+    not print the same message a second time.
+    """
+    logger = logging.getLogger("shortcut_detect")
+    handler = _StderrHandler(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 # -- argument parsing -----------------------------------------------------------------------------
@@ -563,7 +597,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     # Loaded here, not in run_audit, so a model fed images at their own size learns that
     # size from the data's file headers, and mixed sizes stop the run before it starts.
     loaded = model.load(image_size=_data_image_size(args))
-    run = run_audit(_audit_options(args, model), loaded=loaded, log=_log)
+    run = run_audit(_audit_options(args, model), loaded=loaded)
     return _finish_run(run, args.fail_on_shortcut)
 
 
@@ -581,8 +615,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     status = store.shard_status()
     if status["unfinished"]:
         _log(
-            f"note: shard(s) {', '.join(map(str, status['unfinished']))} of {status['expected']} "
-            "are not finished; the report covers the samples stored so far"
+            f"note: {unfinished_shards_text(status['unfinished'], status['expected'])}; "
+            "the report covers the samples stored so far"
         )
     summary, path = build_report(
         store,
@@ -593,7 +627,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        log=_log,
     )
     _print_verdict(summary)
     _print(f"Report:  {path}")
@@ -610,7 +643,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         num_workers=args.num_workers,
         progress=False if args.no_progress else None,
-        log=_log,
     )
     _print("")
     for name, run in results.items():
@@ -832,6 +864,12 @@ _FLAG_PARAMETERS = (
     "mean",
     "std",
     "model",
+    "layer",
+    "target",
+    "out",
+    "overwrite",
+    "num_shards",
+    "shard_index",
 )
 _PARAMETER = re.compile(
     r"\b(" + "|".join(_FLAG_PARAMETERS) + r")="
@@ -890,7 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "device", None):
             resolve_device(args.device)  # before any work: a wrong device is a usage error
-        return handler(args)
+        with _progress_messages():
+            return handler(args)
     except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
