@@ -621,3 +621,40 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(user_project, ca
     )
     assert main([*audit, "--num-shards", "2", "--shard-index", "2"]) == 1
     assert "error: --shard-index must be in 0..1, got 2" in capsys.readouterr().err
+
+
+def _serve_explorer_only(monkeypatch):
+    """``run_app`` replaced by building its explorer (no server); returns what was built."""
+    import shortcut_detect.app as app_module
+
+    built = {}
+
+    def run_app(host, port, **kwargs):
+        built["explorer"] = app_module.make_explorer(**kwargs)
+
+    monkeypatch.setattr(app_module, "run_app", run_app)
+    return built
+
+
+def test_app_on_an_own_size_model_takes_the_size_from_the_audit(user_project, monkeypatch, capsys):
+    folder, manifest = user_project
+    (folder / "classes.txt").write_text("disk\ncross\n")
+    model = ["--model", "mypkg.models:net", "--weights", "w.pt", "--classes", "classes.txt"]
+    own_size = ["--mean", "0", "0", "0", "--std", "1,1,1"]
+    run = ["--data", str(manifest), "--no-report", "--num-workers", "0", "--no-progress"]
+    assert main(["audit", *model, *own_size, *run, "--out", "a"]) == 0
+    built = _serve_explorer_only(monkeypatch)
+    assert main(["app", "--audit", "a"]) == 0, capsys.readouterr().err
+    (served,) = built["explorer"].models.values()
+    assert served.input_size == (48, 48)
+    # A model given without --data has no images to learn its input size from.
+    capsys.readouterr()
+    assert main(["app", *model, *own_size]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "error: --model mypkg.models:net is fed images at their own size, but with no --data "
+        "there are no images to take the size from"
+    )
+    assert err[1].startswith("hint: add --resize N") and "--data D" in err[1]
+    assert main(["app", *model, *own_size, "--data", str(manifest)]) == 0
+    assert built["explorer"].get_model().input_size == (48, 48)

@@ -801,6 +801,17 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unknown_app_image_size(spec: str) -> Callable[[], tuple[int, int]]:
+    def fail() -> tuple[int, int]:
+        raise CommandError(
+            f"--model {spec} is fed images at their own size, but with no --data there are "
+            "no images to take the size from",
+            "add --resize N (the size the model expects), or --data D (images of one size)",
+        )
+
+    return fail
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
@@ -818,8 +829,12 @@ def cmd_app(args: argparse.Namespace) -> int:
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
     }
     given.update(ModelOptions.from_args(args).load_kwargs())
-    if args.model and args.data and not (args.resize or args.crop):
-        given["image_size"] = _data_image_size(args)  # read only if the model needs it
+    if args.model and not (args.resize or args.crop):
+        # Called only when the model is fed images at their own size; an audit brings its own.
+        if args.data:
+            given["image_size"] = _data_image_size(args)
+        elif args.audit is None:
+            given["image_size"] = _unknown_app_image_size(args.model)
     app_module.run_app(
         model=args.model,
         data=args.data,
