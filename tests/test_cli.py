@@ -38,7 +38,7 @@ def _cli(*args, cwd=None, timeout=900):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, demo_models):
     """``shortcut-detect demo`` in a subprocess (models come from the test cache)."""
     out = tmp_path_factory.mktemp("demo") / "demo_output"
@@ -184,7 +184,8 @@ def test_manifest_missing_columns_is_one_clear_error(tmp_path):
     assert lines[-1].startswith("hint:")
     from shortcut_detect.data.images import ManifestError
 
-    with pytest.raises(ManifestError):  # --debug lets the exception (and its traceback) through
+    # --debug lets the exception (and its traceback) through
+    with pytest.raises(ManifestError, match="no column 'path', 'label'"):
         main(
             [
                 "audit",
@@ -201,7 +202,7 @@ def test_manifest_missing_columns_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("command", ["audit", "explain", "layers", "report", "demo", "app"])
 def test_every_command_has_help_with_examples(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=r"^0$") as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "example" in capsys.readouterr().out
@@ -280,7 +281,7 @@ def test_app_help_documents_every_option(capsys):
     from shortcut_detect.app import make_explorer, run_app
     from shortcut_detect.app.inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^0$"):  # --help exits with status 0
         main(["app", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     accepted = set(inspect.signature(run_app).parameters) | set(
@@ -559,7 +560,7 @@ def test_an_unavailable_device_is_one_line_and_status_2(monkeypatch, capsys):
 
 
 def test_help_says_where_torchscript_and_user_modules_work(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^0$"):  # --help exits with status 0
         main(["audit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "TorchScript files cannot be explained" in text
