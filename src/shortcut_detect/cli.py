@@ -584,10 +584,15 @@ def _finish_run(run: Any, fail_on_shortcut: bool) -> int:
         _print(note)
     if run.summary is None:
         return EXIT_OK
-    _print_verdict(run.summary)
-    _print(f"Report:  {run.report_path}")
-    _print(f"Summary: {run.report_path.with_name('summary.json')}")
-    if fail_on_shortcut and run.summary["verdict"]["shortcut_suspected"]:
+    return _report_outcome(run.summary, run.report_path, fail_on_shortcut)
+
+
+def _report_outcome(summary: dict[str, Any], path: Path, fail_on_shortcut: bool) -> int:
+    """Print the verdict and where the report is; the exit status it calls for."""
+    _print_verdict(summary)
+    _print(f"Report:  {path}")
+    _print(f"Summary: {path.with_name('summary.json')}")
+    if fail_on_shortcut and summary["verdict"]["shortcut_suspected"]:
         return EXIT_SHORTCUT
     return EXIT_OK
 
@@ -628,12 +633,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
-    _print_verdict(summary)
-    _print(f"Report:  {path}")
-    _print(f"Summary: {path.with_name('summary.json')}")
-    if args.fail_on_shortcut and summary["verdict"]["shortcut_suspected"]:
-        return EXIT_SHORTCUT
-    return EXIT_OK
+    return _report_outcome(summary, path, args.fail_on_shortcut)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
