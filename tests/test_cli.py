@@ -38,7 +38,7 @@ def _cli(*args, cwd=None, timeout=900):
     )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, demo_models):
     """``shortcut-detect demo`` in a subprocess (models come from the test cache)."""
     out = tmp_path_factory.mktemp("demo") / "demo_output"
@@ -184,7 +184,8 @@ def test_manifest_missing_columns_is_one_clear_error(tmp_path):
     assert lines[-1].startswith("hint:")
     from shortcut_detect.data.images import ManifestError
 
-    with pytest.raises(ManifestError):  # --debug lets the exception (and its traceback) through
+    # --debug lets the exception (and its traceback) through
+    with pytest.raises(ManifestError, match="no column 'path', 'label'"):
         main(
             [
                 "audit",
@@ -201,7 +202,7 @@ def test_manifest_missing_columns_is_one_clear_error(tmp_path):
 
 @pytest.mark.parametrize("command", ["audit", "explain", "layers", "report", "demo", "app"])
 def test_every_command_has_help_with_examples(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=r"^0$") as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert "example" in capsys.readouterr().out
@@ -280,7 +281,7 @@ def test_app_help_documents_every_option(capsys):
     from shortcut_detect.app import make_explorer, run_app
     from shortcut_detect.app.inputs import DEFAULT_MAX_PIXELS, DEFAULT_MAX_UPLOAD_BYTES
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^0$"):  # --help exits with status 0
         main(["app", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     accepted = set(inspect.signature(run_app).parameters) | set(
@@ -559,7 +560,7 @@ def test_an_unavailable_device_is_one_line_and_status_2(monkeypatch, capsys):
 
 
 def test_help_says_where_torchscript_and_user_modules_work(capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match=r"^0$"):  # --help exits with status 0
         main(["audit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "TorchScript files cannot be explained" in text
@@ -581,3 +582,80 @@ def test_hints_point_at_the_command_used(tmp_path, capsys, demo_run):
     err = capsys.readouterr().err
     assert "Unknown CAM method 'foo'; choose one of: gradcam" in err
     assert "layers" not in err
+
+
+def test_progress_messages_print_once_and_unfinished_shards_read_as_a_sentence(
+    user_project, capsys
+):
+    import logging
+
+    _, manifest = user_project
+    audit = ["audit", "--model", "demo", "--data", str(manifest), "--out", "sharded"]
+    shard = ["--num-shards", "2", "--shard-index", "0", "--num-workers", "0", "--no-progress"]
+    assert main([*audit, *shard]) == 0
+    assert "Shard 0 of 2 is done; shard 1 is not finished." in capsys.readouterr().out
+    # A program that configured logging itself (a root handler) must not see each line twice.
+    root_handler = logging.StreamHandler(sys.stderr)
+    logging.getLogger().addHandler(root_handler)
+    try:
+        assert main([*audit, *shard]) == 0
+        err = capsys.readouterr().err
+        assert err.count("Continuing: 6 of 6 samples of this shard are already done.") == 1
+        assert main(["report", "sharded", "--no-model", "--permutations", "0"]) == 0
+        err = capsys.readouterr().err
+    finally:
+        logging.getLogger().removeHandler(root_handler)
+    assert "note: shard 1 of 2 is not finished; the report covers the samples stored so far" in err
+    assert logging.getLogger("shortcut_detect").handlers == []  # the CLI's handler is removed
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(user_project, capsys):
+    from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
+
+    _, manifest = user_project
+    with pytest.raises(AuditError, match=r"^num_shards= must be at least 1, got 0$"):
+        run_audit(AuditOptions(model="demo", data=str(manifest), out="o", num_shards=0))
+    audit = ["audit", "--model", "demo", "--data", str(manifest), "--out", "o"]
+    assert main([*audit, "--num-shards", "0"]) == 1
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "error: --num-shards must be at least 1, got 0"
+    )
+    assert main([*audit, "--num-shards", "2", "--shard-index", "2"]) == 1
+    assert "error: --shard-index must be in 0..1, got 2" in capsys.readouterr().err
+
+
+def _serve_explorer_only(monkeypatch):
+    """``run_app`` replaced by building its explorer (no server); returns what was built."""
+    import shortcut_detect.app as app_module
+
+    built = {}
+
+    def run_app(host, port, **kwargs):
+        built["explorer"] = app_module.make_explorer(**kwargs)
+
+    monkeypatch.setattr(app_module, "run_app", run_app)
+    return built
+
+
+def test_app_on_an_own_size_model_takes_the_size_from_the_audit(user_project, monkeypatch, capsys):
+    folder, manifest = user_project
+    (folder / "classes.txt").write_text("disk\ncross\n")
+    model = ["--model", "mypkg.models:net", "--weights", "w.pt", "--classes", "classes.txt"]
+    own_size = ["--mean", "0", "0", "0", "--std", "1,1,1"]
+    run = ["--data", str(manifest), "--no-report", "--num-workers", "0", "--no-progress"]
+    assert main(["audit", *model, *own_size, *run, "--out", "a"]) == 0
+    built = _serve_explorer_only(monkeypatch)
+    assert main(["app", "--audit", "a"]) == 0, capsys.readouterr().err
+    (served,) = built["explorer"].models.values()
+    assert served.input_size == (48, 48)
+    # A model given without --data has no images to learn its input size from.
+    capsys.readouterr()
+    assert main(["app", *model, *own_size]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        "error: --model mypkg.models:net is fed images at their own size, but with no --data "
+        "there are no images to take the size from"
+    )
+    assert err[1].startswith("hint: add --resize N") and "--data D" in err[1]
+    assert main(["app", *model, *own_size, "--data", str(manifest)]) == 0
+    assert built["explorer"].get_model().input_size == (48, 48)

@@ -82,7 +82,7 @@ def test_weights_that_do_not_fit_say_so(resnet_file):
 
 
 def test_unknown_spec_lists_the_accepted_forms():
-    with pytest.raises(ModelLoadError) as info:
+    with pytest.raises(ModelLoadError, match="Unknown model spec 'resnet-please'") as info:
         load_model("resnet-please")
     text = str(info.value)
     for form in ("demo", "torchvision:NAME", "timm:NAME", "package.module:factory", "TorchScript"):

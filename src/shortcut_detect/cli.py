@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.audit.demo import run_demo
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.report import build_report
-from shortcut_detect.audit.store import AuditStore, StoreError
+from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
 from shortcut_detect.cam import get_method
 from shortcut_detect.cam.image import apply_colormap
 from shortcut_detect.cam.layers import spatial_layers
@@ -75,6 +77,38 @@ def _print(message: str = "") -> None:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+class _StderrHandler(logging.Handler):
+    """Plain messages to the current ``sys.stderr`` (looked up per message, as ``_log`` does)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _log(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _progress_messages() -> Iterator[None]:
+    """While a command runs, INFO messages of the ``shortcut_detect`` loggers go to stderr.
+
+    The logger stops propagating meanwhile, so a root handler of an embedding program does
+    not print the same message a second time.
+    """
+    logger = logging.getLogger("shortcut_detect")
+    handler = _StderrHandler(logging.INFO)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 # -- argument parsing -----------------------------------------------------------------------------
@@ -550,10 +584,15 @@ def _finish_run(run: Any, fail_on_shortcut: bool) -> int:
         _print(note)
     if run.summary is None:
         return EXIT_OK
-    _print_verdict(run.summary)
-    _print(f"Report:  {run.report_path}")
-    _print(f"Summary: {run.report_path.with_name('summary.json')}")
-    if fail_on_shortcut and run.summary["verdict"]["shortcut_suspected"]:
+    return _report_outcome(run.summary, run.report_path, fail_on_shortcut)
+
+
+def _report_outcome(summary: dict[str, Any], path: Path, fail_on_shortcut: bool) -> int:
+    """Print the verdict and where the report is; the exit status it calls for."""
+    _print_verdict(summary)
+    _print(f"Report:  {path}")
+    _print(f"Summary: {path.with_name('summary.json')}")
+    if fail_on_shortcut and summary["verdict"]["shortcut_suspected"]:
         return EXIT_SHORTCUT
     return EXIT_OK
 
@@ -563,7 +602,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     # Loaded here, not in run_audit, so a model fed images at their own size learns that
     # size from the data's file headers, and mixed sizes stop the run before it starts.
     loaded = model.load(image_size=_data_image_size(args))
-    run = run_audit(_audit_options(args, model), loaded=loaded, log=_log)
+    run = run_audit(_audit_options(args, model), loaded=loaded)
     return _finish_run(run, args.fail_on_shortcut)
 
 
@@ -581,8 +620,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     status = store.shard_status()
     if status["unfinished"]:
         _log(
-            f"note: shard(s) {', '.join(map(str, status['unfinished']))} of {status['expected']} "
-            "are not finished; the report covers the samples stored so far"
+            f"note: {unfinished_shards_text(status['unfinished'], status['expected'])}; "
+            "the report covers the samples stored so far"
         )
     summary, path = build_report(
         store,
@@ -593,14 +632,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        log=_log,
     )
-    _print_verdict(summary)
-    _print(f"Report:  {path}")
-    _print(f"Summary: {path.with_name('summary.json')}")
-    if args.fail_on_shortcut and summary["verdict"]["shortcut_suspected"]:
-        return EXIT_SHORTCUT
-    return EXIT_OK
+    return _report_outcome(summary, path, args.fail_on_shortcut)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -610,7 +643,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         num_workers=args.num_workers,
         progress=False if args.no_progress else None,
-        log=_log,
     )
     _print("")
     for name, run in results.items():
@@ -769,6 +801,17 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _unknown_app_image_size(spec: str) -> Callable[[], tuple[int, int]]:
+    def fail() -> tuple[int, int]:
+        raise CommandError(
+            f"--model {spec} is fed images at their own size, but with no --data there are "
+            "no images to take the size from",
+            "add --resize N (the size the model expects), or --data D (images of one size)",
+        )
+
+    return fail
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
@@ -786,8 +829,12 @@ def cmd_app(args: argparse.Namespace) -> int:
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
     }
     given.update(ModelOptions.from_args(args).load_kwargs())
-    if args.model and args.data and not (args.resize or args.crop):
-        given["image_size"] = _data_image_size(args)  # read only if the model needs it
+    if args.model and not (args.resize or args.crop):
+        # Called only when the model is fed images at their own size; an audit brings its own.
+        if args.data:
+            given["image_size"] = _data_image_size(args)
+        elif args.audit is None:
+            given["image_size"] = _unknown_app_image_size(args.model)
     app_module.run_app(
         model=args.model,
         data=args.data,
@@ -832,6 +879,12 @@ _FLAG_PARAMETERS = (
     "mean",
     "std",
     "model",
+    "layer",
+    "target",
+    "out",
+    "overwrite",
+    "num_shards",
+    "shard_index",
 )
 _PARAMETER = re.compile(
     r"\b(" + "|".join(_FLAG_PARAMETERS) + r")="
@@ -890,7 +943,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "device", None):
             resolve_device(args.device)  # before any work: a wrong device is a usage error
-        return handler(args)
+        with _progress_messages():
+            return handler(args)
     except KeyboardInterrupt as interrupt:
         if args.debug:
             raise

@@ -24,7 +24,7 @@ from shortcut_detect.cam.base import BaseCAM
 from shortcut_detect.cam.engine import CAMEngine, Capture, minmax_normalize, prepare_inputs
 from shortcut_detect.cam.guided import guided_backprop_for_scores
 from shortcut_detect.cam.layers import LayerSpec, default_layer, resolve_layer
-from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.device import place_model, resolve_device
 from shortcut_detect.common.modes import eval_mode
 from shortcut_detect.results import AttentionOverlapResult, Explanation
 from shortcut_detect.viz import overlay_heatmap
@@ -351,9 +351,7 @@ class GradCAMHeatmapGenerator:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.device = resolve_device(device, model)
-        if device is not None:
-            model.to(self.device)
+        self.device = place_model(model, device)
         self.head_mappings: dict[str, HeadMapping] = dict(DEFAULT_HEAD_MAPPINGS)
         if head_mappings:
             self.head_mappings.update(head_mappings)

@@ -99,5 +99,5 @@ def audit_dir(tmp_path_factory, demo_models):
         report=False,
         progress=False,
     )
-    run_audit(options, log=lambda message: None)
+    run_audit(options)
     return root / "audit"

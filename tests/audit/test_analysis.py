@@ -180,9 +180,9 @@ def test_attention_difference_wording_by_size_and_significance():
 @pytest.mark.parametrize(
     ("unfinished", "expected"),
     [
-        ([1], "shard 1 is not."),
-        ([1, 2], "shards 1 and 2 are not."),
-        ([1, 2, 3], "shards 1, 2 and 3 are not."),
+        ([1], "shard 1 is not finished."),
+        ([1, 2], "shards 1 and 2 are not finished."),
+        ([1, 2, 3], "shards 1, 2 and 3 are not finished."),
     ],
 )
 def test_unfinished_shards_note_is_a_sentence(tmp_path, unfinished, expected):

@@ -140,7 +140,7 @@ def test_rerun_continues_and_refuses_a_different_run(demo_manifest, tmp_path):
     again = run_audit(options)
     assert again.processed == 0 and again.already_done == 120
     assert AuditStore(out).table().num_rows == 120
-    with pytest.raises(AuditError, match=r"different run \(layer.*--overwrite"):
+    with pytest.raises(AuditError, match=r"different run \(layer.*overwrite=True"):
         run_audit(_options(demo_manifest, out, layer="features.6", report=False))
     replaced = run_audit(
         _options(demo_manifest, out, layer="features.6", overwrite=True, report=False)

@@ -179,3 +179,13 @@ def test_background_writer_raises_the_error_of_a_failed_chunk(tmp_path, monkeypa
         with pytest.raises(OSError, match="disk full"):
             writer.wait()
     assert not (tmp_path / "shards" / "shard-00000-of-00001" / "DONE.json").exists()
+
+
+def test_unfinished_shards_read_as_one_sentence():
+    from shortcut_detect.audit.store import unfinished_shards_text
+
+    assert unfinished_shards_text([1]) == "shard 1 is not finished"
+    assert unfinished_shards_text([1, 2]) == "shards 1 and 2 are not finished"
+    assert unfinished_shards_text([0, 2, 5], 8) == "shards 0, 2 and 5 of 8 are not finished"
+    with pytest.raises(ValueError, match="at least one shard index"):
+        unfinished_shards_text([])

@@ -20,7 +20,7 @@ from shortcut_detect.common import (
     resolve_device,
     to_jsonable,
 )
-from shortcut_detect.common.device import DeviceUnavailableError
+from shortcut_detect.common.device import DeviceUnavailableError, place_model
 
 
 def test_nan_to_none_maps_non_finite_to_none():
@@ -129,3 +129,13 @@ def test_progress_bar_counts_and_tracks():
     items = list(bar.track([[1, 2], [3]], size=len))
     assert items == [[1, 2], [3]]
     assert bar.count == 3
+
+
+def test_place_model_moves_only_when_a_device_is_asked_for():
+    model = nn.Linear(2, 2)
+    assert place_model(model) == torch.device("cpu")
+    assert next(model.parameters()).device.type == "cpu"
+    # "meta" exists on every machine, so the move is visible without a GPU.
+    assert place_model(model, "meta") == torch.device("meta")
+    assert next(model.parameters()).device.type == "meta"
+    assert place_model(model) == torch.device("meta")  # stays where it is

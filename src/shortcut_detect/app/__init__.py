@@ -82,6 +82,10 @@ def make_explorer(
             model, weights = browser.model_spec, browser.weights
             classes = classes if classes is not None else browser.class_names or None
             load_options = {**browser.load_options, **load_options}
+        if data is None and browser.input_size is not None:
+            # A model fed images at their own size learns it from the audit, whose images
+            # all had this size.
+            load_options.setdefault("image_size", browser.input_size)
         layer = layer if layer is not None else browser.layer
     if model is None or (str(model) == "demo" and weights is None):
         models = demo_explorer_models()

@@ -80,6 +80,8 @@ class AuditBrowser:
         The audit's class names.
     load_options:
         Preprocessing options the model was loaded with.
+    input_size:
+        The model's input size in the audit, ``(height, width)``.
     source:
         The audited images, by sample id.
     """
@@ -92,6 +94,7 @@ class AuditBrowser:
     method: str | None
     class_names: list[str]
     load_options: dict[str, Any] = field(default_factory=dict)
+    input_size: tuple[int, int] | None = None
     source: RecordSource | None = None
     has_masks: bool = False
 
@@ -149,6 +152,7 @@ class AuditBrowser:
             method=config.get("method"),
             class_names=list(config.get("class_names") or []),
             load_options=options,
+            input_size=tuple(config["input_size"]) if config.get("input_size") else None,
             source=source,
             has_masks=bool(config.get("has_masks")),
         )

@@ -26,6 +26,7 @@ from shortcut_detect.audit.store import (
     AuditStore,
     ShardWriter,
     close_inherited_locks,
+    unfinished_shards_text,
     write_json,
 )
 from shortcut_detect.common.logs import forward_log
@@ -160,7 +161,7 @@ def _check_labels(image_set: ImageSet, num_classes: int) -> None:
     if bad:
         raise AuditError(
             f"The data has labels up to class index {bad[-1]} but the model has {num_classes} "
-            "outputs; check --num-classes/--classes or the label column"
+            "outputs; check num_classes= and classes= or the label column"
         )
 
 
@@ -220,7 +221,7 @@ _IDENTITY_KEYS = (
 def _prepare_directory(out: Path, config: dict[str, Any], overwrite: bool) -> None:
     config_path = out / "audit.json"
     if out.exists() and not out.is_dir():
-        raise AuditError(f"--out {out} is a file; give a directory")
+        raise AuditError(f'out="{out}" is a file; give a directory')
     if config_path.is_file():
         existing = json.loads(config_path.read_text())
         differences = [key for key in _IDENTITY_KEYS if existing.get(key) != config.get(key)]
@@ -232,17 +233,17 @@ def _prepare_directory(out: Path, config: dict[str, Any], overwrite: bool) -> No
                 f"{key}: {existing.get(key)!r} -> {config.get(key)!r}" for key in differences[:3]
             )
             raise AuditError(
-                f"{out} holds an audit of a different run ({changes}). Use another --out, or "
-                "--overwrite to discard it."
+                f"{out} holds an audit of a different run ({changes}). Use another out=, or "
+                "overwrite=True to discard it."
             )
         shutil.rmtree(out)
     elif out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise AuditError(
-                f"--out {out} is a non-empty directory that is not an audit; give a new or "
+                f'out="{out}" is a non-empty directory that is not an audit; give a new or '
                 "empty directory"
             )
-        raise AuditError(f"--overwrite only replaces audit directories; {out} is not one")
+        raise AuditError(f"overwrite=True only replaces audit directories; {out} is not one")
     out.mkdir(parents=True, exist_ok=True)
     write_json(config_path, config)
 
@@ -439,12 +440,12 @@ def _update_cam_size(out: Path, cam_size: tuple[int, int]) -> None:
 
 def _check_options(options: AuditOptions) -> None:
     if options.target not in TARGETS:
-        raise AuditError(f"--target must be one of {', '.join(TARGETS)}, got {options.target!r}")
+        raise AuditError(f"target= must be one of {', '.join(TARGETS)}, got {options.target!r}")
     if options.num_shards < 1:
-        raise AuditError(f"--num-shards must be at least 1, got {options.num_shards}")
+        raise AuditError(f"num_shards= must be at least 1, got {options.num_shards}")
     if not 0 <= options.shard_index < options.num_shards:
         raise AuditError(
-            f"--shard-index must be in 0..{options.num_shards - 1}, got {options.shard_index}"
+            f"shard_index= must be in 0..{options.num_shards - 1}, got {options.shard_index}"
         )
 
 
@@ -455,14 +456,14 @@ def _make_generator(options: AuditOptions, loaded: LoadedModel) -> tuple[Any, st
     if loaded.is_torchscript:
         raise AuditError(
             "Grad-CAM needs hooks on a layer, which TorchScript models do not support (a "
-            "PyTorch limitation). Load the architecture from Python instead: --model "
-            "package.module:factory or torchvision:NAME with --weights FILE, where FILE is "
-            "torch.jit.load(path).state_dict() saved with torch.save."
+            "PyTorch limitation). Load the architecture from Python instead: "
+            'model="package.module:factory" or model="torchvision:NAME" with weights=FILE, '
+            "where FILE is torch.jit.load(path).state_dict() saved with torch.save."
         )
     layer = options.layer or loaded.default_layer
     if layer is None:
         raise AuditError(
-            "No layer with a spatial output was found to explain; pass --layer NAME (list the "
+            "No layer with a spatial output was found to explain; pass layer=NAME (list the "
             f"candidates with `shortcut-detect layers --model {options.model}`)"
         )
     try:
@@ -591,14 +592,10 @@ def _audit_shard(
 
 
 def _shards_left_note(options: AuditOptions, unfinished: list[int], out: Path) -> str:
-    others = [str(index) for index in unfinished]
-    if len(others) == 1:
-        pending = f"shard {others[0]} is not"
-    else:
-        pending = f"shards {', '.join(others[:-1])} and {others[-1]} are not"
     return (
-        f"Shard {options.shard_index} of {options.num_shards} is done; {pending}. When all are "
-        f"finished, run `shortcut-detect report {out}`."
+        f"Shard {options.shard_index} of {options.num_shards} is done; "
+        f"{unfinished_shards_text(unfinished)}. When all are finished, run "
+        f"`shortcut-detect report {out}`."
     )
 
 

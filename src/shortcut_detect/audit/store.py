@@ -42,6 +42,7 @@ __all__ = [
     "StoreError",
     "close_inherited_locks",
     "row_schema",
+    "unfinished_shards_text",
 ]
 
 STORE_VERSION = 1
@@ -148,6 +149,18 @@ def shard_name(shard_index: int, num_shards: int) -> str:
     return f"shard-{shard_index:05d}-of-{num_shards:05d}"
 
 
+def unfinished_shards_text(unfinished: Sequence[int], num_shards: int | None = None) -> str:
+    """One clause: ``"shard 1 is not finished"``, ``"shards 1, 2 and 5 of 8 are not finished"``."""
+    if not unfinished:
+        raise ValueError("unfinished_shards_text needs at least one shard index")
+    names = [str(index) for index in unfinished]
+    listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+    total = "" if num_shards is None else f" of {num_shards}"
+    if len(names) == 1:
+        return f"shard {listed}{total} is not finished"
+    return f"shards {listed}{total} are not finished"
+
+
 class ShardWriter:
     """Appends rows and heatmaps of one shard, in committed chunks.
 
@@ -207,7 +220,7 @@ class ShardWriter:
             handle.close()
             raise StoreError(
                 f"Another process is writing {self.directory.name} of {self.root}; wait for it "
-                "or give each worker its own --shard-index"
+                "or give each worker its own shard_index="
             ) from error
         return handle
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shortcut_detect.cam.layers import LayerSpec, resolve_layers
-from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.device import place_model
 from shortcut_detect.common.modes import restore_modes, saved_modes
 
 __all__ = [
@@ -227,9 +227,7 @@ class CAMEngine:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model = model
-        self.device = resolve_device(device, model)
-        if device is not None:
-            model.to(self.device)
+        self.device = place_model(model, device)
         resolved = resolve_layers(model, target_layers)
         self.layer_names = [name for name, _ in resolved]
         self.target_layers = [module for _, module in resolved]

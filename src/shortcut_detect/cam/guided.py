@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from shortcut_detect.cam.engine import prepare_inputs
-from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.device import place_model
 from shortcut_detect.common.modes import eval_mode
 
 __all__ = [
@@ -124,9 +124,7 @@ class GuidedBackpropReLUModel:
 
     def __init__(self, model: nn.Module, device: str | torch.device | None = None) -> None:
         self.model = model
-        self.device = resolve_device(device, model)
-        if device is not None:
-            model.to(self.device)
+        self.device = place_model(model, device)
 
     def forward(self, input_img: torch.Tensor) -> Any:
         """The model's output."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DeviceUnavailableError", "resolve_device"]
+__all__ = ["DeviceUnavailableError", "place_model", "resolve_device"]
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -47,4 +47,15 @@ def resolve_device(
             "device 'mps' was asked for but MPS is not available on this machine; "
             "use 'cpu' or leave the device unset"
         )
+    return resolved
+
+
+def place_model(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """:func:`resolve_device` for ``model``, moving the model there when ``device`` is given.
+
+    With ``device=None`` the model stays where it is and its device is returned.
+    """
+    resolved = resolve_device(device, model)
+    if device is not None:
+        model.to(resolved)
     return resolved
