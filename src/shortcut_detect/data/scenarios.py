@@ -30,10 +30,12 @@ KINDS = {
     "global_brightness": "class 1 images brighter overall (95% agreement); no marker",
     "clean": "no marker in training (test images carry one at random)",
 }
-#: Base images: synthetic shapes (32x32 RGB) and scikit-learn digits (upsampled to 32x32).
+#: Base images: synthetic shapes (32x32 RGB) and scikit-learn digits (upsampled to 20x20 and
+#: centred on a 32x32 blank image, so markers in the corners sit on the border).
 BASES = ("shapes", "digits")
 LOCALISED = ("fixed_marker", "random_corner", "one_class_marker")
 IMAGE_SIZE = 32
+DIGIT_SIZE = 20  # the SmallCNN's receptive field must see most of a digit to learn ">= 5"
 MARKER = 4
 OFFSET = 2
 BRIGHTNESS = 0.15
@@ -130,8 +132,10 @@ def _base_images(
         index = rng.choice(pool, n_samples, replace=n_samples > len(pool))
         small = torch.from_numpy(digits.images[index].astype(np.float32) / 16.0)[:, None]
         images = torch.nn.functional.interpolate(
-            small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear"
+            small, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear"
         )
+        pad = (IMAGE_SIZE - DIGIT_SIZE) // 2
+        images = torch.nn.functional.pad(images, (pad, pad, pad, pad))
         images = (
             images * 0.8
             + 0.1
