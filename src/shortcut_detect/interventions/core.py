@@ -339,6 +339,17 @@ def _paired(
     )
 
 
+def _significant(value: Estimate, min_effect: float, alpha: float) -> bool:
+    """An effect that counts as reliance: at least ``min_effect``, interval above 0, p < alpha."""
+    return bool(
+        value.n > 0
+        and value.value >= min_effect
+        and value.low > 0
+        and value.p_value is not None
+        and value.p_value < alpha
+    )
+
+
 def _check(
     n_controls: int, fills: Sequence[str], fill: str, alpha: float, batch_size: int
 ) -> list[str]:
@@ -606,13 +617,7 @@ def intervene(
     effect = removal[chosen].effect
 
     def significant(value: Estimate) -> bool:
-        return bool(
-            value.n > 0
-            and value.value >= min_effect
-            and value.low > 0
-            and value.p_value is not None
-            and value.p_value < alpha
-        )
+        return _significant(value, min_effect, alpha)
 
     relied = significant(effect) or (transplant is not None and significant(transplant.effect))
     salient = None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from shortcut_detect.common import eval_mode, resolve_device, to_jsonable
-from shortcut_detect.interventions.core import _paired, _Runner
+from shortcut_detect.interventions.core import _paired, _Runner, _significant
 from shortcut_detect.interventions.regions import as_image_batch
 from shortcut_detect.interventions.stats import Estimate
 
@@ -192,13 +192,7 @@ def intervene_global(
     stats = {"n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations)}
     flip_rate, control_flip_rate, _ = _paired(flip, control_flip, stats, seed)
     dropped, control_dropped, effect = _paired(drop, control_drop, stats, seed + 10)
-    relied = bool(
-        effect.n > 0
-        and effect.value >= min_effect
-        and effect.low > 0
-        and effect.p_value is not None
-        and effect.p_value < alpha
-    )
+    relied = _significant(effect, min_effect, alpha)
     spread = float((level - median).abs().median())
     verdict = "relies on" if relied else "does not rely on"
     summary = (
