@@ -17,9 +17,16 @@ from shortcut_detect.interventions.discovery import (
     discover_candidates,
     find_shortcuts,
 )
+from shortcut_detect.interventions.image_statistics import (
+    GLOBAL_STATISTICS,
+    GlobalTestResult,
+    find_global_shortcuts,
+    intervene_global,
+)
 from shortcut_detect.interventions.stats import Estimate, bootstrap_interval, sign_flip_p_value
 
 __all__ = [
+    "GLOBAL_STATISTICS",
     "READINGS",
     "AttentionShare",
     "Candidate",
@@ -27,12 +34,15 @@ __all__ = [
     "DiscoveryResult",
     "Estimate",
     "FillResult",
+    "GlobalTestResult",
     "InterventionResult",
     "TransplantResult",
     "bootstrap_interval",
     "confirm_candidates",
     "discover_candidates",
+    "find_global_shortcuts",
     "find_shortcuts",
     "intervene",
+    "intervene_global",
     "sign_flip_p_value",
 ]

@@ -23,7 +23,12 @@ from shortcut_detect.analysis.maps import area_resize, as_heatmap_stack
 from shortcut_detect.common import eval_mode, resolve_device, to_jsonable
 from shortcut_detect.gradcam import class_probabilities, select_head
 from shortcut_detect.interventions.fills import FILLS, apply_fill, region_extent
-from shortcut_detect.interventions.regions import as_image_batch, control_masks, region_masks
+from shortcut_detect.interventions.regions import (
+    as_image_batch,
+    content_map,
+    control_masks,
+    region_masks,
+)
 from shortcut_detect.interventions.stats import Estimate, estimate
 
 __all__ = [
@@ -334,6 +339,17 @@ def _paired(
     )
 
 
+def _significant(value: Estimate, min_effect: float, alpha: float) -> bool:
+    """An effect that counts as reliance: at least ``min_effect``, interval above 0, p < alpha."""
+    return bool(
+        value.n > 0
+        and value.value >= min_effect
+        and value.low > 0
+        and value.p_value is not None
+        and value.p_value < alpha
+    )
+
+
 def _check(
     n_controls: int, fills: Sequence[str], fill: str, alpha: float, batch_size: int
 ) -> list[str]:
@@ -365,6 +381,7 @@ def intervene(
     n_controls: int = 4,
     avoid: Any = None,
     object_centres: Any = None,
+    match_content: bool = True,
     min_effect: float = 0.05,
     salient_enrichment: float = 2.0,
     alpha: float = 0.05,
@@ -408,6 +425,13 @@ def intervene(
         Control placements per image: the region moved (with wrap-around) to where it
         overlaps neither itself, ``avoid`` (bool mask, e.g. other suspected regions) nor
         the image's ``object_centres`` (``(N, ndim)`` pixel positions, row-major).
+    match_content:
+        Choose the control placements whose content (mean distance of the pixels from the
+        image's median colour) is closest to the region's, so that removing part of the
+        object is compared with removing another part of the object, and removing blank
+        background with removing blank background. Without it, a region on the object
+        is compared with controls that mostly land on the background, and the object's
+        own importance reads as reliance on the region.
     min_effect:
         Smallest effect (drop of the predicted class's probability beyond the control's)
         that counts as reliance.
@@ -470,7 +494,12 @@ def intervene(
                 f"{centres.shape}"
             )
     controls, found = control_masks(
-        masks, int(n_controls), avoid=avoid_mask, object_centres=centres, seed=seed
+        masks,
+        int(n_controls),
+        avoid=avoid_mask,
+        object_centres=centres,
+        content=content_map(batch) if match_content else None,
+        seed=seed,
     )
     extent = region_extent(torch.from_numpy(masks))
     stats = {"n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations)}
@@ -588,13 +617,7 @@ def intervene(
     effect = removal[chosen].effect
 
     def significant(value: Estimate) -> bool:
-        return bool(
-            value.n > 0
-            and value.value >= min_effect
-            and value.low > 0
-            and value.p_value is not None
-            and value.p_value < alpha
-        )
+        return _significant(value, min_effect, alpha)
 
     relied = significant(effect) or (transplant is not None and significant(transplant.effect))
     salient = None
@@ -632,6 +655,7 @@ def intervene(
             "fills": fills,
             "fill": fill,
             "n_controls": n_ctrl,
+            "match_content": bool(match_content),
             "min_effect": float(min_effect),
             "salient_enrichment": float(salient_enrichment),
             "alpha": float(alpha),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from shortcut_detect.analysis.batches import heatmaps_from_images
@@ -21,7 +22,7 @@ from shortcut_detect.interventions.core import (
     intervene,
     predict_probabilities,
 )
-from shortcut_detect.interventions.regions import as_image_batch
+from shortcut_detect.interventions.regions import as_image_batch, content_map
 
 __all__ = [
     "Candidate",
@@ -34,6 +35,8 @@ __all__ = [
 
 HOT_LEVEL = 0.5  # a hot region: where the mean map is at least this share of its peak
 MAX_REGION_AREA = 0.25  # larger hot regions are not a localised shortcut; use the ninth
+OVERLAP_AREA = 0.1  # a region "overlaps the foreground" of an image from this share of its area
+MOSTLY_OBJECT = 0.5  # described as on the object when it overlaps the foreground this often
 
 
 @dataclass
@@ -53,6 +56,11 @@ class Candidate:
         Strength of the suspicion (share of maps peaking there, cluster share, ...).
     carriers:
         Bool ``(N,)`` images thought to carry it (from groups), or ``None``: test all images.
+    object_overlap:
+        Share of the images whose foreground (object, strokes or marker: pixels far from the
+        image's median colour) covers at least ``OVERLAP_AREA`` of the region; set by
+        :func:`confirm_candidates`. A region with a high overlap on centred objects is
+        part of the object, and its controls are matched on content accordingly.
     """
 
     source: str
@@ -60,6 +68,7 @@ class Candidate:
     description: str
     score: float
     carriers: np.ndarray | None = None
+    object_overlap: float | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -76,6 +85,7 @@ class Candidate:
                 "description": self.description,
                 "score": self.score,
                 "n_carriers": None if self.carriers is None else int(self.carriers.sum()),
+                "object_overlap": self.object_overlap,
             }
         )
 
@@ -96,6 +106,9 @@ class CandidateTest:
         """Sentence like "the model relies on the top-left corner: removing it flips 71% ..."."""
         removal = self.result.removal[self.result.fill]
         where = _where(self.candidate.region)
+        overlap = self.candidate.object_overlap
+        if overlap is not None and overlap >= MOSTLY_OBJECT:
+            where += f" (on the image foreground in {overlap:.0%} of images)"
         if self.confirmed:
             return (
                 f"The model relies on the {where} region ({self.candidate.source}): removing it "
@@ -144,6 +157,20 @@ class DiscoveryResult:
 def _where(region: np.ndarray) -> str:
     rows, cols = np.nonzero(region)
     return location_words((rows.mean(), cols.mean()), region.shape)
+
+
+def _foreground(images: torch.Tensor) -> np.ndarray:
+    """Bool ``(N, *spatial)``: pixels whose content is at least half the image's 99th
+    percentile of content (see :func:`~shortcut_detect.interventions.regions.content_map`)."""
+    content = content_map(images)
+    flat = content.reshape(len(content), -1)
+    level = 0.5 * np.percentile(flat, 99, axis=1)
+    return (flat > np.maximum(level, 1e-12)[:, None]).reshape(content.shape)
+
+
+def _object_overlap(region: np.ndarray, foreground: np.ndarray) -> float:
+    covered = (foreground & region).reshape(len(foreground), -1).sum(axis=1)
+    return float((covered >= OVERLAP_AREA * region.sum()).mean())
 
 
 def _ninth_box(index: int, shape: tuple[int, int]) -> np.ndarray:
@@ -393,8 +420,11 @@ def confirm_candidates(
     for candidate in candidates:
         union |= candidate.region
     corrected = alpha / len(candidates)
+    foreground = _foreground(as_image_batch(images))
     tests = []
     for candidate in candidates:
+        if candidate.object_overlap is None and candidate.region.shape == foreground.shape[1:]:
+            candidate.object_overlap = _object_overlap(candidate.region, foreground)
         result = intervene(
             model,
             images,

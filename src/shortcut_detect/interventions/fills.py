@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FILLS", "apply_fill", "region_extent", "ring"]
+__all__ = ["FILLS", "apply_fill", "region_extent", "ring", "ring_width"]
 
 
 def _pool(values: torch.Tensor, kernel: int, kind: str = "avg") -> torch.Tensor:
@@ -66,7 +66,8 @@ def _ring_stats(
     return mean, var.sqrt()
 
 
-def _ring_width(extent: int) -> int:
+def ring_width(extent: int) -> int:
+    """Width of the ring the fills take their colours from, for a region of ``extent``."""
     return max(2, extent // 2)
 
 
@@ -80,7 +81,7 @@ def fill_blur(
     outside = 1 - masks[:, None].float()
     numerator = _pool(images * outside, kernel)
     denominator = _pool(outside, kernel)
-    mean, _ = _ring_stats(images, masks, _ring_width(extent))
+    mean, _ = _ring_stats(images, masks, ring_width(extent))
     return torch.where(denominator > 1e-6, numerator / denominator.clamp_min(1e-6), mean)
 
 
@@ -88,7 +89,7 @@ def fill_mean(
     images: torch.Tensor, masks: torch.Tensor, extent: int, generator: torch.Generator | None
 ) -> torch.Tensor:
     """The mean colour of the region's surroundings (a ring around it), per channel."""
-    mean, _ = _ring_stats(images, masks, _ring_width(extent))
+    mean, _ = _ring_stats(images, masks, ring_width(extent))
     return mean.expand_as(images)
 
 
@@ -96,7 +97,7 @@ def fill_noise(
     images: torch.Tensor, masks: torch.Tensor, extent: int, generator: torch.Generator | None
 ) -> torch.Tensor:
     """Gaussian noise with the mean and standard deviation of the region's surroundings."""
-    mean, std = _ring_stats(images, masks, _ring_width(extent))
+    mean, std = _ring_stats(images, masks, ring_width(extent))
     noise = torch.randn(images.shape, generator=generator, dtype=images.dtype)
     return mean + std * noise.to(images.device)
 

@@ -8,7 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_image_batch", "control_masks", "region_masks"]
+from shortcut_detect.interventions.fills import region_extent, ring, ring_width
+
+__all__ = ["as_image_batch", "content_map", "control_masks", "region_masks"]
 
 
 def as_image_batch(images: Any) -> torch.Tensor:
@@ -132,17 +134,46 @@ def _covers(masks: np.ndarray, centres: np.ndarray) -> np.ndarray:
     return masks[clipped]
 
 
+def content_map(images: torch.Tensor) -> np.ndarray:
+    """Per-pixel content ``(N, *spatial)``: each pixel's distance from its image's median
+    colour, summed over channels. Background is near 0; objects, strokes and markers are not."""
+    flat = images.reshape(*images.shape[:2], -1)
+    median = flat.median(dim=2).values.reshape(*images.shape[:2], *([1] * (images.ndim - 2)))
+    return (images - median).abs().sum(dim=1).numpy().astype(np.float64)
+
+
+def _content_under(masks: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Mean content under each mask ``(N,)`` (0 for empty masks)."""
+    flat_masks = masks.reshape(len(masks), -1)
+    total = (flat_masks * content.reshape(len(content), -1)).sum(axis=1)
+    return total / np.maximum(flat_masks.sum(axis=1), 1)
+
+
 def control_masks(
     masks: np.ndarray,
     n_controls: int,
     *,
     avoid: np.ndarray | None = None,
     object_centres: np.ndarray | None = None,
+    content: np.ndarray | None = None,
     seed: int = 0,
     n_tries: int = 256,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Control regions: each sample's region moved (circularly) to where it overlaps neither
     the region, ``avoid`` nor the object's centre.
+
+    Parameters
+    ----------
+    content:
+        Optional per-pixel content ``(N, *spatial)`` (see :func:`content_map`). When given,
+        the controls are the placements whose mean content, inside and in the ring around
+        them (where the fills take their colours from), is closest to the region's, among
+        all valid placements of the ``n_tries`` random shifts.
+        Removing a region changes a prediction partly because of *how much* of the image it
+        removes (object versus blank background); a control that removes as much content
+        elsewhere leaves only *where* the region is as the difference, so a region that
+        happens to cover the object (e.g. off-centre strokes of a centred digit) is not
+        mistaken for a shortcut.
 
     Returns ``(controls, found)``: ``controls`` bool ``(N, n_controls, *spatial)``;
     ``found`` bool ``(N, n_controls)``, False where no valid placement was found among
@@ -152,12 +183,18 @@ def control_masks(
     rng = np.random.default_rng(seed)
     shifts = np.stack([rng.integers(0, size, n_tries) for size in spatial], axis=1)
     forbidden = masks if avoid is None else masks | np.broadcast_to(avoid, masks.shape)
-    controls = np.zeros((n_samples, n_controls, *spatial), dtype=bool)
-    found = np.zeros((n_samples, n_controls), dtype=bool)
-    filled = np.zeros(n_samples, dtype=np.int64)
+    wanted = n_controls if content is None else n_tries
     axes = tuple(range(1, masks.ndim))
+    used: list[np.ndarray] = []  # the shifts tried
+    valid_rows: list[np.ndarray] = []  # per shift tried: (N,) valid for that sample
+    scores: list[np.ndarray] = []  # per shift tried: (N, 2) content inside and around it
+    if content is not None:
+        rings = ring(torch.from_numpy(masks), ring_width(region_extent(torch.from_numpy(masks))))
+        rings = rings[:, 0].numpy() > 0
+        target = np.stack([_content_under(masks, content), _content_under(rings, content)], 1)
+    filled = np.zeros(n_samples, dtype=np.int64)
     for shift in shifts:
-        if (filled >= n_controls).all():
+        if (filled >= wanted).all():
             break
         if not shift.any():
             continue
@@ -165,9 +202,30 @@ def control_masks(
         valid = ~(moved & forbidden).reshape(n_samples, -1).any(axis=1)
         if object_centres is not None:
             valid &= ~_covers(moved, object_centres)
-        valid &= filled < n_controls
-        rows = np.flatnonzero(valid)
-        controls[rows, filled[rows]] = moved[rows]
-        found[rows, filled[rows]] = True
-        filled[rows] += 1
+        valid &= filled < wanted
+        filled += valid
+        used.append(shift)
+        valid_rows.append(valid)
+        if content is not None:
+            moved_ring = np.roll(rings, tuple(int(s) for s in shift), axis=axes)
+            scores.append(
+                np.stack([_content_under(moved, content), _content_under(moved_ring, content)], 1)
+            )
+    controls = np.zeros((n_samples, n_controls, *spatial), dtype=bool)
+    found = np.zeros((n_samples, n_controls), dtype=bool)
+    if not used:
+        return controls, found
+    valid_table = np.stack(valid_rows, axis=1)  # (N, shifts tried)
+    if content is None:
+        order = np.broadcast_to(np.arange(len(used)), valid_table.shape)
+    else:
+        distance = np.abs(np.stack(scores, axis=1) - target[:, None]).sum(axis=2)
+        order = np.argsort(np.where(valid_table, distance, np.inf), axis=1, kind="stable")
+    for sample in range(n_samples):
+        chosen = [k for k in order[sample] if valid_table[sample, k]][:n_controls]
+        for slot, k in enumerate(chosen):
+            controls[sample, slot] = np.roll(
+                masks[sample], tuple(int(s) for s in used[k]), axis=tuple(range(len(spatial)))
+            )
+            found[sample, slot] = True
     return controls, found
