@@ -338,6 +338,11 @@ def _upscale_factor(height: int, width: int, side: int) -> int:
     return max(1, side // max(height, width))
 
 
+def _enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` ``(H, W, ...)`` with each pixel repeated ``factor`` times along both axes."""
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def render_views(
     result: HeatmapResult, opacity: float, side: int = 256
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -355,7 +360,7 @@ def render_views(
     image = result.image
     heat = result.heatmap
     if factor > 1:
-        image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        image = _enlarge(image, factor)
         heat = (
             torch.nn.functional.interpolate(
                 torch.from_numpy(np.ascontiguousarray(heat))[None, None],
@@ -656,6 +661,13 @@ class Explorer:
     def cache_info(self) -> dict[str, int]:
         """Hits, misses and size of the heatmap cache."""
         return {"hits": self._cache.hits, "misses": self._cache.misses, "size": len(self._cache)}
+
+    def shown_image(self, selection: Selection, model_name: str | None = None) -> np.ndarray:
+        """What the model sees, as uint8 ``(h, w, 3)`` enlarged like :func:`render_views`."""
+        model = self.get_model(model_name)
+        image = _display_image(selection, self.input_tensor(selection, model), model)
+        factor = _upscale_factor(image.shape[0], image.shape[1], self.display_side)
+        return to_uint8_rgb(_enlarge(image, factor))
 
     # -- interventions on a box ------------------------------------------------------------
     def region_presets(self, model_name: str | None = None) -> dict[str, tuple[int, int, int, int]]:
