@@ -145,6 +145,9 @@ def test_callback_turns_a_bad_box_into_a_message_and_a_good_one_into_images(expl
     )
     assert refused.message.startswith(ERROR_PREFIX) and "inverted" in refused.message
     assert refused.edited is None and refused.after is None
+    # The image stays on the page, without a box, to click a new one on.
+    assert refused.before.shape == (240, 240, 3)
+    assert tuple(refused.before[15, 30]) != callbacks.BOX_COLOUR
     done = callbacks.intervene(explorer, selection, *args, (3, 3, 9, 9), "remove", "blur", "", 0.5)
     assert done.message == done.result.sentence()
     assert done.edited.shape == done.after.shape == done.before.shape == (240, 240, 3)

@@ -427,7 +427,8 @@ def intervene(
     donor: str | None,
     opacity: float,
 ) -> Intervened:
-    """Remove or transplant the box and explain the image before and after."""
+    """Remove or transplant the box and explain the image before and after (refused input:
+    an error message, and the image without heatmap to click a new box on)."""
     if selection is None:
         return Intervened(None, None, None, None, None, error_message(NO_SELECTION), None)
     try:
@@ -445,7 +446,9 @@ def intervene(
         before = _framed_overlay(explorer, result.before, result.box, opacity)
         edited, _, after = render_views(result.after, opacity, explorer.display_side)
     except ExplorerInputError as error:
-        return Intervened(None, None, None, None, None, error_message(str(error)), None)
+        # The image stays (without a box) so that a click can place a valid box.
+        shown = box_preview(explorer, selection, model_name, box)
+        return Intervened(shown, None, None, None, None, error_message(str(error)), None)
     after = outline_box(after, result.box, edited.shape[0] // result.after.heatmap.shape[0])
     return Intervened(
         before,

@@ -613,7 +613,9 @@ def _wire_intervene(explorer: Explorer, page: _Page, tab: _InterveneTab) -> None
     tab.preset.change(set_preset, inputs=[page.model_picker, tab.preset], outputs=tab.corners)
     gr.on(
         [corner.change for corner in tab.corners]
-        + [page.selection.change, page.model_picker.change],
+        # The preview changes with every new selection (a State's change event would hash
+        # the selection's arrays).
+        + [controls.preview.change, page.model_picker.change],
         preview,
         inputs=[page.selection, page.model_picker, *tab.corners],
         outputs=[tab.before],
