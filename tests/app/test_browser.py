@@ -383,6 +383,7 @@ def test_remove_and_transplant_a_box(browser, demo_app, tmp_path):
     box_image.click(position={"x": size["width"] * 0.9, "y": size["height"] * 0.9})
     page.wait_for_function("() => document.querySelector('#box-x1 input').value === '48'")
     assert page.locator("#box-x0 input").input_value() == "32"
+    assert page.locator("#box-preset input").input_value() == "custom box"
 
     page.get_by_label("transplant the box").check()
     page.click("#box-apply")

@@ -299,7 +299,7 @@ def compare_layers(
 AUTO_DONOR = ""
 """Donor picker value: let the explorer choose a sample of another class."""
 
-BOX_COLOUR = (255, 230, 0)
+BOX_COLOUR = (255, 0, 255)  # magenta: stands out on the jet colour map and a yellow marker
 
 
 class Intervened(NamedTuple):
@@ -317,7 +317,7 @@ class Intervened(NamedTuple):
 def outline_box(
     image: np.ndarray, box: Sequence[int], factor: int, thickness: int = 2
 ) -> np.ndarray:
-    """``image`` (uint8, enlarged ``factor`` times) with the box drawn as a yellow frame."""
+    """``image`` (uint8, enlarged ``factor`` times) with the box drawn as a magenta frame."""
     framed = np.array(image, copy=True)
     x0, y0, x1, y1 = (int(v) * factor for v in box)
     height, width = framed.shape[:2]

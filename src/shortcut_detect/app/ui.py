@@ -27,6 +27,7 @@ __all__ = ["create_blocks"]
 
 LOGGER = logging.getLogger("shortcut_detect.app")
 GALLERY_SIZE = 20
+CUSTOM_BOX = "custom box"  # the box preset picker's value once the box was clicked
 F = TypeVar("F", bound=Callable[..., Any])
 
 INTRO = """\
@@ -507,10 +508,22 @@ def _intervene_tab(explorer: Explorer, model_name: str) -> _InterveneTab:
         )
         with gr.Row():
             preset = gr.Dropdown(
-                presets, value=presets[0], label="Box preset", elem_id="box-preset", scale=2
+                [*presets, (CUSTOM_BOX, CUSTOM_BOX)],
+                value=presets[0],
+                label="Box preset",
+                elem_id="box-preset",
+                scale=2,
+                min_width=160,
             )
             corners = [
-                gr.Number(value=value, label=name, precision=0, elem_id=f"box-{name}", scale=1)
+                gr.Number(
+                    value=value,
+                    label=name,
+                    precision=0,
+                    elem_id=f"box-{name}",
+                    scale=1,
+                    min_width=64,
+                )
                 for name, value in zip(("x0", "y0", "x1", "y1"), first)
             ]
         with gr.Row():
@@ -576,7 +589,7 @@ def _wire_intervene(explorer: Explorer, page: _Page, tab: _InterveneTab) -> None
     ) -> tuple[Any, ...]:
         width = int(shown.shape[1]) if shown is not None else 0
         moved = callbacks.move_box(explorer, model_name, (x0, y0, x1, y1), width, event.index)
-        return tuple(gr.skip() for _ in range(4)) if moved is None else moved
+        return tuple(gr.skip() for _ in range(5)) if moved is None else (*moved, CUSTOM_BOX)
 
     def refresh_donors(ids: list[str]) -> Any:
         return gr.Dropdown(choices=callbacks.donor_choices(explorer, ids))
@@ -623,7 +636,9 @@ def _wire_intervene(explorer: Explorer, page: _Page, tab: _InterveneTab) -> None
         trigger_mode="always_last",
     )
     tab.before.select(
-        click_box, inputs=[page.model_picker, tab.before, *tab.corners], outputs=tab.corners
+        click_box,
+        inputs=[page.model_picker, tab.before, *tab.corners],
+        outputs=[*tab.corners, tab.preset],
     )
     page.gallery_ids.change(refresh_donors, inputs=[page.gallery_ids], outputs=[tab.donor])
     tab.apply.click(
