@@ -347,3 +347,49 @@ def test_audit_results_open_in_the_explorer(browser, audit_app, tmp_path):
     wait_for_new_image(page, "overlay", None)
     page.screenshot(path=tmp_path / "2-opened.png", full_page=True)
     page.close()
+
+
+def test_remove_and_transplant_a_box(browser, demo_app, tmp_path):
+    page = open_page(browser, demo_app.url)
+    page.wait_for_selector("#gallery img")
+    pick_gallery_item(page, 0)
+    page.get_by_role("tab", name="Intervene").click()
+    # The marker-box preset is filled in, and the box is outlined on the current image.
+    assert page.locator("#box-x0 input").input_value() == "3"
+    assert page.locator("#box-x1 input").input_value() == "9"
+    wait_for_new_image(page, "box-before", None)
+
+    page.click("#box-apply")
+    sentence = wait_for_text(page, "box-message", "changes P(")
+    assert sentence.startswith("Removing the box (3, 3, 9, 9) (blur fill) changes P(")
+    assert "the prediction" in sentence
+    edited = wait_for_new_image(page, "box-edited", None)
+    wait_for_new_image(page, "box-after", None)
+    assert "%" in text_of(page, "box-top-after")
+    page.screenshot(path=tmp_path / "1-removed.png", full_page=True)
+
+    # An inverted box: a message on the page, not a traceback.
+    corner = page.locator("#box-x1 input")
+    corner.fill("2")
+    corner.press("Enter")
+    page.click("#box-apply")
+    message = wait_for_text(page, "box-message", "Error", sentence)
+    assert "empty or inverted" in message
+    page.screenshot(path=tmp_path / "2-bad-box.png", full_page=True)
+
+    # Clicking the image moves a ninth-sized box there (the inverted one is replaced).
+    box_image = page.locator("#box-before img")
+    size = box_image.bounding_box()
+    box_image.click(position={"x": size["width"] * 0.9, "y": size["height"] * 0.9})
+    page.wait_for_function("() => document.querySelector('#box-x1 input').value === '48'")
+    assert page.locator("#box-x0 input").input_value() == "32"
+    assert page.locator("#box-preset input").input_value() == "custom box"
+
+    page.get_by_label("transplant the box").check()
+    page.click("#box-apply")
+    sentence = wait_for_text(page, "box-message", "Transplanting the box (32, 32, 48, 48)", message)
+    assert "changes P(" in sentence
+    wait_for_new_image(page, "box-edited", edited)
+    page.screenshot(path=tmp_path / "3-transplanted.png", full_page=True)
+    page.screenshot(path="/tmp/intapp-transplanted.png", full_page=True)
+    page.close()

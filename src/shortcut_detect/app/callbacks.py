@@ -20,6 +20,7 @@ from shortcut_detect.app.explorer import (
     PREDICTED,
     Explorer,
     HeatmapResult,
+    RegionIntervention,
     Selection,
     render_views,
 )
@@ -27,21 +28,29 @@ from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.app.sources import Sample, thumbnail
 
 __all__ = [
+    "AUTO_DONOR",
     "ERROR_PREFIX",
+    "Intervened",
     "ModelSettings",
     "Picked",
     "View",
     "audit_row_sample",
     "audit_table",
+    "box_preset",
+    "box_preview",
     "choose_gallery_sample",
     "choose_upload",
     "compare_classes",
     "compare_layers",
+    "donor_choices",
     "error_message",
     "gallery_items",
     "generate",
+    "intervene",
     "model_settings",
+    "move_box",
     "open_sample",
+    "outline_box",
     "preview_image",
     "reblend",
     "reblend_many",
@@ -283,6 +292,173 @@ def compare_layers(
     names = ", ".join(f"`{r.layer}`" for r in results)
     status = f"*{selection.caption}*: **{results[0].target_name}** at {names} ({results[0].method})"
     return overlays, status, results
+
+
+# -- removing or transplanting a box ------------------------------------------------------------
+
+AUTO_DONOR = ""
+"""Donor picker value: let the explorer choose a sample of another class."""
+
+BOX_COLOUR = (255, 0, 255)  # magenta: stands out on the jet colour map and a yellow marker
+
+
+class Intervened(NamedTuple):
+    """Outputs of *Apply*: the image before (box outlined) and after, predictions, a sentence."""
+
+    before: np.ndarray | None
+    edited: np.ndarray | None
+    after: np.ndarray | None
+    top_before: dict[str, float] | None
+    top_after: dict[str, float] | None
+    message: str
+    result: RegionIntervention | None
+
+
+def outline_box(
+    image: np.ndarray, box: Sequence[int], factor: int, thickness: int = 2
+) -> np.ndarray:
+    """``image`` (uint8, enlarged ``factor`` times) with the box drawn as a magenta frame."""
+    framed = np.array(image, copy=True)
+    x0, y0, x1, y1 = (int(v) * factor for v in box)
+    height, width = framed.shape[:2]
+    x1, y1 = min(x1, width), min(y1, height)
+    line = max(1, min(thickness, (x1 - x0) // 2, (y1 - y0) // 2))
+    for rows, cols in (
+        (slice(y0, y0 + line), slice(x0, x1)),
+        (slice(y1 - line, y1), slice(x0, x1)),
+        (slice(y0, y1), slice(x0, x0 + line)),
+        (slice(y0, y1), slice(x1 - line, x1)),
+    ):
+        framed[rows, cols] = BOX_COLOUR
+    return framed
+
+
+def _framed_overlay(
+    explorer: Explorer, result: HeatmapResult, box: Sequence[int] | None, opacity: float
+) -> np.ndarray:
+    original, _, overlay = render_views(result, opacity, explorer.display_side)
+    if box is None:
+        return overlay
+    return outline_box(overlay, box, original.shape[0] // result.heatmap.shape[0])
+
+
+def box_preset(
+    explorer: Explorer, model_name: str | None, preset: str | None
+) -> tuple[int, int, int, int] | None:
+    """The box of a named preset (:meth:`Explorer.region_presets`), ``None`` if unknown."""
+    if not preset:
+        return None
+    try:
+        return explorer.region_presets(model_name).get(preset)
+    except ExplorerInputError:
+        return None
+
+
+def move_box(
+    explorer: Explorer,
+    model_name: str | None,
+    box: Sequence[Any],
+    shown_width: int,
+    clicked: Sequence[Any] | None,
+) -> tuple[int, int, int, int] | None:
+    """The box (same size, default a ninth of the image) centred where the shown image
+    (``shown_width`` pixels wide, the model input enlarged) was clicked, kept inside it."""
+    if clicked is None or len(clicked) != 2 or shown_width <= 0:
+        return None
+    try:
+        height, width = explorer.get_model(model_name).input_size
+    except ExplorerInputError:
+        return None
+    scale = shown_width / width
+    try:
+        x0, y0, x1, y1 = (int(v) for v in box)
+        box_w, box_h = x1 - x0, y1 - y0
+        if not (0 < box_w < width and 0 < box_h < height):
+            raise ValueError
+    except (TypeError, ValueError):
+        box_w, box_h = max(1, width // 3), max(1, height // 3)
+    centre_x, centre_y = float(clicked[0]) / scale, float(clicked[1]) / scale
+    left = int(np.clip(round(centre_x - box_w / 2), 0, width - box_w))
+    top = int(np.clip(round(centre_y - box_h / 2), 0, height - box_h))
+    return left, top, left + box_w, top + box_h
+
+
+def donor_choices(explorer: Explorer, sample_ids: Sequence[str] | None) -> list[tuple[str, str]]:
+    """``(label, value)`` of the donor picker: automatic, then the given samples."""
+    choices = [("a sample of another class (automatic)", AUTO_DONOR)]
+    for sample_id in list(sample_ids or []):
+        try:
+            choices.append((explorer.select_sample(sample_id).caption, str(sample_id)))
+        except ExplorerInputError:
+            continue
+    return choices
+
+
+def box_preview(
+    explorer: Explorer, selection: Selection | None, model_name: str | None, box: Sequence[Any]
+) -> np.ndarray | None:
+    """The current image as the model sees it with the box outlined (no heatmap is computed;
+    the box is left out while it is not valid: the message comes when it is applied)."""
+    if selection is None:
+        return None
+    try:
+        shown = explorer.shown_image(selection, model_name)
+        height, width = explorer.get_model(model_name).input_size
+        x0, y0, x1, y1 = (int(v) for v in box)
+    except ExplorerInputError:
+        return None
+    except (TypeError, ValueError):
+        return shown
+    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
+        return shown
+    return outline_box(shown, (x0, y0, x1, y1), shown.shape[0] // height)
+
+
+def intervene(
+    explorer: Explorer,
+    selection: Selection | None,
+    model_name: str | None,
+    layer: str | None,
+    method: str | None,
+    target: object,
+    box: Sequence[Any],
+    action: str,
+    fill: str,
+    donor: str | None,
+    opacity: float,
+) -> Intervened:
+    """Remove or transplant the box and explain the image before and after (refused input:
+    an error message, and the image without heatmap to click a new box on)."""
+    if selection is None:
+        return Intervened(None, None, None, None, None, error_message(NO_SELECTION), None)
+    try:
+        result = explorer.intervene_region(
+            selection,
+            box,
+            action,
+            fill,
+            donor or None,
+            model_name=model_name,
+            layer=layer,
+            method=method or "gradcam",
+            target=target or PREDICTED,
+        )
+        before = _framed_overlay(explorer, result.before, result.box, opacity)
+        edited, _, after = render_views(result.after, opacity, explorer.display_side)
+    except ExplorerInputError as error:
+        # The image stays (without a box) so that a click can place a valid box.
+        shown = box_preview(explorer, selection, model_name, box)
+        return Intervened(shown, None, None, None, None, error_message(str(error)), None)
+    after = outline_box(after, result.box, edited.shape[0] // result.after.heatmap.shape[0])
+    return Intervened(
+        before,
+        edited,
+        after,
+        result.before.top_dict(),
+        result.after.top_dict(),
+        result.sentence(),
+        result,
+    )
 
 
 # -- an audit's results ----------------------------------------------------------------------

@@ -45,6 +45,8 @@ from shortcut_detect.gradcam import (
     class_probabilities,
     top_predictions,
 )
+from shortcut_detect.interventions.fills import FILLS, apply_fill
+from shortcut_detect.interventions.regions import region_masks
 from shortcut_detect.models import UnknownClassError, class_index
 from shortcut_detect.viz import overlay_heatmap, to_display_image
 
@@ -53,9 +55,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PREDICTED",
+    "REGION_ACTIONS",
     "Explorer",
     "HeatmapResult",
     "LayerChoices",
+    "RegionIntervention",
     "Selection",
     "render_views",
     "resolve_target",
@@ -65,6 +69,12 @@ PREDICTED = "predicted"
 """Value of the class picker that explains each image's predicted class."""
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+REGION_ACTIONS = ("remove", "transplant")
+"""What :meth:`Explorer.intervene_region` can do to a box: fill it, or paste a donor's."""
+
+# Samples looked at when choosing a default transplant donor (the source may be large).
+_DONOR_SEARCH = 256
 
 
 @dataclass(frozen=True)
@@ -159,6 +169,70 @@ class LayerChoices:
                 label += " (default)"
             options.append((label, name))
         return options
+
+
+@dataclass(frozen=True)
+class RegionIntervention:
+    """An image before and after a box was removed (filled) or transplanted from a donor.
+
+    Attributes
+    ----------
+    box:
+        ``(x0, y0, x1, y1)`` in pixels of the model input (``x1``/``y1`` exclusive).
+    action:
+        ``"remove"`` or ``"transplant"``.
+    fill:
+        The fill of a removal (``None`` for a transplant).
+    donor:
+        The sample the transplanted pixels come from (``None`` for a removal).
+    edited:
+        The edited image, a selection that can be explained like any other.
+    before, after:
+        Explanations of the original and the edited image, both for the class the
+        original was explained for (``before.target_index``).
+    """
+
+    box: tuple[int, int, int, int]
+    action: str
+    fill: str | None
+    donor: Selection | None
+    edited: Selection
+    before: HeatmapResult
+    after: HeatmapResult
+
+    @property
+    def class_name(self) -> str:
+        """The class whose probability is followed."""
+        return self.before.target_name
+
+    @property
+    def change(self) -> float:
+        """Probability of :attr:`class_name` after minus before."""
+        return self.after.target_probability - self.before.target_probability
+
+    @property
+    def flipped(self) -> bool:
+        """True when the predicted class changed."""
+        return self.after.predicted_name != self.before.predicted_name
+
+    def sentence(self) -> str:
+        """One sentence, e.g. "removing the box (0, 0, 9, 9) changes P(cross) from 0.97 to
+        0.12: the prediction flips to disk"."""
+        if self.action == "remove":
+            what = f"removing the box {self.box} ({self.fill} fill)"
+        else:
+            donor = self.donor.caption if self.donor is not None else "the donor"
+            what = f"transplanting the box {self.box} from *{donor}*"
+        outcome = (
+            f"the prediction flips to {self.after.predicted_name}"
+            if self.flipped
+            else f"the prediction stays {self.after.predicted_name}"
+        )
+        return (
+            f"{what[0].upper()}{what[1:]} changes P({self.class_name}) from "
+            f"{self.before.target_probability:.2f} to {self.after.target_probability:.2f}: "
+            f"{outcome}."
+        )
 
 
 class _LRU:
@@ -264,6 +338,11 @@ def _upscale_factor(height: int, width: int, side: int) -> int:
     return max(1, side // max(height, width))
 
 
+def _enlarge(image: np.ndarray, factor: int) -> np.ndarray:
+    """``image`` ``(H, W, ...)`` with each pixel repeated ``factor`` times along both axes."""
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def render_views(
     result: HeatmapResult, opacity: float, side: int = 256
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -281,7 +360,7 @@ def render_views(
     image = result.image
     heat = result.heatmap
     if factor > 1:
-        image = np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+        image = _enlarge(image, factor)
         heat = (
             torch.nn.functional.interpolate(
                 torch.from_numpy(np.ascontiguousarray(heat))[None, None],
@@ -582,3 +661,177 @@ class Explorer:
     def cache_info(self) -> dict[str, int]:
         """Hits, misses and size of the heatmap cache."""
         return {"hits": self._cache.hits, "misses": self._cache.misses, "size": len(self._cache)}
+
+    def shown_image(self, selection: Selection, model_name: str | None = None) -> np.ndarray:
+        """What the model sees, as uint8 ``(h, w, 3)`` enlarged like :func:`render_views`."""
+        model = self.get_model(model_name)
+        image = _display_image(selection, self.input_tensor(selection, model), model)
+        factor = _upscale_factor(image.shape[0], image.shape[1], self.display_side)
+        return to_uint8_rgb(_enlarge(image, factor))
+
+    # -- interventions on a box ------------------------------------------------------------
+    def region_presets(self, model_name: str | None = None) -> dict[str, tuple[int, int, int, int]]:
+        """Named boxes ``(x0, y0, x1, y1)`` in the model input's pixels: the corner and centre
+        ninths, and the source's known shortcut box (the demo's "marker box") if it has one."""
+        height, width = self.get_model(model_name).input_size
+        third_w, third_h = max(1, width // 3), max(1, height // 3)
+        presets = {
+            "top-left ninth": (0, 0, third_w, third_h),
+            "top-right ninth": (width - third_w, 0, width, third_h),
+            "centre ninth": (third_w, third_h, 2 * third_w, 2 * third_h),
+            "bottom-left ninth": (0, height - third_h, third_w, height),
+            "bottom-right ninth": (width - third_w, height - third_h, width, height),
+        }
+        marker = getattr(self.source, "marker_box", None)
+        if marker is not None:
+            presets = {"marker box": tuple(int(v) for v in marker), **presets}
+        return presets  # type: ignore[return-value]
+
+    def intervene_region(
+        self,
+        selection: Selection,
+        box: Sequence[object],
+        action: str = "remove",
+        fill: str = "blur",
+        donor: Selection | str | None = None,
+        *,
+        model_name: str | None = None,
+        layer: str | None = None,
+        method: str = "gradcam",
+        target: object = PREDICTED,
+        seed: int = 0,
+    ) -> RegionIntervention:
+        """Remove a box from an image (fill it) or transplant it from a donor, and explain
+        the image before and after.
+
+        Parameters
+        ----------
+        selection:
+            The current image.
+        box:
+            ``(x0, y0, x1, y1)`` in pixels of the model input (what the explorer displays,
+            before enlarging), ``x1``/``y1`` exclusive.
+        action:
+            ``"remove"``: the box is replaced by the ``fill`` of
+            :mod:`shortcut_detect.interventions.fills` (``"blur"``, ``"mean"`` or ``"noise"``),
+            built from the surroundings only. ``"transplant"``: the box gets the donor's
+            pixels at the same place.
+        donor:
+            For a transplant: a selection or a sample id of the source. ``None``: the first
+            sample of the source whose label differs from the image's (predicted) class,
+            preferring one of another group too.
+        model_name, layer, method:
+            As in :meth:`explain`.
+        target:
+            The class explained and followed before and after (default: the class the
+            original image is predicted as).
+        seed:
+            Seed of the ``"noise"`` fill.
+
+        Raises
+        ------
+        ExplorerInputError
+            For a box that is incomplete, empty, inverted or outside the image, an unknown
+            action or fill, or a transplant without a possible donor.
+        """
+        if action not in REGION_ACTIONS:
+            raise ExplorerInputError(
+                f"Unknown action {action!r}; choose one of: {', '.join(REGION_ACTIONS)}."
+            )
+        if action == "remove" and fill not in FILLS:
+            raise ExplorerInputError(f"Unknown fill {fill!r}; choose one of: {', '.join(FILLS)}.")
+        model = self.get_model(model_name)
+        tensor = self.input_tensor(selection, model)
+        corners = _checked_box(box, tuple(tensor.shape[1:]))
+        mask = torch.from_numpy(region_masks(corners, 1, tuple(tensor.shape[1:])))
+        before = self.explain(selection, model.name, layer, method, [target])[0]
+        if action == "remove":
+            generator = torch.Generator().manual_seed(int(seed))
+            edited = apply_fill(tensor[None], mask, fill, generator=generator)[0]
+            donor_selection = None
+            caption = f"{selection.caption}, box {corners} removed ({fill})"
+        else:
+            if donor is None or donor == "":
+                donor_selection = self._default_donor(selection, before)
+            elif isinstance(donor, Selection):
+                donor_selection = donor
+            else:
+                donor_selection = self.select_sample(str(donor))
+            if donor_selection.key == selection.key:
+                raise ExplorerInputError(
+                    "The donor is the image itself; pick another sample to transplant from."
+                )
+            donor_tensor = self.input_tensor(donor_selection, model)
+            edited = torch.where(mask[0], donor_tensor, tensor)
+            caption = f"{selection.caption}, box {corners} from {donor_selection.caption}"
+        edited_array = np.ascontiguousarray(edited.numpy(), dtype=np.float32)
+        digest = hashlib.sha1(edited_array.tobytes()).hexdigest()[:16]
+        edited_selection = Selection(
+            key=f"edited:{digest}",
+            caption=caption,
+            array=edited_array,
+            label=selection.label,
+            group=selection.group,
+        )
+        after = self.explain(edited_selection, model.name, layer, method, [before.target_index])[0]
+        return RegionIntervention(
+            box=corners,
+            action=action,
+            fill=fill if action == "remove" else None,
+            donor=donor_selection,
+            edited=edited_selection,
+            before=before,
+            after=after,
+        )
+
+    def _default_donor(self, selection: Selection, before: HeatmapResult) -> Selection:
+        """A sample of another class (and, if possible, another group) than ``selection``."""
+        own_class = selection.label if selection.label is not None else before.predicted_name
+        fallback = None
+        for sample_id in list(self.sample_ids())[:_DONOR_SEARCH]:
+            sample = self.source.get(sample_id)  # type: ignore[union-attr]
+            if sample.label is None or sample.label == own_class:
+                continue
+            if selection.group is None or sample.group != selection.group:
+                return Selection.from_sample(sample)
+            fallback = fallback or Selection.from_sample(sample)
+        if fallback is None:
+            raise ExplorerInputError(
+                f"No labelled sample of a class other than {own_class!r} to transplant from; "
+                "pick a donor."
+            )
+        return fallback
+
+
+def _checked_box(box: Sequence[object], spatial: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """``box`` as four whole numbers inside an image of size ``spatial`` ``(H, W)``."""
+    is_sequence = isinstance(box, (Sequence, np.ndarray)) and not isinstance(box, str)
+    values = list(box) if is_sequence else []
+    if len(values) != 4 or any(value is None or value == "" for value in values):
+        raise ExplorerInputError(
+            f"Give the box as four numbers x0, y0, x1, y1 (pixels); got {box!r}."
+        )
+    try:
+        numbers = [float(value) for value in values]  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ExplorerInputError(f"Box coordinates must be numbers; got {box!r}.") from None
+    if any(number != int(number) for number in numbers):
+        raise ExplorerInputError(f"Box coordinates must be whole pixels; got {tuple(numbers)}.")
+    x0, y0, x1, y1 = (int(number) for number in numbers)
+    height, width = spatial
+    if x1 <= x0 or y1 <= y0:
+        raise ExplorerInputError(
+            f"The box ({x0}, {y0}, {x1}, {y1}) is empty or inverted: need x0 < x1 and y0 < y1 "
+            "(x1 and y1 exclusive)."
+        )
+    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
+        raise ExplorerInputError(
+            f"The box ({x0}, {y0}, {x1}, {y1}) is outside the image: the model input is "
+            f"{width}x{height}, so need 0 <= x0 < x1 <= {width} and 0 <= y0 < y1 <= {height}."
+        )
+    if (x1 - x0) * (y1 - y0) == width * height:
+        raise ExplorerInputError(
+            "The box covers the whole image; leave some of it outside the box (the fill is "
+            "built from the surroundings)."
+        )
+    return x0, y0, x1, y1

@@ -109,6 +109,11 @@ class DemoSource:
     def ids(self) -> Sequence[str]:
         return [str(index) for index in range(len(self.dataset))]
 
+    @property
+    def marker_box(self) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)`` where the demo's marker is drawn (when present)."""
+        return tuple(int(v) for v in self.dataset.marker_box)  # type: ignore[return-value]
+
     def get(self, sample_id: str) -> Sample:
         data = self.dataset
         try:

@@ -21,11 +21,13 @@ from shortcut_detect.app.explorer import (
     HeatmapResult,
     Selection,
 )
+from shortcut_detect.interventions.fills import FILLS
 
 __all__ = ["create_blocks"]
 
 LOGGER = logging.getLogger("shortcut_detect.app")
 GALLERY_SIZE = 20
+CUSTOM_BOX = "custom box"  # the box preset picker's value once the box was clicked
 F = TypeVar("F", bound=Callable[..., Any])
 
 INTRO = """\
@@ -65,6 +67,24 @@ class _AuditTab:
 
 
 @dataclass
+class _InterveneTab:
+    """The *Intervene* tab: a box, what to do with it, and the image before and after."""
+
+    preset: gr.Dropdown
+    corners: list[gr.Number]  # x0, y0, x1, y1
+    action: gr.Radio
+    fill: gr.Dropdown
+    donor: gr.Dropdown
+    apply: gr.Button
+    before: gr.Image
+    edited: gr.Image
+    after: gr.Image
+    top_before: gr.Label
+    top_after: gr.Label
+    message: gr.Markdown
+
+
+@dataclass
 class _Inputs:
     """The left column: where the image comes from and what to explain."""
 
@@ -98,6 +118,7 @@ class _Results:
     compare_layers: gr.Button
     layer_overlays: list[gr.Image]
     layer_status: gr.Markdown
+    intervention: _InterveneTab
     audit: _AuditTab | None
 
 
@@ -174,6 +195,7 @@ def create_blocks(explorer: Explorer, *, title: str = "shortcut-detect explorer"
                 results = _results_column(explorer, settings, first_model)
         page = _Page(model_picker, model_note, inputs, results, *states, has_gallery=has_gallery)
         _wire_explorer(demo, explorer, page)
+        _wire_intervene(explorer, page, results.intervention)
         if results.audit is not None:
             _wire_audit(demo, explorer, page, results.audit)
     return demo
@@ -283,6 +305,7 @@ def _results_column(
                     for name in ("Early", "Middle", "Late")
                 ]
             layer_status = gr.Markdown("", elem_id="layer-status")
+        intervention = _intervene_tab(explorer, model_name)
         audit = _audit_tab(explorer) if explorer.audit is not None else None
     return _Results(
         status,
@@ -300,6 +323,7 @@ def _results_column(
         compare_layers,
         layer_overlays,
         layer_status,
+        intervention,
         audit,
     )
 
@@ -470,6 +494,166 @@ def _layer_comparer(explorer: Explorer) -> Callable[..., tuple[Any, ...]]:
         return (*overlays, message, results)
 
     return run_compare_layers
+
+
+def _intervene_tab(explorer: Explorer, model_name: str) -> _InterveneTab:
+    """The *Intervene* tab (inside the results tabs)."""
+    presets = list(explorer.region_presets(model_name))
+    first = explorer.region_presets(model_name)[presets[0]]
+    with gr.Tab("Intervene", id="intervene"):
+        gr.Markdown(
+            "Remove a box (fill it from its surroundings) or transplant it from another image, "
+            "and see whether the prediction follows. Pick a preset, type the corners (pixels "
+            "of the model input, x1 and y1 exclusive) or click the left image to move the box."
+        )
+        with gr.Row():
+            preset = gr.Dropdown(
+                [*presets, (CUSTOM_BOX, CUSTOM_BOX)],
+                value=presets[0],
+                label="Box preset",
+                elem_id="box-preset",
+                scale=2,
+                min_width=160,
+            )
+            corners = [
+                gr.Number(
+                    value=value,
+                    label=name,
+                    precision=0,
+                    elem_id=f"box-{name}",
+                    scale=1,
+                    min_width=64,
+                )
+                for name, value in zip(("x0", "y0", "x1", "y1"), first)
+            ]
+        with gr.Row():
+            action = gr.Radio(
+                [("remove the box", "remove"), ("transplant the box", "transplant")],
+                value="remove",
+                label="Action",
+                elem_id="box-action",
+            )
+            fill = gr.Dropdown(
+                list(FILLS),
+                value="blur",
+                label="Fill (remove)",
+                info="Built from the pixels around the box only.",
+                elem_id="box-fill",
+            )
+            donor = gr.Dropdown(
+                callbacks.donor_choices(explorer, []),
+                value=callbacks.AUTO_DONOR,
+                label="Donor (transplant)",
+                info="The gallery's images; automatic: a sample of another class.",
+                elem_id="box-donor",
+            )
+        apply = gr.Button("Apply to the current image", variant="primary", elem_id="box-apply")
+        message = gr.Markdown("", elem_id="box-message")
+        with gr.Row():
+            before = _image("Before (click to move the box)", "box-before")
+            edited = _image("Edited image", "box-edited")
+            after = _image("After", "box-after")
+        with gr.Row():
+            top_before = gr.Label(num_top_classes=5, label="Before", elem_id="box-top-before")
+            top_after = gr.Label(num_top_classes=5, label="After", elem_id="box-top-after")
+    return _InterveneTab(
+        preset,
+        corners,
+        action,
+        fill,
+        donor,
+        apply,
+        before,
+        edited,
+        after,
+        top_before,
+        top_after,
+        message,
+    )
+
+
+def _wire_intervene(explorer: Explorer, page: _Page, tab: _InterveneTab) -> None:
+    """Events of the *Intervene* tab: presets, box fields, clicks, donors and *Apply*."""
+    controls = page.inputs
+
+    def set_preset(model_name: str, preset: str) -> tuple[Any, ...]:
+        box = callbacks.box_preset(explorer, model_name, preset)
+        return tuple(gr.skip() for _ in range(4)) if box is None else box
+
+    @_guard
+    def preview(sel: Selection | None, model_name: str, *box: Any) -> Any:
+        return callbacks.box_preview(explorer, sel, model_name, box)
+
+    def click_box(
+        model_name: str, shown: Any, x0: Any, y0: Any, x1: Any, y1: Any, event: gr.SelectData
+    ) -> tuple[Any, ...]:
+        width = int(shown.shape[1]) if shown is not None else 0
+        moved = callbacks.move_box(explorer, model_name, (x0, y0, x1, y1), width, event.index)
+        return tuple(gr.skip() for _ in range(5)) if moved is None else (*moved, CUSTOM_BOX)
+
+    def refresh_donors(ids: list[str]) -> Any:
+        return gr.Dropdown(choices=callbacks.donor_choices(explorer, ids))
+
+    @_guard
+    def run_intervene(
+        sel: Selection | None,
+        model_name: str,
+        layer_name: str,
+        method_name: str,
+        target_value: str,
+        alpha: float,
+        action: str,
+        fill: str,
+        donor: str,
+        *box: Any,
+    ) -> tuple[Any, ...]:
+        outcome = callbacks.intervene(
+            explorer,
+            sel,
+            model_name,
+            layer_name,
+            method_name,
+            target_value,
+            box,
+            action,
+            fill,
+            donor,
+            alpha,
+        )
+        return tuple(outcome[:-1])
+
+    view_inputs = [page.selection, page.model_picker, controls.layer, controls.method]
+    tab.preset.change(set_preset, inputs=[page.model_picker, tab.preset], outputs=tab.corners)
+    gr.on(
+        [corner.change for corner in tab.corners]
+        # The preview changes with every new selection (a State's change event would hash
+        # the selection's arrays).
+        + [controls.preview.change, page.model_picker.change],
+        preview,
+        inputs=[page.selection, page.model_picker, *tab.corners],
+        outputs=[tab.before],
+        show_progress="hidden",
+        trigger_mode="always_last",
+    )
+    tab.before.select(
+        click_box,
+        inputs=[page.model_picker, tab.before, *tab.corners],
+        outputs=[*tab.corners, tab.preset],
+    )
+    page.gallery_ids.change(refresh_donors, inputs=[page.gallery_ids], outputs=[tab.donor])
+    tab.apply.click(
+        run_intervene,
+        inputs=[
+            *view_inputs,
+            controls.target,
+            controls.opacity,
+            tab.action,
+            tab.fill,
+            tab.donor,
+            *tab.corners,
+        ],
+        outputs=[tab.before, tab.edited, tab.after, tab.top_before, tab.top_after, tab.message],
+    )
 
 
 def _wire_audit(demo: gr.Blocks, explorer: Explorer, page: _Page, audit: _AuditTab) -> None:
