@@ -207,7 +207,9 @@ def _examples(
     if not len(chosen):
         return []
     index = torch.from_numpy(chosen)
-    mask = torch.from_numpy(masks[chosen] if masks.ndim == 3 else np.repeat(masks[None], len(chosen), 0))
+    mask = torch.from_numpy(
+        masks[chosen] if masks.ndim == 3 else np.repeat(masks[None], len(chosen), 0)
+    )
     removed = apply_fill(images[index], mask, result.fill, torch.Generator().manual_seed(0))
     before = predict_probabilities(model, images[index], device=device)
     after = predict_probabilities(model, removed, device=device)
@@ -325,8 +327,16 @@ def run_intervention_stage(
             None,
         )
         entry["examples"] = _examples(
-            loaded.model, loaded.device, images, masks, result, ids, class_names,
-            loaded.transform, folder, "mask",
+            loaded.model,
+            loaded.device,
+            images,
+            masks,
+            result,
+            ids,
+            class_names,
+            loaded.transform,
+            folder,
+            "mask",
         )
         entries.append(entry)
     groups = np.array([str(row["group"]) for row in subset]) if has_groups else None
@@ -360,8 +370,16 @@ def run_intervention_stage(
             list(candidate.box),
         )
         entry["examples"] = _examples(
-            loaded.model, loaded.device, images, candidate.region, test.result, ids,
-            class_names, loaded.transform, folder, f"candidate{k}",
+            loaded.model,
+            loaded.device,
+            images,
+            candidate.region,
+            test.result,
+            ids,
+            class_names,
+            loaded.transform,
+            folder,
+            f"candidate{k}",
         )
         entries.append(entry)
     if not candidates:

@@ -24,7 +24,8 @@ Why this combination
 A shortcut is a model *using* something that is not the object. Only the primary signals
 measure use: removing the region (the most direct evidence), attention on the suspected
 region, attention or accuracy that changes with the group. Attention is only indirect
-evidence of use, so an intervention that shows the attended region is not used outranks it. The secondary ones measure whether the information is *there*: a clean model may
+evidence of use, so an intervention that shows the attended region is not used outranks it.
+The secondary ones measure whether the information is *there*: a clean model may
 well encode a visible marker in its embeddings, or form a SpRAy cluster around it, without
 basing its decisions on it. So secondary evidence can only raise a primary MODERATE that it
 agrees with, never a LOW. One strong primary signal is enough for HIGH, because each of them
@@ -50,7 +51,13 @@ from shortcut_detect.common.risk import Risk
 
 __all__ = ["PRIMARY", "Signal", "Verdict", "decide_verdict"]
 
-PRIMARY = ("interventions", "mask_attention", "group_attention", "prediction_by_group", "peak_concentration")
+PRIMARY = (
+    "interventions",
+    "mask_attention",
+    "group_attention",
+    "prediction_by_group",
+    "peak_concentration",
+)
 
 
 @dataclass
