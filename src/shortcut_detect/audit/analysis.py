@@ -25,8 +25,7 @@ from typing import Any
 import numpy as np
 
 from shortcut_detect.analysis.maps import location_words
-from shortcut_detect.audit.interventions import load_interventions
-from shortcut_detect.audit.store import AuditStore
+from shortcut_detect.audit.store import AuditStore, load_interventions
 from shortcut_detect.audit.verdict import Signal, decide_verdict
 from shortcut_detect.common.logs import forward_log
 from shortcut_detect.common.risk import Risk

@@ -11,7 +11,6 @@ the file.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,14 @@ import numpy as np
 import torch
 
 from shortcut_detect.analysis.maps import location_words
-from shortcut_detect.audit.store import AuditStore, write_json
+from shortcut_detect.audit.analysis import _subsample
+from shortcut_detect.audit.store import (
+    INTERVENTIONS_DIR,
+    INTERVENTIONS_FILE,
+    AuditStore,
+    load_interventions,
+    write_json,
+)
 from shortcut_detect.common.serialization import to_jsonable
 from shortcut_detect.data.images import ImageRecord, ImageRecordDataset, make_loader, mask_from_text
 from shortcut_detect.interventions import (
@@ -41,8 +47,6 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 
-INTERVENTIONS_DIR = "interventions"
-INTERVENTIONS_FILE = "interventions.json"
 GIVEN_MASK = "given mask"
 N_EXAMPLES = 3
 _RESAMPLES = 1000  # bootstrap resamples and sign-flip permutations per estimate
@@ -59,28 +63,6 @@ def _fingerprint(store: AuditStore, ids: list[str], options: dict[str, Any]) -> 
         "n_samples_stored": len(ids),
         "options": options,
     }
-
-
-def load_interventions(store: AuditStore) -> dict[str, Any] | None:
-    """The stage's results of ``store`` (``None`` when the stage did not run)."""
-    path = store.root / INTERVENTIONS_DIR / INTERVENTIONS_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
-
-
-def _stratified(strata: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """At most ``limit`` positions, each stratum in proportion (at least 2 of each)."""
-    n = len(strata)
-    if n <= limit:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for value in sorted(set(strata.tolist()), key=str):
-        members = np.flatnonzero(strata == value)
-        share = max(2, round(limit * len(members) / n))
-        chosen.append(rng.choice(members, size=min(share, len(members)), replace=False))
-    return np.sort(np.concatenate(chosen))
 
 
 def _load_images(
@@ -289,7 +271,8 @@ def run_intervention_stage(
         ],
         dtype=object,
     )
-    subset = [rows[i] for i in _stratified(strata, int(n_samples), seed)]
+    ids_all = np.array([row["sample_id"] for row in rows], dtype=object)
+    subset = [rows[i] for i in _subsample(ids_all, strata, int(n_samples), seed)]
     _LOG.info("Interventions on %d images...", len(subset))
     images, mask_tensor, has_mask, ok = _load_images(
         subset, loaded.transform, batch_size, num_workers
