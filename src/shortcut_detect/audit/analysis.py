@@ -789,13 +789,16 @@ def interventions(data: AuditData) -> SignalOutput:
     :func:`~shortcut_detect.audit.verdict.decide_verdict` uses to cap attention signals.
     """
     stored = load_interventions(data.store)
-    if stored is None:
-        output = _unavailable(
-            "interventions",
-            _INTERVENTIONS_TITLE,
-            "the intervention stage did not run (--intervention-samples 0, or the store was "
-            "not finished by `shortcut-detect audit`)",
+    stale = stored is not None and stored["fingerprint"].get("n_samples_stored") != len(data.ids)
+    if stored is None or stale:
+        reason = (
+            "the stored intervention results cover an earlier state of the store; rerun "
+            "`shortcut-detect audit` with --intervention-samples N to redo them"
+            if stale
+            else "the intervention stage did not run (--intervention-samples 0, or the store "
+            "was not finished by `shortcut-detect audit`)"
         )
+        output = _unavailable("interventions", _INTERVENTIONS_TITLE, reason)
         output.summary["interventions"] = []
         return output
     entries = [

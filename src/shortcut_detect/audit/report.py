@@ -201,6 +201,14 @@ def _key_numbers(summary: dict[str, Any]) -> list[dict[str, str]]:
                     "note": f"mask covers {format_percent(metrics.get('mask_area_share_mean'), 1)}",
                 }
             )
+        if signal["name"] == "interventions" and metrics.get("n_candidates"):
+            cards.append(
+                {
+                    "label": "regions relied on",
+                    "value": f"{metrics['n_confirmed']} of {metrics['n_candidates']}",
+                    "note": "tested by removal",
+                }
+            )
         if signal["name"] == "group_attention" and metrics.get("overlap_score") is not None:
             cards.append(
                 {
