@@ -395,6 +395,23 @@ def _add_audit(commands: _Commands, common: argparse.ArgumentParser, max_pixels:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _analysis_options(audit)
+    interventions = audit.add_argument_group("interventions")
+    interventions.add_argument(
+        "--intervention-samples",
+        type=int,
+        default=200,
+        metavar="N",
+        help="images (stratified subsample) on which the given mask regions and the regions "
+        "discovered from the heatmaps are removed and compared with control regions, to test "
+        "whether the model relies on them (default 200; 0 turns the stage off)",
+    )
+    interventions.add_argument(
+        "--no-interventions",
+        action="store_const",
+        const=0,
+        dest="intervention_samples",
+        help="skip the intervention stage (same as --intervention-samples 0)",
+    )
 
 
 def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -565,6 +582,7 @@ def _audit_options(args: argparse.Namespace, model: ModelOptions) -> AuditOption
         n_permutations=args.permutations,
         max_analysis_samples=args.max_analysis_samples,
         embedding_samples=args.embedding_samples,
+        intervention_samples=args.intervention_samples,
         seed=args.seed,
         report=not args.no_report,
         **model.load_kwargs(),
@@ -885,6 +903,7 @@ _FLAG_PARAMETERS = (
     "overwrite",
     "num_shards",
     "shard_index",
+    "intervention_samples",
 )
 _PARAMETER = re.compile(
     r"\b(" + "|".join(_FLAG_PARAMETERS) + r")="

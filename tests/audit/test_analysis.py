@@ -199,6 +199,7 @@ def test_every_registered_signal_is_a_function_of_the_audit_data():
         "mask_attention",
         "spray",
         "embeddings",
+        "interventions",
     ]
     assert all(callable(function) for function in SIGNALS.values())
 

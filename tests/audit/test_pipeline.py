@@ -27,6 +27,7 @@ def _options(manifest, out, **extra):
         "num_workers": 0,
         "n_permutations": 100,
         "embedding_samples": 0,
+        "intervention_samples": 0,  # tested in test_interventions_audit.py
         "progress": False,
     }
     values.update(extra)

@@ -122,3 +122,73 @@ def test_a_new_signal_can_declare_itself_primary():
     )
     verdict = _verdict(primary, _signal("mask_attention", "LOW"))
     assert verdict.risk is Risk.HIGH and verdict.reasons == ["Removing the tag flips it."]
+
+
+def _interventions(risk, not_relied_on=(), location=None):
+    metrics = {"not_relied_on": [dict(item) for item in not_relied_on]}
+    return Signal(
+        "interventions", "interventions", risk, f"interventions is {risk}", metrics, location
+    )
+
+
+SALIENT_MASK = {
+    "source": "given mask",
+    "location": "top-left",
+    "reading": "salient but not relied on",
+}
+
+
+def test_a_confirmed_reliance_alone_makes_high_and_leads_the_reasons():
+    verdict = _verdict(
+        _signal("mask_attention", "LOW"),
+        _signal("group_attention", "MODERATE", location="centre"),
+        _interventions("HIGH", location="top-left"),
+    )
+    assert verdict.risk is Risk.HIGH and verdict.shortcut_suspected
+    assert verdict.reasons[0] == "interventions is HIGH"
+    assert verdict.location == "top-left"
+
+
+def test_mask_attention_on_a_region_not_relied_on_is_capped_at_moderate():
+    verdict = _verdict(
+        _signal("mask_attention", "HIGH", location="top-left"),
+        _interventions("LOW", [SALIENT_MASK]),
+    )
+    assert verdict.risk is Risk.MODERATE and not verdict.shortcut_suspected
+    assert any(
+        "at most as MODERATE" in r and "salient but not relied on" in r for r in verdict.reasons
+    )
+    # without the intervention the same attention signal decides HIGH
+    assert _verdict(_signal("mask_attention", "HIGH")).risk is Risk.HIGH
+
+
+def test_capped_attention_does_not_count_towards_two_moderate_signals():
+    peak = {"source": "hotspot", "location": "top-left", "reading": "salient but not relied on"}
+    signals = [
+        _signal("peak_concentration", "MODERATE", location="top-left"),
+        _signal("group_attention", "MODERATE"),
+    ]
+    assert _verdict(*signals).risk is Risk.HIGH
+    verdict = _verdict(*signals, _interventions("LOW", [peak]))
+    assert verdict.risk is Risk.MODERATE
+    # a capped signal with a HIGH secondary signal does not become HIGH either
+    verdict = _verdict(
+        _signal("mask_attention", "HIGH"),
+        _signal("embeddings", "HIGH"),
+        _interventions("LOW", [SALIENT_MASK]),
+    )
+    assert verdict.risk is Risk.MODERATE
+
+
+def test_a_region_tested_elsewhere_does_not_cap_the_peak_signal():
+    other = {
+        "source": "hotspot",
+        "location": "bottom-right",
+        "reading": "salient but not relied on",
+    }
+    verdict = _verdict(
+        _signal("peak_concentration", "MODERATE", location="top-left"),
+        _signal("group_attention", "MODERATE"),
+        _interventions("LOW", [other]),
+    )
+    assert verdict.risk is Risk.HIGH

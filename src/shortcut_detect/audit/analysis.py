@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from shortcut_detect.analysis.maps import location_words
-from shortcut_detect.audit.store import AuditStore
+from shortcut_detect.audit.store import AuditStore, load_interventions
 from shortcut_detect.audit.verdict import Signal, decide_verdict
 from shortcut_detect.common.logs import forward_log
 from shortcut_detect.common.risk import Risk
@@ -754,6 +754,87 @@ def embeddings(data: AuditData) -> SignalOutput:
     return SignalOutput(signal, summary={"embedding_tests": report})
 
 
+# -- interventions ---------------------------------------------------------------------------
+
+_INTERVENTIONS_TITLE = "Interventions: does removing the region change predictions?"
+_SUMMARY_ENTRY_KEYS = (
+    "source",
+    "description",
+    "location",
+    "box",
+    "confirmed",
+    "reading",
+    "sentence",
+    "effect",
+    "interval",
+    "p",
+    "flip_rate",
+    "flip_interval",
+    "control_flip_rate",
+    "control_drop",
+    "fill",
+    "n_tested",
+    "salient",
+    "attention_enrichment",
+    "examples",
+)
+
+
+def interventions(data: AuditData) -> SignalOutput:
+    """Signal: does the model rely on the given or discovered regions (intervention stage)?
+
+    A confirmed reliance (removing the region changes predictions significantly more than
+    removing a control region) is HIGH and primary; otherwise LOW, with each candidate's
+    reading. Regions found not relied on are listed in the metrics (``not_relied_on``), which
+    :func:`~shortcut_detect.audit.verdict.decide_verdict` uses to cap attention signals.
+    """
+    stored = load_interventions(data.store)
+    stale = stored is not None and stored["fingerprint"].get("n_samples_stored") != len(data.ids)
+    if stored is None or stale:
+        reason = (
+            "the stored intervention results cover an earlier state of the store; rerun "
+            "`shortcut-detect audit` with --intervention-samples N to redo them"
+            if stale
+            else "the intervention stage did not run (--intervention-samples 0, or the store "
+            "was not finished by `shortcut-detect audit`)"
+        )
+        output = _unavailable("interventions", _INTERVENTIONS_TITLE, reason)
+        output.summary["interventions"] = []
+        return output
+    entries = [
+        {key: entry.get(key) for key in _SUMMARY_ENTRY_KEYS} for entry in stored["candidates"]
+    ]
+    confirmed = [entry for entry in entries if entry["confirmed"]]
+    rejected = [entry for entry in entries if not entry["confirmed"]]
+    metrics = {
+        "n_samples": stored.get("n_samples"),
+        "n_candidates": len(entries),
+        "n_confirmed": len(confirmed),
+        "tried": [f"{e['source']}: {e['location']}" for e in entries],
+        "not_relied_on": [
+            {"source": e["source"], "location": e["location"], "reading": e["reading"]}
+            for e in rejected
+        ],
+    }
+    if confirmed:
+        risk = Risk.HIGH
+        finding = " ".join(entry["sentence"] for entry in confirmed)
+        location = confirmed[0]["location"]
+    elif entries:
+        risk, location = Risk.LOW, None
+        finding = (
+            f"Tried {len(entries)} candidate region(s) on {stored.get('n_samples')} images; "
+            "none is relied on: " + " ".join(entry["sentence"] for entry in entries)
+        )
+    else:
+        risk, location = Risk.LOW, None
+        finding = "No candidate region to test (no mask column, and discovery found none)."
+    signal = Signal(
+        "interventions", _INTERVENTIONS_TITLE, risk, finding, metrics, location=location
+    )
+    return SignalOutput(signal, summary={"interventions": entries}, notes=stored.get("notes", []))
+
+
 #: Every signal of an audit, in the order of ``summary.json``: name -> function.
 SIGNALS: dict[str, SignalFunction] = {
     "peak_concentration": peak_concentration,
@@ -762,9 +843,10 @@ SIGNALS: dict[str, SignalFunction] = {
     "mask_attention": mask_attention,
     "spray": spray,
     "embeddings": embeddings,
+    "interventions": interventions,
 }
 # Sections placed after the ``signals`` list of summary.json (where they always were).
-_SECTIONS_AFTER_SIGNALS = ("spray",)
+_SECTIONS_AFTER_SIGNALS = ("spray", "interventions")
 
 
 # -- the analysis ------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 :func:`run_audit` loads the model and the data, skips samples a previous run (of this shard)
 already stored, decodes images in DataLoader workers, explains each batch with one forward
 and one backward pass, and commits rows and heatmaps chunk by chunk. When every shard is
-finished it merges the shards and writes ``summary.json`` and ``report.html``.
+finished it merges the shards, runs the intervention stage (does the model rely on the given
+or discovered regions? see :mod:`shortcut_detect.audit.interventions`) on a subsample, and
+writes ``summary.json`` and ``report.html``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from shortcut_detect.analysis.maps import entropy, peak_locations
 from shortcut_detect.analysis.regions import attention_in_region
+from shortcut_detect.audit.interventions import run_intervention_stage
 from shortcut_detect.audit.store import (
     STORE_VERSION,
     AuditStore,
@@ -103,6 +106,7 @@ class AuditOptions:
     embedding_samples: int = 1000
     seed: int = 0
     report: bool = True
+    intervention_samples: int = 200
 
     def model_options(self) -> ModelOptions:
         """The model part of these options (the fields named like :class:`ModelOptions`')."""
@@ -441,6 +445,11 @@ def _update_cam_size(out: Path, cam_size: tuple[int, int]) -> None:
 def _check_options(options: AuditOptions) -> None:
     if options.target not in TARGETS:
         raise AuditError(f"target= must be one of {', '.join(TARGETS)}, got {options.target!r}")
+    if options.intervention_samples < 0:
+        raise AuditError(
+            "intervention_samples= must be 0 (off) or positive, got "
+            f"{options.intervention_samples}"
+        )
     if options.num_shards < 1:
         raise AuditError(f"num_shards= must be at least 1, got {options.num_shards}")
     if not 0 <= options.shard_index < options.num_shards:
@@ -660,7 +669,21 @@ def _after_shard(
     )
     if not run.all_complete:
         run.notes.append(_shards_left_note(options, status["unfinished"], out))
-    elif not options.report:
+        return run
+    if options.intervention_samples > 0:
+        store.merge()
+        try:
+            run_intervention_stage(
+                store,
+                loaded,
+                n_samples=options.intervention_samples,
+                seed=options.seed,
+                batch_size=options.batch_size,
+                num_workers=options.num_workers,
+            )
+        except (ValueError, RuntimeError) as error:
+            run.notes.append(f"The intervention stage failed and was skipped: {error}")
+    if not options.report:
         run.notes.append(f"Store complete; build the report with `shortcut-detect report {out}`.")
     else:
         from shortcut_detect.audit.report import build_report  # report imports this module

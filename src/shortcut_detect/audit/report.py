@@ -201,6 +201,14 @@ def _key_numbers(summary: dict[str, Any]) -> list[dict[str, str]]:
                     "note": f"mask covers {format_percent(metrics.get('mask_area_share_mean'), 1)}",
                 }
             )
+        if signal["name"] == "interventions" and metrics.get("n_candidates"):
+            cards.append(
+                {
+                    "label": "regions relied on",
+                    "value": f"{metrics['n_confirmed']} of {metrics['n_candidates']}",
+                    "note": "tested by removal",
+                }
+            )
         if signal["name"] == "group_attention" and metrics.get("overlap_score") is not None:
             cards.append(
                 {
@@ -231,6 +239,27 @@ def _rows_of(store: AuditStore, ids: set[str]) -> dict[str, dict[str, Any]]:
     return {row["sample_id"]: row for row in wanted.to_pylist()}
 
 
+def _intervention_section(
+    summary: dict[str, Any], store: AuditStore
+) -> list[dict[str, Any]] | None:
+    """The candidates of the intervention stage with their before/after images embedded."""
+    if not any(
+        s["name"] == "interventions" and s["risk"] != "UNKNOWN" for s in summary.get("signals", [])
+    ):
+        return None
+    entries = []
+    for entry in summary.get("interventions", []):
+        pairs = []
+        for example in entry.get("examples") or []:
+            original, removed = store.root / example["original"], store.root / example["removed"]
+            if original.is_file() and removed.is_file():
+                pairs.append(
+                    example | {"original": _file_uri(original), "removed": _file_uri(removed)}
+                )
+        entries.append(entry | {"pairs": pairs})
+    return entries
+
+
 def render_html(
     summary: dict[str, Any],
     analysis: Analysis,
@@ -259,6 +288,7 @@ def render_html(
         misclassified=misclassified,
         misclassified_count=summary.get("misclassified", {}).get("count", 0),
         spray=_spray_section(analysis, images),
+        interventions=_intervention_section(summary, store),
         generated=time.strftime("%Y-%m-%d %H:%M"),
         # Small inputs are embedded at their own size and scaled up without smoothing.
         px="px" if max(images.preprocessing.size) < 120 else "",

@@ -36,11 +36,14 @@ import numpy as np
 from shortcut_detect.common.serialization import json_default
 
 __all__ = [
+    "INTERVENTIONS_DIR",
+    "INTERVENTIONS_FILE",
     "STORE_VERSION",
     "AuditStore",
     "ShardWriter",
     "StoreError",
     "close_inherited_locks",
+    "load_interventions",
     "row_schema",
     "unfinished_shards_text",
 ]
@@ -142,6 +145,18 @@ def _write_parquet(path: Path, table: Any) -> None:
     with open(partial, "rb+") as handle:
         os.fsync(handle.fileno())
     os.replace(partial, path)
+
+
+INTERVENTIONS_DIR = "interventions"
+INTERVENTIONS_FILE = "interventions.json"
+
+
+def load_interventions(store: AuditStore) -> dict[str, Any] | None:
+    """The intervention stage's results in ``store`` (``None`` when the stage did not run)."""
+    path = store.root / INTERVENTIONS_DIR / INTERVENTIONS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
 
 
 def shard_name(shard_index: int, num_shards: int) -> str:

@@ -2,20 +2,30 @@
 
 Rules
 -----
-* **Primary** signals look at where the model attends and what it predicts: attention in
-  the given masks, attention by group, accuracy by group within a class, and where the
-  heatmaps peak (this one is only a hint; it never exceeds MODERATE).
+* **Primary** signals look at what the model uses, where it attends and what it predicts:
+  interventions (removing a given or discovered region, against control regions: a
+  confirmed reliance is HIGH on its own), attention in the given masks, attention by group,
+  accuracy by group within a class, and where the heatmaps peak (this one is only a hint; it
+  never exceeds MODERATE).
 * **Secondary** signals (SpRAy clusters, group information in the embeddings) support a
   primary finding but never make a verdict on their own.
 * The risk is the highest primary risk; a MODERATE primary risk becomes HIGH when a second
   primary signal is MODERATE too, or a secondary one is HIGH.
+* An attention signal about a region the interventions tested and found *not* relied on
+  ("salient but not relied on": the model looks there, but removing it barely changes
+  predictions) is capped at MODERATE and does not count towards the two-MODERATE rule, so
+  it cannot make the verdict HIGH by itself; the reasons say so. This covers the mask
+  signal when the given masks were tested, and the peak signal when a region at the same
+  place was tested.
 * ``shortcut_suspected`` is true exactly when the risk is HIGH.
 
 Why this combination
 --------------------
 A shortcut is a model *using* something that is not the object. Only the primary signals
-measure use: attention on the suspected region, attention or accuracy that changes with the
-group. The secondary ones measure whether the information is *there*: a clean model may
+measure use: removing the region (the most direct evidence), attention on the suspected
+region, attention or accuracy that changes with the group. Attention is only indirect
+evidence of use, so an intervention that shows the attended region is not used outranks it.
+The secondary ones measure whether the information is *there*: a clean model may
 well encode a visible marker in its embeddings, or form a SpRAy cluster around it, without
 basing its decisions on it. So secondary evidence can only raise a primary MODERATE that it
 agrees with, never a LOW. One strong primary signal is enough for HIGH, because each of them
@@ -34,14 +44,20 @@ detectors' overall risk enters this verdict as the one secondary ``embeddings`` 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shortcut_detect.common.risk import Risk
 
 __all__ = ["PRIMARY", "Signal", "Verdict", "decide_verdict"]
 
-PRIMARY = ("mask_attention", "group_attention", "prediction_by_group", "peak_concentration")
+PRIMARY = (
+    "interventions",
+    "mask_attention",
+    "group_attention",
+    "prediction_by_group",
+    "peak_concentration",
+)
 
 
 @dataclass
@@ -112,13 +128,15 @@ def _specificity(name: str) -> int:
     return PRIMARY.index(name) if name in PRIMARY else len(PRIMARY)
 
 
-def _risk(primary: list[Signal], secondary: list[Signal]) -> Risk:
+def _risk(primary: list[Signal], secondary: list[Signal], capped: list[Signal]) -> Risk:
+    """The verdict's risk; ``capped`` signals count at their (capped) level but never escalate."""
     level = max((s.risk for s in primary), key=lambda risk: risk.rank, default=Risk.LOW)
     moderate_primary = sum(s.risk is Risk.MODERATE for s in primary)
     high_secondary = any(s.risk is Risk.HIGH for s in secondary)
     if level is Risk.MODERATE and (moderate_primary >= 2 or high_secondary):
         return Risk.HIGH
-    return level
+    capped_level = max((s.risk for s in capped), key=lambda risk: risk.rank, default=Risk.LOW)
+    return max(level, capped_level, key=lambda risk: risk.rank)
 
 
 def _limitations(has_groups: bool, has_masks: bool, any_primary: bool) -> list[str]:
@@ -138,11 +156,52 @@ def _limitations(has_groups: bool, has_masks: bool, any_primary: bool) -> list[s
     return limitations
 
 
+def _not_relied_on(signal: Signal, interventions: Signal | None) -> dict[str, Any] | None:
+    """The intervention test that found ``signal``'s region not relied on, if any."""
+    if interventions is None or signal.name not in ("mask_attention", "peak_concentration"):
+        return None
+    for test in interventions.metrics.get("not_relied_on", []):
+        if signal.name == "mask_attention" and test.get("source") == "given mask":
+            return test
+        if (
+            signal.name == "peak_concentration"
+            and signal.location
+            and test.get("location") == signal.location
+        ):
+            return test
+    return None
+
+
+def _cap_unused_attention(
+    primary: list[Signal],
+) -> tuple[list[Signal], list[Signal], list[str]]:
+    """Split off attention signals whose region an intervention found not relied on."""
+    interventions = next((s for s in primary if s.name == "interventions"), None)
+    kept, capped, notes = [], [], []
+    for signal in primary:
+        test = _not_relied_on(signal, interventions)
+        if test is None:
+            kept.append(signal)
+            continue
+        if signal.risk is Risk.HIGH:
+            signal = replace(signal, risk=Risk.MODERATE)
+        capped.append(signal)
+        if signal.risk is Risk.MODERATE:
+            notes.append(
+                f"{signal.title}: counted at most as MODERATE, because the intervention on the "
+                f"{test.get('location')} region reads '{test.get('reading')}' (removing it does "
+                "not change predictions more than removing a control region)."
+            )
+    return kept, capped, notes
+
+
 def decide_verdict(signals: list[Signal], *, has_groups: bool, has_masks: bool) -> Verdict:
     """Combine signals into a :class:`Verdict` (rules in the module docstring)."""
-    primary = [s for s in signals if s.primary and s.available]
+    available = [s for s in signals if s.primary and s.available]
     secondary = [s for s in signals if not s.primary and s.available]
-    risk = _risk(primary, secondary)
+    uncapped, capped, cap_notes = _cap_unused_attention(available)
+    risk = _risk(uncapped, secondary, capped)
+    primary = uncapped + capped
     flagged = (Risk.HIGH, Risk.MODERATE)
 
     # Most specific evidence first: a named region, then attention, then accuracy.
@@ -150,6 +209,7 @@ def decide_verdict(signals: list[Signal], *, has_groups: bool, has_masks: bool) 
     reasons = [s.finding for s in ranked if s.risk in flagged]
     if risk in flagged:
         reasons += [s.finding for s in secondary if s.risk in flagged]
+        reasons += cap_notes
     location = next((s.location for s in ranked if s.location and s.risk in flagged), None)
     if risk is Risk.HIGH:
         where = f" in the {location} of the image" if location else ""
@@ -160,7 +220,7 @@ def decide_verdict(signals: list[Signal], *, has_groups: bool, has_masks: bool) 
         headline = "Possible shortcut: some evidence, not conclusive. Look at the findings below."
     else:
         headline = "No shortcut found by these tests."
-        reasons = [s.finding for s in primary] or ["No test found evidence of a shortcut."]
+        reasons = [s.finding for s in available] or ["No test found evidence of a shortcut."]
     return Verdict(
         shortcut_suspected=risk is Risk.HIGH,
         risk=risk,

@@ -1,0 +1,398 @@
+"""The intervention stage of an audit: does the model *rely* on the suspected regions?
+
+After the explain pass, :func:`run_intervention_stage` re-reads a stratified subsample of the
+images through the model's preprocessing, builds the candidates (the given masks, and regions
+discovered from the stored heatmaps, groups or embeddings), tests each one with
+:func:`~shortcut_detect.interventions.intervene` (remove the region, compare with control
+regions of the same shape) and writes ``interventions/interventions.json`` plus a few
+before/after example images into the store. A rerun with the same store and options reuses
+the file.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from shortcut_detect.analysis.maps import location_words
+from shortcut_detect.audit.analysis import _subsample
+from shortcut_detect.audit.store import (
+    INTERVENTIONS_DIR,
+    INTERVENTIONS_FILE,
+    AuditStore,
+    load_interventions,
+    write_json,
+)
+from shortcut_detect.common.serialization import to_jsonable
+from shortcut_detect.data.images import ImageRecord, ImageRecordDataset, make_loader, mask_from_text
+from shortcut_detect.interventions import (
+    CandidateTest,
+    InterventionResult,
+    confirm_candidates,
+    discover_candidates,
+    intervene,
+)
+from shortcut_detect.interventions.fills import apply_fill
+
+__all__ = [
+    "INTERVENTIONS_DIR",
+    "INTERVENTIONS_FILE",
+    "load_interventions",
+    "run_intervention_stage",
+]
+
+_LOG = logging.getLogger(__name__)
+
+GIVEN_MASK = "given mask"
+N_EXAMPLES = 3
+_RESAMPLES = 1000  # bootstrap resamples and sign-flip permutations per estimate
+_FILE_VERSION = 1
+
+
+def _fingerprint(store: AuditStore, ids: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    config = store.config
+    return {
+        "version": _FILE_VERSION,
+        "model": config.get("model"),
+        "weights": config.get("weights"),
+        "data_fingerprint": config.get("data_fingerprint"),
+        "n_samples_stored": len(ids),
+        "options": options,
+    }
+
+
+def _load_images(
+    rows: list[dict[str, Any]], preprocessing: Any, batch_size: int, num_workers: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """Model inputs, masks at input size, has-mask flags and readable flags of ``rows``."""
+    records = [
+        ImageRecord(
+            sample_id=row["sample_id"],
+            index=i,
+            path=row["path"],
+            label=int(row["label"]),
+            label_name=str(row.get("label_name") or ""),
+            group=row.get("group"),
+            mask=mask_from_text(row.get("mask")),
+        )
+        for i, row in enumerate(rows)
+    ]
+    loader = make_loader(
+        ImageRecordDataset(records, preprocessing),
+        batch_size=batch_size,
+        num_workers=num_workers,
+    )
+    images, masks, has_mask, ok = [], [], [], []
+    for batch in loader:
+        images.append(batch["image"])
+        masks.append(batch["mask"])
+        has_mask.append(batch["has_mask"].numpy())
+        ok.append(batch["ok"].numpy())
+    return (
+        torch.cat(images),
+        torch.cat(masks),
+        np.concatenate(has_mask).astype(bool),
+        np.concatenate(ok).astype(bool),
+    )
+
+
+def _where(region: np.ndarray) -> str:
+    rows, cols = np.nonzero(region)
+    return location_words((rows.mean(), cols.mean()), region.shape)
+
+
+def _entry(
+    source: str,
+    description: str,
+    result: InterventionResult,
+    location: str,
+    reading: str,
+    box: Any,
+) -> dict[str, Any]:
+    removal = result.removal[result.fill]
+    return {
+        "source": source,
+        "description": description,
+        "location": location,
+        "box": box,
+        "confirmed": result.relied_on,
+        "reading": result.reading,
+        "sentence": reading,
+        "effect": result.effect.value,
+        "interval": [result.effect.low, result.effect.high],
+        "p": result.effect.p_value,
+        "flip_rate": removal.flip_rate.value,
+        "flip_interval": [removal.flip_rate.low, removal.flip_rate.high],
+        "control_flip_rate": removal.control_flip_rate.value,
+        "control_drop": removal.control_probability_drop.value,
+        "fill": result.fill,
+        "n_tested": result.n_tested,
+        "salient": result.salient,
+        "attention_enrichment": None if result.attention is None else result.attention.enrichment,
+        "summary": result.summary,
+        "result": result.to_dict(),
+    }
+
+
+def _given_mask_sentence(result: InterventionResult, location: str) -> str:
+    removal = result.removal[result.fill]
+    if result.relied_on:
+        return (
+            f"The model relies on the given mask region ({location}): removing it flips "
+            f"{removal.flip_rate.text(percent=True)} of predictions, control "
+            f"{removal.control_flip_rate.value:.0%}; effect {result.effect.text()}."
+        )
+    return (
+        f"Not confirmed: the given mask region ({location}) reads '{result.reading}' "
+        f"(effect {result.effect.text()})."
+    )
+
+
+def _to_uint8(image: torch.Tensor, preprocessing: Any) -> np.ndarray:
+    """A preprocessed ``(C, H, W)`` input back to a displayable RGB uint8 image."""
+    values = image.detach().float().clone()
+    if preprocessing.mean is not None and preprocessing.std is not None:
+        std = torch.tensor(preprocessing.std, dtype=values.dtype)[:, None, None]
+        mean = torch.tensor(preprocessing.mean, dtype=values.dtype)[:, None, None]
+        values = values * std + mean
+    array = values.clamp(0, 1).permute(1, 2, 0).numpy()
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.uint8(array[:, :, :3] * 255 + 0.5)
+
+
+def _examples(
+    model: Any,
+    device: torch.device,
+    images: torch.Tensor,
+    masks: np.ndarray,
+    result: InterventionResult,
+    ids: list[str],
+    class_names: list[str],
+    preprocessing: Any,
+    folder: Path,
+    prefix: str,
+) -> list[dict[str, Any]]:
+    """Save a few (original, region removed) pairs, flipped predictions first."""
+    from PIL import Image
+
+    from shortcut_detect.interventions.core import predict_probabilities
+
+    tested = np.flatnonzero(result.per_sample["tested"])
+    flips = np.nan_to_num(result.per_sample["region_flip"][tested], nan=0.0)
+    drops = np.nan_to_num(result.per_sample["region_drop"][tested], nan=0.0)
+    chosen = tested[np.lexsort((-drops, -flips))][:N_EXAMPLES]
+    if not len(chosen):
+        return []
+    index = torch.from_numpy(chosen)
+    mask = torch.from_numpy(
+        masks[chosen] if masks.ndim == 3 else np.repeat(masks[None], len(chosen), 0)
+    )
+    removed = apply_fill(images[index], mask, result.fill, torch.Generator().manual_seed(0))
+    before = predict_probabilities(model, images[index], device=device)
+    after = predict_probabilities(model, removed, device=device)
+    examples = []
+    for k, position in enumerate(chosen):
+        names = []
+        for kind, tensor in (("original", images[position]), ("removed", removed[k])):
+            name = f"{prefix}_{k}_{kind}.png"
+            Image.fromarray(_to_uint8(tensor, preprocessing)).save(folder / name)
+            names.append(f"{INTERVENTIONS_DIR}/{name}")
+        old, new = int(before[k].argmax()), int(after[k].argmax())
+        examples.append(
+            {
+                "sample_id": ids[position],
+                "original": names[0],
+                "removed": names[1],
+                "before": _class(class_names, old),
+                "before_probability": float(before[k, old]),
+                "after": _class(class_names, new),
+                "after_probability": float(after[k, new]),
+                "flipped": old != new,
+            }
+        )
+    return examples
+
+
+def _class(names: list[str], index: int) -> str:
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def run_intervention_stage(
+    store: AuditStore,
+    loaded: Any,
+    *,
+    n_samples: int = 200,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+) -> dict[str, Any] | None:
+    """Test the given and discovered candidate regions on a subsample; write the results.
+
+    Parameters
+    ----------
+    store:
+        A complete, merged audit store.
+    loaded:
+        The audited :class:`~shortcut_detect.models.LoadedModel`.
+    n_samples:
+        Images in the stratified (by group, mask presence and prediction) subsample;
+        ``0`` skips the stage.
+    seed, batch_size, num_workers:
+        Subsampling and test seed; batching of decoding and forward passes.
+
+    Returns
+    -------
+    The JSON written to ``interventions/interventions.json`` (``None`` when skipped).
+    """
+    if n_samples <= 0:
+        return None
+    columns = ["sample_id", "path", "status", "label", "label_name", "group", "mask", "prediction"]
+    table = store.table(columns)
+    rows = [row for row in table.to_pylist() if row["status"] == "ok"]
+    options = {"n_samples": int(n_samples), "seed": int(seed)}
+    fingerprint = _fingerprint(store, [row["sample_id"] for row in rows], options)
+    existing = load_interventions(store)
+    if existing is not None and existing.get("fingerprint") == fingerprint:
+        _LOG.info("Interventions: reusing the results of an earlier run.")
+        return existing
+    if len(rows) < 4:
+        return None
+    config = store.config
+    has_groups = bool(config.get("has_groups"))
+    strata = np.array(
+        [
+            f"{row['group'] if has_groups else ''}|{bool(row['mask'])}|{row['prediction']}"
+            for row in rows
+        ],
+        dtype=object,
+    )
+    ids_all = np.array([row["sample_id"] for row in rows], dtype=object)
+    subset = [rows[i] for i in _subsample(ids_all, strata, int(n_samples), seed)]
+    _LOG.info("Interventions on %d images...", len(subset))
+    images, mask_tensor, has_mask, ok = _load_images(
+        subset, loaded.transform, batch_size, num_workers
+    )
+    keep = np.flatnonzero(ok)
+    subset = [subset[i] for i in keep]
+    images, has_mask = images[torch.from_numpy(keep)], has_mask[keep]
+    masks = mask_tensor.numpy()[keep].astype(bool)
+    ids = [row["sample_id"] for row in subset]
+    heatmaps = store.heatmaps(ids).astype(np.float32)
+    class_names = list(config.get("class_names", []))
+    folder = store.root / INTERVENTIONS_DIR
+    folder.mkdir(exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    common = {
+        "heatmaps": heatmaps,
+        "n_bootstrap": _RESAMPLES,
+        "n_permutations": _RESAMPLES,
+        "batch_size": batch_size,
+        "device": loaded.device,
+        "seed": seed,
+    }
+    entries = []
+    notes = []
+    if has_mask.sum() >= 2 or (has_mask.any() and (~has_mask).any()):
+        result = intervene(loaded.model, images, masks, carriers=has_mask, **common)
+        location = _where(masks[has_mask].any(axis=0))
+        entry = _entry(
+            GIVEN_MASK,
+            f"the mask column's regions ({int(has_mask.sum())} of {len(ids)} images carry one)",
+            result,
+            location,
+            _given_mask_sentence(result, location),
+            None,
+        )
+        entry["examples"] = _examples(
+            loaded.model,
+            loaded.device,
+            images,
+            masks,
+            result,
+            ids,
+            class_names,
+            loaded.transform,
+            folder,
+            "mask",
+        )
+        entries.append(entry)
+    groups = np.array([str(row["group"]) for row in subset]) if has_groups else None
+    embeddings = None
+    if groups is None:
+        embeddings = _embeddings(loaded, images, batch_size)
+    predictions = np.array([int(row["prediction"]) for row in subset])
+    labels = np.array([int(row["label"]) for row in subset])
+    candidates = discover_candidates(
+        heatmaps,
+        image_size=tuple(images.shape[2:]),
+        groups=groups,
+        embeddings=embeddings,
+        predictions=predictions if (labels >= 0).all() else None,
+        labels=labels if (labels >= 0).all() else None,
+        n_permutations=200,
+        seed=seed,
+    )
+    common.pop("heatmaps")
+    tests: list[CandidateTest] = confirm_candidates(
+        loaded.model, images, candidates, heatmaps=heatmaps, **common
+    )
+    for k, test in enumerate(tests):
+        candidate = test.candidate
+        entry = _entry(
+            candidate.source,
+            candidate.description,
+            test.result,
+            _where(candidate.region),
+            test.reading,
+            list(candidate.box),
+        )
+        entry["examples"] = _examples(
+            loaded.model,
+            loaded.device,
+            images,
+            candidate.region,
+            test.result,
+            ids,
+            class_names,
+            loaded.transform,
+            folder,
+            f"candidate{k}",
+        )
+        entries.append(entry)
+    if not candidates:
+        notes.append(
+            "Discovery found no candidate region (no off-centre attention hotspot, "
+            "concentrated SpRAy cluster or significant group difference)."
+        )
+    elif len(candidates) > 1:
+        notes.append(
+            f"{len(candidates)} discovered candidates were tested; their significance level is "
+            "Bonferroni-corrected."
+        )
+    output = to_jsonable(
+        {
+            "fingerprint": fingerprint,
+            "n_samples": len(ids),
+            "candidates": entries,
+            "notes": notes,
+        }
+    )
+    write_json(folder / INTERVENTIONS_FILE, output)
+    return output
+
+
+def _embeddings(loaded: Any, images: torch.Tensor, batch_size: int) -> np.ndarray | None:
+    """Penultimate features of ``images`` (for candidate groups); ``None`` if unavailable."""
+    from shortcut_detect.embeddings import extract_embeddings
+
+    try:
+        return extract_embeddings(loaded.model, None, images, batch_size, progress=False)
+    except (ValueError, RuntimeError, TypeError) as error:
+        _LOG.info("Interventions: no embeddings for candidate groups (%s).", error)
+        return None
