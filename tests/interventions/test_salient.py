@@ -53,5 +53,10 @@ def test_the_same_marker_is_relied_on_when_it_predicts_the_label():
         n_bootstrap=500,
         n_permutations=500,
     )
-    assert result.reading == "relied on"
-    assert result.effect.value > 0.3 and result.effect.low > 0
+    assert result.reading == "relied on" and result.relied_on
+    # Scenario models also learn the shapes, so removal alone may move little; reliance must be
+    # shown by removal or by transplant, with an interval above zero.
+    evidence = [result.effect]
+    if result.transplant is not None:
+        evidence.append(result.transplant.effect)
+    assert max(estimate.low for estimate in evidence) > 0
