@@ -106,17 +106,19 @@ class CandidateTest:
         """Sentence like "the model relies on the top-left corner: removing it flips 71% ..."."""
         removal = self.result.removal[self.result.fill]
         where = _where(self.candidate.region)
+        # The foreground note goes inside the parenthesis so the sentence keeps its shape.
+        source = self.candidate.source
         overlap = self.candidate.object_overlap
         if overlap is not None and overlap >= MOSTLY_OBJECT:
-            where += f" (on the image foreground in {overlap:.0%} of images)"
+            source += f"; on the image foreground in {overlap:.0%} of images"
         if self.confirmed:
             return (
-                f"The model relies on the {where} region ({self.candidate.source}): removing it "
+                f"The model relies on the {where} region ({source}): removing it "
                 f"flips {removal.flip_rate.text(percent=True)} of predictions, control "
                 f"{removal.control_flip_rate.value:.0%}; effect {self.result.effect.text()}."
             )
         return (
-            f"Not confirmed: the {where} region ({self.candidate.source}) reads "
+            f"Not confirmed: the {where} region ({source}) reads "
             f"'{self.result.reading}' (effect {self.result.effect.text()})."
         )
 
