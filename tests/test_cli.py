@@ -431,9 +431,14 @@ def user_project(tmp_path, monkeypatch, test_data, demo_models):
     (tmp_path / "w.pt").write_bytes(demo_models.shortcut_weights.read_bytes())
     manifest = write_image_dataset(test_data.subset(np.arange(12)), tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    for name in ("mypkg", "mypkg.models"):
-        sys.modules.pop(name, None)
-    return tmp_path, manifest
+    _forget_package("mypkg")
+    yield tmp_path, manifest
+    _forget_package("mypkg")  # another test's mypkg must not find this one
+
+
+def _forget_package(package: str) -> None:
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        del sys.modules[name]
 
 
 def test_app_without_arguments_serves_the_demo(monkeypatch):

@@ -124,6 +124,9 @@ def test_torchscript_loads_for_predictions_and_explains_why_no_cam(tmp_path):
 
 
 def test_user_factory_with_weights(tmp_path, monkeypatch, shortcut_model):
+    # a package of the same name imported by another test must not shadow this one
+    for name in [n for n in sys.modules if n == "mypkg" or n.startswith("mypkg.")]:
+        monkeypatch.delitem(sys.modules, name)
     (tmp_path / "mypkg").mkdir()
     (tmp_path / "mypkg" / "__init__.py").write_text("")
     (tmp_path / "mypkg" / "nets.py").write_text(
