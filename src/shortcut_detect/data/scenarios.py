@@ -2,8 +2,10 @@
 global artefact, on synthetic shapes and on scikit-learn's handwritten digits (real scans).
 
 Each scenario trains a small CNN (seconds, cached) on data where the shortcut follows the
-label as the scenario says, and gives a held-out test set where the marker is independent of
-the label, with its per-image masks and which images carry it.
+label as the scenario says (in the scenarios with a shortcut, 10% of the training labels
+disagree with the image content, so the shortcut is the more predictive cue), and gives a
+held-out test set where the marker is independent of the label, with its per-image masks and
+which images carry it.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ from shortcut_detect.data.synthetic import SmallCNN, make_shortcut_dataset, trai
 
 __all__ = ["BASES", "KINDS", "Scenario", "load_scenario", "scenario_cache_dir"]
 
-SCENARIO_VERSION = 2
+SCENARIO_VERSION = 3
 
+#: Share of training labels that disagree with the image content in the scenarios with a
+#: shortcut: the marker (95% agreement) is then the more predictive cue, as in real shortcut
+#: data, so the trained model relies on it instead of merely having seen it.
+LABEL_NOISE = 0.1
 #: Scenario kinds: how the marker (or artefact) relates to the label in the training data.
 KINDS = {
     "fixed_marker": "a marker at a fixed place (top-left), on 95% of class 1 and 5% of class 0",
@@ -28,7 +34,8 @@ KINDS = {
     "salient_unused": "a bright marker (top-left) on half the images, independent of the label",
     "one_class_marker": "a marker (top-left) on 60% of class 1 only; never on class 0",
     "global_brightness": "class 1 images brighter overall (95% agreement); no marker",
-    "clean": "no marker in training (test images carry one at random)",
+    "clean": "no marker in training or test (half the test images get the marker's mask, "
+    "with nothing drawn there: a null)",
 }
 #: Base images: synthetic shapes (32x32 RGB) and scikit-learn digits (upsampled to 20x20 and
 #: centred on a 32x32 blank image, so markers in the corners sit on the border).
@@ -39,12 +46,13 @@ DIGIT_SIZE = 20  # the SmallCNN's receptive field must see most of a digit to le
 MARKER = 4
 OFFSET = 2
 BRIGHTNESS = 0.15
-#: Per base: shape contrast (shapes only), training images and epochs. Chosen so that clean
-#: models learn the task (test accuracy about 0.97 on shapes) in seconds; a model that has not
-#: learned its task is moved by anything, which makes every false-alarm rate meaningless.
+#: Per base: shape contrast (shapes only), training images, epochs, learning rate. Chosen so
+#: that clean models learn the task (test accuracy about 0.97 on shapes, 0.9 on digits) in
+#: seconds; a model that has not learned its task is moved by anything, which makes every
+#: false-alarm rate meaningless.
 TRAINING = {
-    "shapes": {"shape_contrast": 0.5, "n_train": 1600, "epochs": 6},
-    "digits": {"shape_contrast": None, "n_train": 1600, "epochs": 8},
+    "shapes": {"shape_contrast": 0.5, "n_train": 1600, "epochs": 6, "lr": 3e-3},
+    "digits": {"shape_contrast": None, "n_train": 1600, "epochs": 12, "lr": 1e-3},
 }
 
 
@@ -78,6 +86,20 @@ class Scenario:
     carriers: np.ndarray
     uses_shortcut: bool
     accuracy: float
+    clean_images: np.ndarray | None = None
+
+    def oracle_flip_rate(self) -> float:
+        """Share of marker carriers whose prediction changes when the marker is removed exactly.
+
+        The ground truth of reliance: each carrier against the same test image drawn without
+        the marker (or brightening), which no detector gets to see.
+        """
+        if self.clean_images is None or not self.carriers.any():
+            return float("nan")
+        with torch.inference_mode():
+            planted = self.model(torch.from_numpy(self.images[self.carriers])).argmax(dim=1)
+            clean = self.model(torch.from_numpy(self.clean_images[self.carriers])).argmax(dim=1)
+        return float((planted != clean).float().mean())
 
     @property
     def marker_zone(self) -> np.ndarray:
@@ -165,6 +187,9 @@ def _plant(
     corners = rng.integers(0, 4, n_samples) if kind == "random_corner" else np.zeros(n_samples, int)
     for index in np.flatnonzero(carriers):
         masks[index] = _corner_mask(int(corners[index]))
+    if kind == "clean":
+        # The place a user might suspect, with nothing drawn there: a null for the tests.
+        return images, masks, carriers
     colour = np.array([1.0, 1.0, 0.0] if images.shape[1] == 3 else [1.0], dtype=np.float32)
     for channel, value in enumerate(colour):
         images[:, channel][masks] = value
@@ -193,10 +218,18 @@ def load_scenario(
     rng = np.random.default_rng([seed, BASES.index(base), list(KINDS).index(kind)])
     train_images, train_labels = _base_images(base, n_train, seed)
     test_images, test_labels = _base_images(base, n_test, seed + 10_000, test=True)
+    uses_shortcut = kind in (*LOCALISED, "global_brightness")
+    if uses_shortcut:
+        noisy = rng.random(len(train_labels)) < LABEL_NOISE
+        train_labels = np.where(noisy, 1 - train_labels, train_labels)
     train_images, _, _ = _plant(train_images, train_labels, kind, True, rng)
+    clean_test_images = test_images
     test_images, masks, carriers = _plant(test_images, test_labels, kind, False, rng)
     channels = train_images.shape[1]
-    path = scenario_cache_dir() / f"{base}-{kind}-n{n_train}-e{epochs}-seed{seed}.pt"
+    lr = float(TRAINING[base]["lr"])
+    noise = f"-noise{LABEL_NOISE:g}" if uses_shortcut else ""
+    name = f"{base}-{kind}-n{n_train}-e{epochs}-lr{lr:g}{noise}-seed{seed}.pt"
+    path = scenario_cache_dir() / name
     model = SmallCNN(in_channels=channels, width=8)
     if path.exists():
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -209,6 +242,7 @@ def load_scenario(
             torch.from_numpy(train_images),
             torch.from_numpy(train_labels),
             epochs=epochs,
+            lr=lr,
             seed=seed,
         )
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,6 +260,7 @@ def load_scenario(
         labels=test_labels,
         masks=masks,
         carriers=carriers,
-        uses_shortcut=kind in (*LOCALISED, "global_brightness"),
+        uses_shortcut=uses_shortcut,
         accuracy=float((predicted == test_labels).mean()),
+        clean_images=clean_test_images,
     )
