@@ -27,6 +27,7 @@ import shortcut_detect.app as app_module
 from shortcut_detect import __version__
 from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.audit.demo import run_demo
+from shortcut_detect.audit.interventions import run_intervention_stage
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.report import build_report
 from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
@@ -395,7 +396,11 @@ def _add_audit(commands: _Commands, common: argparse.ArgumentParser, max_pixels:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     _analysis_options(audit)
-    interventions = audit.add_argument_group("interventions")
+    _intervention_options(audit)
+
+
+def _intervention_options(parser: argparse.ArgumentParser) -> None:
+    interventions = parser.add_argument_group("interventions")
     interventions.add_argument(
         "--intervention-samples",
         type=int,
@@ -463,11 +468,13 @@ def _add_report(commands: _Commands, common: argparse.ArgumentParser) -> None:
     report.add_argument(
         "--no-model",
         action="store_true",
-        help="do not reload the model (skips the embedding tests)",
+        help="do not reload the model (skips the embedding and intervention tests)",
     )
     report.add_argument("--num-workers", type=int, default=2, metavar="N")
     report.add_argument("--batch-size", type=int, default=32, metavar="N")
     _analysis_options(report)
+    # The stage's results are kept in the store: with the audit's settings it reuses them.
+    _intervention_options(report)
 
 
 def _add_app(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -626,24 +633,43 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     store = AuditStore(args.directory)
+    status = store.shard_status()
+    complete = not status["unfinished"]
+    wants_embeddings = bool(store.config.get("has_groups")) and args.embedding_samples > 0
+    wants_interventions = complete and args.intervention_samples > 0
     loaded = None
-    if not args.no_model and store.config.get("has_groups") and args.embedding_samples > 0:
+    if not args.no_model and (wants_embeddings or wants_interventions):
         options = dict(store.config.get("load_options", {}))
         try:
             loaded = load_model(
                 store.config["model"], image_size=tuple(store.input_size), **options
             )
-        except Exception as error:  # the report is still useful without the embedding tests
-            _log(f"note: could not reload the model for the embedding tests ({error})")
-    status = store.shard_status()
-    if status["unfinished"]:
+        except Exception as error:  # the report is still useful without the model's tests
+            _log(
+                f"note: could not reload the model for the embedding and intervention tests "
+                f"({error})"
+            )
+    if not complete:
         _log(
             f"note: {unfinished_shards_text(status['unfinished'], status['expected'])}; "
             "the report covers the samples stored so far"
         )
+    if loaded is not None and wants_interventions:
+        store.merge()
+        try:
+            run_intervention_stage(
+                store,
+                loaded,
+                n_samples=args.intervention_samples,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                num_workers=args.num_workers,
+            )
+        except (ValueError, RuntimeError) as error:
+            _log(f"note: the intervention stage failed and was skipped ({error})")
     summary, path = build_report(
         store,
-        loaded=loaded,
+        loaded=loaded if wants_embeddings else None,
         n_permutations=args.permutations,
         max_analysis_samples=args.max_analysis_samples,
         embedding_samples=args.embedding_samples,

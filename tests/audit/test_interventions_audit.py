@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
 from shortcut_detect.audit.interventions import INTERVENTIONS_DIR, INTERVENTIONS_FILE
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.cli import build_parser
+from shortcut_detect.cli import main as cli_main
 
 ENTRY_KEYS = {"source", "description", "location", "effect", "interval", "p", "reading"}
 DISCOVERED = {"hotspot", "spray", "group comparison", "embedding cluster"}
@@ -119,6 +121,14 @@ def test_zero_intervention_samples_skip_the_stage(demo_manifest, tmp_path):
     assert signal["risk"] == "UNKNOWN" and "did not run" in signal["finding"]
     with pytest.raises(AuditError, match="intervention_samples= must be 0"):
         run_audit(_options(small, tmp_path / "bad", intervention_samples=-1))
+    # `report` on the finished store runs the stage it skipped (and --no-model skips it again).
+    assert cli_main(["report", str(out), "--no-model", "--permutations", "20"]) == 0
+    assert json.loads((out / "summary.json").read_text())["interventions"] == []
+    status = cli_main(["report", str(out), "--permutations", "20", "--intervention-samples", "24"])
+    assert status == 0
+    assert (out / INTERVENTIONS_DIR / INTERVENTIONS_FILE).exists()
+    entries = json.loads((out / "summary.json").read_text())["interventions"]
+    assert any(entry["source"] == "given mask" for entry in entries)
 
 
 def test_cli_flags_set_the_intervention_samples():
