@@ -51,7 +51,7 @@ BRIGHTNESS = 0.15
 #: seconds; a model that has not learned its task is moved by anything, which makes every
 #: false-alarm rate meaningless.
 TRAINING = {
-    "shapes": {"shape_contrast": 0.5, "n_train": 1600, "epochs": 6, "lr": 3e-3},
+    "shapes": {"shape_contrast": 0.5, "n_train": 1600, "epochs": 12, "lr": 1e-3},
     "digits": {"shape_contrast": None, "n_train": 1600, "epochs": 12, "lr": 1e-3},
 }
 
