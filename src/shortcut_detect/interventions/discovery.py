@@ -55,7 +55,12 @@ class Candidate:
     score:
         Strength of the suspicion (share of maps peaking there, cluster share, ...).
     carriers:
-        Bool ``(N,)`` images thought to carry it (from groups), or ``None``: test all images.
+        Bool ``(N,)`` images thought to carry it, or ``None``: test all images. Hotspots:
+        the images whose heatmap peaks there; SpRAy: the cluster's images; group
+        comparison: the group attending more there. Removal is measured on them (against
+        controls on the same images) and transplant moves the region from them onto the
+        others, so a shortcut that only some images carry (a tag in one of several
+        places) is not diluted by the images without it.
     object_overlap:
         Share of the images whose foreground (object, strokes or marker: pixels far from the
         image's median colour) covers at least ``OVERLAP_AREA`` of the region; set by
@@ -231,6 +236,7 @@ def _hotspots(maps: np.ndarray, min_share: float) -> list[Candidate]:
                 region,
                 f"{shares[index]:.0%} of heatmaps peak in the {where} ninth of the image",
                 float(shares[index]),
+                carriers=members,
             )
         )
     return found
@@ -260,6 +266,7 @@ def _spray(maps: np.ndarray, seed: int) -> list[Candidate]:
                 f"concentrates its attention on {cluster['concentration_area']:.1%} of the "
                 f"image ({cluster['peak_location']})",
                 float(cluster["share"]),
+                carriers=detector.labels_ == cluster["cluster"],
             )
         )
     return found
@@ -427,16 +434,23 @@ def confirm_candidates(
     for candidate in candidates:
         if candidate.object_overlap is None and candidate.region.shape == foreground.shape[1:]:
             candidate.object_overlap = _object_overlap(candidate.region, foreground)
-        result = intervene(
-            model,
-            images,
-            candidate.region,
-            carriers=candidate.carriers,
-            heatmaps=heatmaps,
-            avoid=union & ~candidate.region,
-            alpha=corrected,
-            **intervene_options,
-        )
+        others = union & ~candidate.region
+        result = None
+        # Controls keep clear of the other candidates; when those leave no room (a large
+        # region with candidates in every corner), they may overlap them.
+        for avoid in (others, None) if others.any() else (None,):
+            result = intervene(
+                model,
+                images,
+                candidate.region,
+                carriers=candidate.carriers,
+                heatmaps=heatmaps,
+                avoid=avoid,
+                alpha=corrected,
+                **intervene_options,
+            )
+            if result.effect.n > 0:
+                break
         tests.append(CandidateTest(candidate, result))
     return tests
 
