@@ -158,13 +158,15 @@ MODEL_HELP = (
     "--trust-pickle). TorchScript files cannot be explained: they take no layer hooks"
 )
 
-# Options that take several numbers: "0.5,0.5,0.5" and "0.5 0.5 0.5" both work.
-_NUMBER_LIST_OPTIONS = ("--mean", "--std", "--resize", "--crop")
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,?$")
+# Options that take several numbers: "0.5,0.5,0.5" and "0.5 0.5 0.5" both work, and so does
+# a negative first number ("--window -600,1500", a CT lung window).
+_NUMBER_LIST_OPTIONS = ("--mean", "--std", "--resize", "--crop", "--window")
+_NUMBER = re.compile(r"^([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,?)+$")
 
 
 def _join_number_lists(argv: Sequence[str]) -> list[str]:
-    """Merge the numbers after ``--mean``/``--std``/``--resize``/``--crop`` into one value.
+    """Merge the numbers after ``--mean``/``--std``/``--resize``/``--crop``/``--window`` into
+    one ``--option=values`` token.
 
     argparse cannot take "one to three numbers" without also swallowing a positional
     argument that follows (``explain --mean 0.5 0.5 0.5 cat.png``), so the values are
@@ -182,7 +184,8 @@ def _join_number_lists(argv: Sequence[str]) -> list[str]:
                 values.append(argv[index].rstrip(","))
                 index += 1
             if values:
-                joined.append(",".join(values))
+                # One "--option=values" token: argparse takes "-600,1500" for an option name.
+                joined[-1] = f"{token}={','.join(values)}"
     return joined
 
 

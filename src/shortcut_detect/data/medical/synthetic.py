@@ -363,7 +363,8 @@ def write_synthetic_nifti_set(
     organ = np.sum(((grid - centre) / (np.asarray(shape) * 0.35)) ** 2, axis=-1) <= 1
     affine = np.diag([-1.5, 1.5, 2.0, 1.0])
     affine[:3, 3] = (40.0, -30.0, -20.0)
-    side = max(3, min(shape) // 6)
+    # A rod is sized by the slice it shows in (axial: the first two axes).
+    side = max(3, (min(shape[:2]) if marker == "rod" else min(shape)) // 6)
     for name in class_names:
         (root / name).mkdir(parents=True, exist_ok=True)
     paths = []
