@@ -22,7 +22,7 @@ import torch
 pytest.importorskip("pydicom")
 pytest.importorskip("nibabel")
 
-from shortcut_detect.audit.pipeline import AuditOptions, run_audit
+from shortcut_detect.audit.pipeline import AuditOptions, AuditRun, run_audit
 from shortcut_detect.cli import EXIT_SHORTCUT, main
 from shortcut_detect.data.images import load_image, read_image_set
 from shortcut_detect.data.medical.synthetic import (
@@ -54,6 +54,26 @@ def _train(paths, labels, window: str | None, out: Path) -> Path:
     train_classifier(model, images, torch.tensor(labels), epochs=6, batch_size=16, seed=0)
     torch.save(model, out)
     return out
+
+
+def _audit(model: Path, manifest: Path, out: Path, class_names, **medical) -> AuditRun:
+    """A library audit of a pickled test model on a manifest with group and mask columns."""
+    return run_audit(
+        AuditOptions(
+            model=str(model),
+            trust_pickle=True,
+            classes=list(class_names),
+            resize=[SIZE],
+            data=str(manifest),
+            out=str(out),
+            group_column="group",
+            mask_column="mask",
+            num_workers=0,
+            n_permutations=200,
+            progress=False,
+            **medical,
+        )
+    )
 
 
 def _write_manifest(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
@@ -175,21 +195,12 @@ def test_dicom_clean_model_is_not_drawn_to_the_tag(dicom_case, tmp_path):
     labels = np.array(test.labels)
     accuracy = evaluate_accuracy(model, _tensors(test.paths, LUNG_WINDOW), labels)
     assert accuracy > 0.9  # it learned the nodules, so its verdict means something
-    run = run_audit(
-        AuditOptions(
-            model=str(dicom_case.models["clean"]),
-            trust_pickle=True,
-            classes=list(test.class_names),
-            resize=[SIZE],
-            window=LUNG_WINDOW,
-            data=str(dicom_case.manifest),
-            out=str(tmp_path / "clean"),
-            group_column="group",
-            mask_column="mask",
-            num_workers=0,
-            n_permutations=200,
-            progress=False,
-        )
+    run = _audit(
+        dicom_case.models["clean"],
+        dicom_case.manifest,
+        tmp_path / "clean",
+        test.class_names,
+        window=LUNG_WINDOW,
     )
     # The clean model's evidence is the nodules (in the lungs), never the tag. (Its overall
     # verdict is not asserted: interventions read its reliance on the lungs as a hotspot,
@@ -235,22 +246,13 @@ def test_nifti_volumes_read_as_axial_slices_show_the_planted_marker(tmp_path):
         for path, label, marked in zip(test.paths, test.labels, test.marker)
     ]
     manifest = _write_manifest(test.root / "manifest.csv", rows)
-    run = run_audit(
-        AuditOptions(
-            model=str(model_path),
-            trust_pickle=True,
-            classes=list(train.class_names),
-            resize=[SIZE],
-            slices="axial",
-            window=NIFTI_WINDOW,
-            data=str(manifest),
-            out=str(tmp_path / "audit"),
-            group_column="group",
-            mask_column="mask",
-            num_workers=0,
-            n_permutations=200,
-            progress=False,
-        )
+    run = _audit(
+        model_path,
+        manifest,
+        tmp_path / "audit",
+        train.class_names,
+        window=NIFTI_WINDOW,
+        slices="axial",
     )
     summary = run.summary
     assert run.processed == 10 * 12 and run.failed == 0
