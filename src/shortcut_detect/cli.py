@@ -37,12 +37,18 @@ from shortcut_detect.cam.layers import spatial_layers
 from shortcut_detect.common.device import DeviceUnavailableError, resolve_device
 from shortcut_detect.data.images import (
     DEFAULT_MAX_PIXELS,
+    SLICE_PLANES,
     ImageLoadError,
     ManifestError,
     common_image_size,
+    is_medical_name,
     load_image,
     read_image_set,
+    slice_count,
+    volume_slices,
 )
+from shortcut_detect.data.medical import describe_window_spec, read_medical, save_heatmap_nifti
+from shortcut_detect.data.transforms import window_text
 from shortcut_detect.gradcam import GradCAMHeatmapGenerator, class_probabilities
 from shortcut_detect.models import (
     LoadedModel,
@@ -153,13 +159,15 @@ MODEL_HELP = (
     "--trust-pickle). TorchScript files cannot be explained: they take no layer hooks"
 )
 
-# Options that take several numbers: "0.5,0.5,0.5" and "0.5 0.5 0.5" both work.
-_NUMBER_LIST_OPTIONS = ("--mean", "--std", "--resize", "--crop")
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,?$")
+# Options that take several numbers: "0.5,0.5,0.5" and "0.5 0.5 0.5" both work, and so does
+# a negative first number ("--window -600,1500", a CT lung window).
+_NUMBER_LIST_OPTIONS = ("--mean", "--std", "--resize", "--crop", "--window")
+_NUMBER = re.compile(r"^([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?,?)+$")
 
 
 def _join_number_lists(argv: Sequence[str]) -> list[str]:
-    """Merge the numbers after ``--mean``/``--std``/``--resize``/``--crop`` into one value.
+    """Merge the numbers after ``--mean``/``--std``/``--resize``/``--crop``/``--window`` into
+    one ``--option=values`` token.
 
     argparse cannot take "one to three numbers" without also swallowing a positional
     argument that follows (``explain --mean 0.5 0.5 0.5 cat.png``), so the values are
@@ -177,7 +185,8 @@ def _join_number_lists(argv: Sequence[str]) -> list[str]:
                 values.append(argv[index].rstrip(","))
                 index += 1
             if values:
-                joined.append(",".join(values))
+                # One "--option=values" token: argparse takes "-600,1500" for an option name.
+                joined[-1] = f"{token}={','.join(values)}"
     return joined
 
 
@@ -253,6 +262,30 @@ def _data_options(
         help=f"refuse images with more pixels than this (default {max_pixels_default:,})",
     )
     return group
+
+
+def _medical_options(parser: argparse.ArgumentParser, *, export: bool = False) -> None:
+    """The "medical images" group: ``--window``, ``--slices`` (and ``--export-nifti``)."""
+    group = parser.add_argument_group("medical images (DICOM, NIfTI, 16-bit)")
+    group.add_argument(
+        "--window",
+        metavar="W",
+        help="intensity window: 'auto' (the file's window, else percentiles 0.5-99.5), "
+        "'full' (min..max) or CENTER,WIDTH in the image's units, e.g. 40,400 for CT soft "
+        "tissue (default: auto for DICOM/NIfTI, full 16-bit range for 16-bit PNG/TIFF)",
+    )
+    group.add_argument(
+        "--slices",
+        choices=SLICE_PLANES,
+        help="feed 3-D volumes (NIfTI) to a 2-D model one slice of this plane at a time",
+    )
+    if export:
+        group.add_argument(
+            "--export-nifti",
+            action="store_true",
+            help="also write each heatmap as NIfTI aligned with the source (for 3D Slicer, "
+            "ITK-SNAP); volumes read with --slices get one 3-D heatmap",
+        )
 
 
 def _layer_option(group: argparse._ActionsContainer, default: str = "the last spatial one") -> None:
@@ -395,6 +428,7 @@ def _add_audit(commands: _Commands, common: argparse.ArgumentParser, max_pixels:
         help="only fill the store; analyse later with `shortcut-detect report DIR`",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _medical_options(audit)
     _analysis_options(audit)
     _intervention_options(audit)
 
@@ -436,6 +470,7 @@ def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "--out", default="explanations", metavar="DIR", help="default ./explanations"
     )
     explain.add_argument("--top-k", type=int, default=5, metavar="K", help="predictions to list")
+    _medical_options(explain, export=True)
 
 
 def _add_layers(commands: _Commands, common: argparse.ArgumentParser) -> None:
@@ -560,6 +595,7 @@ def _data_image_size(args: argparse.Namespace) -> Callable[[], tuple[int, int]]:
             path_column=getattr(args, "path_column", "path"),
             label_column=getattr(args, "label_column", "label"),
             group_column=args.group_column,
+            slices=getattr(args, "slices", None),
         )
         return common_image_size(record.path for record in image_set.records)
 
@@ -592,6 +628,8 @@ def _audit_options(args: argparse.Namespace, model: ModelOptions) -> AuditOption
         intervention_samples=args.intervention_samples,
         seed=args.seed,
         report=not args.no_report,
+        window=args.window,
+        slices=args.slices,
         **model.load_kwargs(),
     )
 
@@ -703,13 +741,13 @@ def _layers_hint(spec: str) -> str:
     return f"list the layers with `shortcut-detect layers --model {spec}`"
 
 
-def _explainable(args: argparse.Namespace) -> tuple[LoadedModel, str]:
+def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedModel, str]:
     """The model of ``explain`` and the layer to explain, checked before any work."""
     try:
         get_method(args.method)
     except ValueError as error:
         raise CommandError(str(error)) from error
-    loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(args.images))
+    loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(sources))
     if loaded.is_torchscript:
         raise CommandError(
             "Grad-CAM needs layer hooks, which TorchScript models do not support",
@@ -719,7 +757,32 @@ def _explainable(args: argparse.Namespace) -> tuple[LoadedModel, str]:
     layer = args.layer or loaded.default_layer
     if layer is None:
         raise CommandError("No spatial layer found to explain", _layers_hint(args.model))
+    if args.export_nifti and loaded.transform.crop:
+        raise CommandError(
+            "--export-nifti maps heatmaps back onto the source's voxels, which a centre crop "
+            "makes impossible",
+            "use --resize N without --crop (or --preset none) for this model",
+        )
     return loaded, layer
+
+
+def _explain_inputs(args: argparse.Namespace) -> list[tuple[Path, str, str]]:
+    """``(file, stem, source)`` per explained image: the file the user gave, the output name
+    stem and what :func:`load_image` reads (the file, or ``FILE#PLANE=INDEX`` per slice of a
+    volume with ``--slices``)."""
+    inputs = []
+    for text in args.images:
+        path = Path(text)
+        stem = path.name[: -len(".nii.gz")] if text.lower().endswith(".nii.gz") else path.stem
+        count = slice_count(path, args.slices) if args.slices else None
+        if count is None:
+            inputs.append((path, stem, text))
+        else:
+            inputs.extend(
+                (path, f"{stem}_{args.slices}{i:03d}", f"{text}#{args.slices}={i}")
+                for i in range(count)
+            )
+    return inputs
 
 
 def _write_explanation(
@@ -732,58 +795,115 @@ def _write_explanation(
     return {"overlay": str(overlay_path), "heatmap": str(heatmap_path)}
 
 
+def _export_nifti(
+    out: Path,
+    inputs: list[tuple[Path, str, str]],
+    heatmaps: np.ndarray,
+    results: list[dict[str, Any]],
+    args: argparse.Namespace,
+) -> list[str]:
+    """Write the heatmaps of DICOM/NIfTI inputs as NIfTI aligned with their sources: one 3-D
+    map per volume read slice-wise, one 2-D map per image with geometry. Adds ``nifti`` (and
+    ``pixel_spacing_mm``) to the rows of ``results``; returns the files written."""
+    written: list[str] = []
+    volumes: dict[Path, list[int]] = {}
+    for i, (path, _, source) in enumerate(inputs):
+        if source != str(path):
+            volumes.setdefault(path, []).append(i)
+        elif is_medical_name(path):
+            image = read_medical(path, window=args.window or "auto")
+            results[i]["pixel_spacing_mm"] = (
+                None if image.spacing is None else [float(v) for v in image.spacing]
+            )
+            if image.affine is None:
+                results[i]["nifti"] = None
+                continue
+            target = out / f"{inputs[i][1]}_heatmap.nii.gz"
+            save_heatmap_nifti(heatmaps[i], image.affine, target, shape=image.spatial_shape)
+            results[i]["nifti"] = str(target)
+            written.append(str(target))
+    for path, rows in volumes.items():
+        slices = volume_slices(path, args.slices, window=args.window)
+        stem = inputs[rows[0]][1].rsplit(f"_{args.slices}", 1)[0]
+        target = out / f"{stem}_heatmap.nii.gz"
+        volume = slices.volume
+        save_heatmap_nifti(slices.to_volume(heatmaps[rows]), volume.affine, target)
+        for i in rows:
+            results[i]["nifti"] = str(target)
+        written.append(str(target))
+    return written
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
-    loaded, layer = _explainable(args)
+    if args.window is not None:
+        try:
+            window_text(args.window)
+        except ValueError as error:
+            raise CommandError(str(error)) from error
+    inputs = _explain_inputs(args)
+    loaded, layer = _explainable(args, [source for _, _, source in inputs])
     try:
         target = class_index(args.target, loaded.class_names)
     except UnknownClassError as error:
         raise CommandError(f"--target: {error}") from error
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    images = [(Path(p), load_image(p)) for p in args.images]
-    batch = torch.stack([loaded.transform(image) for _, image in images])
+    images = [load_image(source, window=args.window) for _, _, source in inputs]
     try:
         generator = GradCAMHeatmapGenerator(
             loaded.model, layer, device=loaded.device, method=args.method
         )
     except ValueError as error:
         raise CommandError(str(error), _layers_hint(args.model)) from error
+    parts = []
     with generator:
-        explanation = generator.explain(batch, [("logits", target)])[0]
-    probabilities = class_probabilities(explanation.head_output)
+        # Batches of 32: a volume read slice-wise can give hundreds of inputs.
+        for start in range(0, len(images), 32):
+            batch = torch.stack([loaded.transform(image) for image in images[start : start + 32]])
+            parts.append(generator.explain(batch, [("logits", target)])[0])
+    heatmaps = np.concatenate([np.asarray(part.heatmaps) for part in parts])
+    raw_heatmaps = np.concatenate([np.asarray(part.raw_heatmaps) for part in parts])
+    probabilities = torch.cat([class_probabilities(part.head_output) for part in parts])
+    explained_indices = np.concatenate([np.asarray(part.target_indices) for part in parts])
     results = []
     used: set[str] = set()
-    for i, (path, image) in enumerate(images):
-        stem = path.stem
+    for i, ((path, stem, source), image) in enumerate(zip(inputs, images)):
         while stem in used:
             stem += "_"
         used.add(stem)
+        inputs[i] = (path, stem, source)
         files = _write_explanation(
-            out,
-            stem,
-            loaded.transform.display(image),
-            explanation.heatmaps[i],
-            explanation.raw_heatmaps[i],
+            out, stem, loaded.transform.display(image), heatmaps[i], raw_heatmaps[i]
         )
         values, indices = probabilities[i].topk(min(args.top_k, probabilities.shape[1]))
         top = [
             {"class_idx": int(c), "class_name": loaded.class_names[int(c)], "confidence": float(v)}
             for v, c in zip(values, indices)
         ]
-        explained = loaded.class_names[int(explanation.target_indices[i])]
+        explained = loaded.class_names[int(explained_indices[i])]
         results.append(
-            {"image": str(path), "explained_class": explained, "top_predictions": top, **files}
+            {"image": source, "explained_class": explained, "top_predictions": top, **files}
         )
-        _print(f"{path}: explained class '{explained}'")
+        _print(f"{source}: explained class '{explained}'")
         for rank, item in enumerate(top, 1):
             _print(f"  {rank}. {item['class_name']:<24} {item['confidence']:7.2%}")
+    exported = _export_nifti(out, inputs, heatmaps, results, args) if args.export_nifti else []
     (out / "explanations.json").write_text(
         json.dumps(
-            {"model": loaded.spec, "layer": layer, "method": args.method, "images": results},
+            {
+                "model": loaded.spec,
+                "layer": layer,
+                "method": args.method,
+                "window": describe_window_spec(args.window),
+                "slices": args.slices,
+                "images": results,
+            },
             indent=2,
         )
     )
     _print(f"Overlays and heatmaps written to {out}/ (explanations.json lists them).")
+    if exported:
+        _print(f"NIfTI heatmaps aligned with their sources: {len(exported)} file(s).")
     return EXIT_OK
 
 

@@ -887,6 +887,8 @@ def _overview(store: AuditStore, data: dict[str, np.ndarray], n_rows: int) -> di
             "kind": config.get("data_kind"),
             "group_column": config.get("group_column"),
             "mask_column": config.get("mask_column"),
+            "window": config.get("window"),
+            "slices": config.get("slices"),
             "notes": config.get("data_notes", []),
         },
         "failed_images": [

@@ -14,7 +14,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from shortcut_detect.common.progress import ProgressBar
 from shortcut_detect.common.serialization import nan_to_none
 from shortcut_detect.data.images import (
     DEFAULT_MAX_PIXELS,
+    SLICE_PLANES,
     ImageRecord,
     ImageRecordDataset,
     ImageSet,
@@ -44,6 +45,8 @@ from shortcut_detect.data.images import (
     mask_text,
     read_image_set,
 )
+from shortcut_detect.data.medical.window import describe_window_spec
+from shortcut_detect.data.transforms import window_text
 from shortcut_detect.models import LoadedModel, ModelOptions, load_model
 
 __all__ = [
@@ -107,6 +110,9 @@ class AuditOptions:
     seed: int = 0
     report: bool = True
     intervention_samples: int = 200
+    # medical images
+    window: str | None = None
+    slices: str | None = None
 
     def model_options(self) -> ModelOptions:
         """The model part of these options (the fields named like :class:`ModelOptions`')."""
@@ -205,6 +211,8 @@ def run_config(
         },
         "path_column": options.path_column,
         "label_column": options.label_column,
+        "window": describe_window_spec(loaded.transform.window),
+        "slices": options.slices,
     }
 
 
@@ -447,11 +455,19 @@ def _check_options(options: AuditOptions) -> None:
         raise AuditError(f"target= must be one of {', '.join(TARGETS)}, got {options.target!r}")
     if options.intervention_samples < 0:
         raise AuditError(
-            "intervention_samples= must be 0 (off) or positive, got "
-            f"{options.intervention_samples}"
+            f"intervention_samples= must be 0 (off) or positive, got {options.intervention_samples}"
         )
     if options.num_shards < 1:
         raise AuditError(f"num_shards= must be at least 1, got {options.num_shards}")
+    if options.window is not None:
+        try:
+            window_text(options.window)
+        except ValueError as error:
+            raise AuditError(str(error).replace("--window", "window=")) from error
+    if options.slices is not None and options.slices not in SLICE_PLANES:
+        raise AuditError(
+            f"slices= must be one of {', '.join(SLICE_PLANES)} (or None), got {options.slices!r}"
+        )
     if not 0 <= options.shard_index < options.num_shards:
         raise AuditError(
             f"shard_index= must be in 0..{options.num_shards - 1}, got {options.shard_index}"
@@ -492,6 +508,7 @@ def _read_data(options: AuditOptions, loaded: LoadedModel) -> tuple[ImageSet, li
         label_column=options.label_column,
         group_column=options.group_column,
         mask_column=options.mask_column,
+        slices=options.slices,
     )
     # len(class_names), not num_classes: a single-logit model has two classes.
     _check_labels(image_set, len(loaded.class_names))
@@ -640,6 +657,8 @@ def run_audit(
         _check_options(options)
         started = time.perf_counter()
         loaded = loaded or load_model(options.model, **options.load_kwargs())
+        if options.window is not None:
+            loaded = replace(loaded, transform=replace(loaded.transform, window=options.window))
         generator, layer = _make_generator(options, loaded)
         try:
             image_set, class_names = _read_data(options, loaded)

@@ -81,7 +81,8 @@ class _SampleImages:
 
         row = self.rows[sample_id]
         try:
-            display = self.preprocessing.display(load_image(row["path"]))
+            image = load_image(row["path"], window=self.preprocessing.window)
+            display = self.preprocessing.display(image)
         except Exception as error:  # the file moved since the run: say so in the tile
             return {"id": sample_id, "error": str(error), "caption": sample_id}
         heat = self.store.upsampled([sample_id], display.shape[:2])[0]

@@ -1,7 +1,9 @@
 """Image sets on disk: an ImageFolder-style directory or a CSV/Parquet manifest.
 
 * :func:`load_image` opens one file safely (size limit before decoding, truncated and
-  non-image files raise :class:`ImageLoadError`, palette/alpha/16-bit modes handled).
+  non-image files raise :class:`ImageLoadError`, palette/alpha/16-bit modes handled); DICOM
+  and NIfTI files, and slices of volumes (``scan.nii.gz#axial=12``), go to the medical
+  readers (:mod:`shortcut_detect.data.medical`) with an intensity window.
 * :func:`read_image_set` lists the samples (:class:`ImageRecord`) of a folder or manifest,
   with labels, optional groups and optional region masks (a binary image or a box).
 * :class:`ImageRecordDataset` decodes them in DataLoader workers; a bad file becomes a
@@ -13,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ from shortcut_detect.data.transforms import Preprocessing
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "MEDICAL_EXTENSIONS",
+    "SLICE_PLANES",
     "ImageLoadError",
     "ImageRecord",
     "ImageRecordDataset",
@@ -34,17 +39,27 @@ __all__ = [
     "ManifestError",
     "collate_samples",
     "common_image_size",
+    "expand_slices",
+    "is_medical_name",
     "load_image",
     "make_loader",
     "mask_from_text",
     "mask_text",
     "parse_box",
     "read_image_set",
+    "slice_count",
+    "slice_reference",
+    "volume_slices",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_PIXELS = 178_956_970  # twice Pillow's warning level, its own error level
 MANIFEST_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+# The suffixes the medical readers take (data.medical.MEDICAL_SUFFIXES, repeated here because
+# that package imports this module; a test checks they agree).
+MEDICAL_EXTENSIONS = (".dcm", ".dicom", ".dic", ".nii", ".nii.gz")
+SLICE_PLANES = ("axial", "coronal", "sagittal")
+_SLICE_PATTERN = re.compile(r"^(?P<path>.+)#(?P<plane>axial|coronal|sagittal)=(?P<index>\d+)$")
 
 
 class ImageLoadError(ValueError):
@@ -58,8 +73,12 @@ class ManifestError(ValueError):
 # -- one image ------------------------------------------------------------------------------
 
 
-def _to_standard_mode(image: Any) -> Any:
-    """``RGB`` for colour images, ``L`` for grayscale ones (8 bits)."""
+def _to_standard_mode(image: Any, window: Any = None) -> Any:
+    """``RGB`` for colour images, ``L`` for grayscale ones (8 bits).
+
+    ``window`` (a medical ``WindowSpec``: ``"auto"``, ``"full"``, ``"CENTER,WIDTH"`` or a
+    ``Window``) maps 16-bit and float images to 8 bits; ``None`` keeps the fixed scaling.
+    """
     from PIL import Image
 
     mode = image.mode
@@ -69,6 +88,11 @@ def _to_standard_mode(image: Any) -> Any:
         return image.convert("L")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
+        if window is not None:
+            # Imported here: the medical package imports this module.
+            from shortcut_detect.data.medical.window import resolve_window, to_8bit
+
+            return Image.fromarray(to_8bit(array, resolve_window(window, array)), mode="L")
         if mode == "F":
             low, high = float(np.nanmin(array)), float(np.nanmax(array))
             scaled = (array - low) / (high - low) * 255.0 if high > low else array * 0.0
@@ -84,29 +108,67 @@ def _to_standard_mode(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+def is_medical_name(path: str | os.PathLike[str]) -> bool:
+    """Whether the name ends in a DICOM or NIfTI suffix (see :data:`MEDICAL_EXTENSIONS`)."""
+    return str(path).lower().endswith(MEDICAL_EXTENSIONS)
+
+
+def slice_reference(path: str | os.PathLike[str]) -> tuple[str, str, int] | None:
+    """``(file, plane, index)`` of a slice reference ``FILE#PLANE=INDEX``, else ``None``.
+
+    A path naming an existing file is never a slice reference (file names may hold ``#``).
+    """
+    text = os.fspath(path)
+    match = _SLICE_PATTERN.match(text)
+    if match is None or Path(text).exists():
+        return None
+    return match["path"], match["plane"], int(match["index"])
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    window: Any = None,
+) -> Any:
     """Open an image file as a PIL image in ``RGB`` or ``L`` (grayscale) mode.
 
     Parameters
     ----------
     path:
-        The file.
+        The file: PNG, JPEG, TIFF... (anything Pillow reads), a DICOM file (``.dcm`` or the
+        ``DICM`` marker), a 2-D NIfTI file, or one slice of a volume as
+        ``FILE#PLANE=INDEX`` (plane ``axial``, ``coronal`` or ``sagittal``, see
+        :func:`read_image_set`'s ``slices``).
     max_pixels:
         Refuse images with more pixels than this before decoding them (a guard against
         decompression bombs and accidental giant scans).
+    window:
+        Intensity window for DICOM, NIfTI and 16-bit images: ``"auto"`` (the file's own
+        window, else percentiles 0.5-99.5), ``"full"`` (min..max), ``"CENTER,WIDTH"`` or a
+        :class:`~shortcut_detect.data.medical.Window`. ``None`` means ``"auto"`` for
+        medical files and the fixed 16-bit to 8-bit scaling for other 16-bit images.
 
     Raises
     ------
     ImageLoadError
-        Missing file, not an image, truncated or corrupt data, or too many pixels.
+        Missing file, not an image, truncated or corrupt data, too many pixels, or a volume
+        given where a 2-D image is needed.
+    MedicalDependencyError
+        A DICOM/NIfTI file without pydicom/nibabel installed (the message names the extra).
     """
     import warnings
 
     from PIL import Image, UnidentifiedImageError
 
+    reference = slice_reference(path)
+    if reference is not None:
+        return _load_slice(*reference, window=window, max_pixels=max_pixels)
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(f"{path}: no such file")
+    if is_medical_name(path) or _has_dicom_marker(path):
+        return _load_medical(path, window=window, max_pixels=max_pixels)
     if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
         # Asked explicitly for a higher limit than Pillow's own refusal level.
         Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
@@ -122,7 +184,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
                         "trusted)"
                     )
                 image.load()
-                return _to_standard_mode(image)
+                return _to_standard_mode(image, window)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as error:
@@ -134,6 +196,128 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageLoadError(f"{path}: corrupt or truncated image ({reason})") from error
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    """A suffix-less file with the DICOM ``DICM`` marker at byte 128 (PNG/JPEG... never)."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _load_medical(path: Path, *, window: Any, max_pixels: int) -> Any:
+    # Imported here: the medical package imports this module (errors, size limit).
+    from shortcut_detect.data.medical import read_medical
+
+    image = read_medical(path, window="auto" if window is None else window, max_pixels=max_pixels)
+    try:
+        return image.to_pil()
+    except ValueError as error:
+        raise ImageLoadError(str(error)) from error
+
+
+# The last volume cut into slices (per process): consecutive slices of a volume share it.
+_SLICE_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def volume_slices(
+    path: str | os.PathLike[str],
+    plane: str,
+    *,
+    window: Any = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Any:
+    """A volume file (NIfTI, multi-frame DICOM with positions, DICOM series folder) cut into
+    ``plane`` slices: a :class:`~shortcut_detect.data.medical.VolumeSlices`, kept for the next
+    call with the same file, plane and window.
+
+    Raises
+    ------
+    ImageLoadError
+        Unreadable file, or no 3-D geometry to cut slices from.
+    """
+    from shortcut_detect.data.medical import nifti_slices, read_medical
+
+    path = Path(path)
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError as error:
+        raise ImageLoadError(f"{path}: no such file") from error
+    key = (str(path), stamp, plane, repr(window), max_pixels)
+    cached = _SLICE_CACHE.get(key)
+    if cached is not None:
+        return cached
+    volume = read_medical(path, window="auto" if window is None else window, max_pixels=max_pixels)
+    try:
+        slices = nifti_slices(volume, plane)
+    except ValueError as error:
+        raise ImageLoadError(str(error)) from error
+    _SLICE_CACHE.clear()
+    _SLICE_CACHE[key] = slices
+    return slices
+
+
+def _load_slice(file: str, plane: str, index: int, *, window: Any, max_pixels: int) -> Any:
+    slices = volume_slices(file, plane, window=window, max_pixels=max_pixels)
+    if index >= len(slices):
+        raise ImageLoadError(
+            f"{file}: no {plane} slice {index} (the volume has {len(slices)} {plane} slices)"
+        )
+    return slices.image(index).to_pil()
+
+
+def slice_count(path: str | os.PathLike[str], plane: str) -> int | None:
+    """How many ``plane`` slices a volume file has, from its header (``None``: not a volume
+    or unreadable; the run reports the file as it is)."""
+    from shortcut_detect.data.medical import PLANES, require
+    from shortcut_detect.data.medical.image import reorientation
+
+    path = os.fspath(path)
+    if not path.lower().endswith((".nii", ".nii.gz")):
+        return None
+    nibabel = require("nibabel", "reading NIfTI files")
+    try:
+        image = nibabel.load(path)
+        shape = tuple(image.shape)
+        if len(shape) < 3 or any(n > 1 for n in shape[3:]):
+            return None
+        perm, _ = reorientation(np.asarray(image.affine), PLANES[plane])
+    except Exception:  # unreadable here means an error row when the run reads it
+        return None
+    return int(shape[perm[0]])
+
+
+def expand_slices(image_set: ImageSet, plane: str) -> ImageSet:
+    """Replace each 3-D NIfTI volume of ``image_set`` by one record per ``plane`` slice
+    (``FILE#PLANE=INDEX``, same label, group and mask); other files stay as they are."""
+    if plane not in SLICE_PLANES:
+        raise ValueError(f"--slices takes {', '.join(SLICE_PLANES)}, got {plane!r}")
+    records: list[ImageRecord] = []
+    volumes = 0
+    for record in image_set.records:
+        count = slice_count(record.path, plane)
+        if count is None:
+            records.append(replace(record, index=len(records)))
+            continue
+        volumes += 1
+        for number in range(count):
+            records.append(
+                replace(
+                    record,
+                    sample_id=f"{record.sample_id}#{plane}={number}",
+                    index=len(records),
+                    path=f"{record.path}#{plane}={number}",
+                )
+            )
+    notes = list(image_set.notes)
+    if volumes:
+        notes.append(f"{volumes} volume(s) read as {plane} slices: {len(records)} samples in all")
+    return replace(image_set, records=records, notes=notes)
 
 
 # -- records --------------------------------------------------------------------------------
@@ -157,9 +341,13 @@ def common_image_size(paths: Iterable[str | os.PathLike[str]]) -> tuple[int, int
     first = ""
     for path in paths:
         try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (OSError, SyntaxError, ValueError):
+            if slice_reference(path) is not None or is_medical_name(path):
+                # Medical files have no header Pillow reads: decode them (a one-off cost).
+                width, height = load_image(path).size
+            else:
+                with Image.open(path) as image:
+                    width, height = image.size
+        except (OSError, SyntaxError, ValueError, ImportError):
             continue
         if found is None:
             found, first = (height, width), str(path)
@@ -282,12 +470,14 @@ def _read_folder(root: Path, class_names: Sequence[str] | None) -> ImageSet:
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
             dirnames.sort()
             for filename in sorted(filenames):
-                if filename.lower().endswith(IMAGE_EXTENSIONS) and not filename.startswith("."):
+                if filename.startswith("."):
+                    continue
+                if filename.lower().endswith(IMAGE_EXTENSIONS) or is_medical_name(filename):
                     paths.append((Path(dirpath) / filename, name))
     if not paths:
         raise ManifestError(
             f"{root} has class folders ({', '.join(classes[:5])}) but no image files "
-            f"({', '.join(IMAGE_EXTENSIONS)})"
+            f"({', '.join(IMAGE_EXTENSIONS + MEDICAL_EXTENSIONS)})"
         )
     ids = _unique_ids([_relative(p, root) for p, _ in paths])
     records = [
@@ -488,6 +678,7 @@ def read_image_set(
     label_column: str = "label",
     group_column: str | None = None,
     mask_column: str | None = None,
+    slices: str | None = None,
 ) -> ImageSet:
     """List the samples of an image folder or a CSV/Parquet manifest.
 
@@ -501,6 +692,10 @@ def read_image_set(
     path_column, label_column, group_column, mask_column:
         Manifest column names. A mask cell is a path to a binary image (white = region) or
         a box ``x0,y0,x1,y1`` in image pixels; an empty cell means no mask.
+    slices:
+        ``"axial"``, ``"coronal"`` or ``"sagittal"``: each 3-D NIfTI volume becomes one
+        sample per slice of that plane (:func:`expand_slices`), for 2-D models. ``None``
+        keeps one sample per file (a volume is then an error row naming this option).
 
     Raises
     ------
@@ -519,19 +714,26 @@ def read_image_set(
                 "--group-column/--mask-column need a manifest (CSV/Parquet); an image folder "
                 "only gives labels"
             )
-        return _read_folder(path, class_names)
-    if path.suffix.lower() not in MANIFEST_SUFFIXES:
+        image_set = _read_folder(path, class_names)
+    elif path.suffix.lower() not in MANIFEST_SUFFIXES:
         raise ManifestError(
             f"--data {data}: not a directory or a manifest ({', '.join(MANIFEST_SUFFIXES)})"
         )
-    return _read_manifest(
-        path,
-        class_names,
-        path_column=path_column,
-        label_column=label_column,
-        group_column=group_column,
-        mask_column=mask_column,
-    )
+    else:
+        image_set = _read_manifest(
+            path,
+            class_names,
+            path_column=path_column,
+            label_column=label_column,
+            group_column=group_column,
+            mask_column=mask_column,
+        )
+    if slices is None:
+        return image_set
+    try:
+        return expand_slices(image_set, slices)
+    except ValueError as error:
+        raise ManifestError(str(error)) from error
 
 
 # -- decoding in workers -----------------------------------------------------------------------
@@ -539,6 +741,9 @@ def read_image_set(
 
 class ImageRecordDataset(torch.utils.data.Dataset):
     """Decode records to model inputs; a bad file gives ``ok=False`` instead of raising.
+
+    The preprocessing's ``window`` is passed to :func:`load_image` (DICOM, NIfTI and 16-bit
+    images).
 
     Each item is a dict: ``position`` (index into ``records``), ``image`` (``(C, H, W)``
     float), ``mask`` (``(H, W)`` bool), ``has_mask``, ``size`` (the file's ``(width,
@@ -573,7 +778,9 @@ class ImageRecordDataset(torch.utils.data.Dataset):
         item: dict[str, Any] = {"position": position, "ok": True, "error": "", "size": (0, 0)}
         mask = None
         try:
-            image = load_image(record.path, max_pixels=self.max_pixels)
+            image = load_image(
+                record.path, max_pixels=self.max_pixels, window=self.preprocessing.window
+            )
             item["size"] = image.size
             item["image"] = self.preprocessing(image)
             try:

@@ -76,6 +76,11 @@ class Preprocessing:
     native:
         Images are fed at their own size, without resizing; ``size`` is the size they all
         share, and an image of another size is refused (never silently resized).
+    window:
+        Intensity window applied when DICOM, NIfTI and 16-bit files are read (``"auto"``,
+        ``"full"`` or ``"CENTER,WIDTH"``, see
+        :func:`~shortcut_detect.data.images.load_image`); ``None``: ``"auto"`` for medical
+        files, the fixed 16-bit scaling for others.
     """
 
     size: tuple[int, int]
@@ -88,9 +93,12 @@ class Preprocessing:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     native: bool = False
+    window: str | None = None
 
     def __post_init__(self) -> None:
         self.size = _pair(self.size)  # type: ignore[assignment]
+        if self.window is not None:
+            self.window = window_text(self.window)
         self.resize = _pair(self.resize)
         if self.channels not in (1, 3):
             raise ValueError(f"Models with {self.channels} input channels are not supported")
@@ -242,7 +250,20 @@ class Preprocessing:
             std = ", ".join(f"{v:g}" for v in self.std or ())
             norm = f"mean ({mean}), std ({std})"
         colour = "grayscale" if self.channels == 1 else "RGB"
-        return f"{geometry}, {norm}, {colour} ({self.source or 'custom'})"
+        window = f", intensity window {self.window}" if self.window else ""
+        return f"{geometry}, {norm}, {colour}{window} ({self.source or 'custom'})"
+
+
+def window_text(spec: str) -> str:
+    """A ``--window`` value checked and written one way: ``auto``, ``full`` or
+    ``CENTER,WIDTH`` (``ValueError`` naming the accepted forms otherwise)."""
+    # Imported here: the medical package imports data.images, which imports this module.
+    from shortcut_detect.data.medical.window import parse_window
+
+    parsed = parse_window(str(spec))
+    if isinstance(parsed, str):
+        return parsed
+    return f"{parsed.center:g},{parsed.width:g}"
 
 
 def preprocessing_from_options(

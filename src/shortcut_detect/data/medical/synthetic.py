@@ -204,6 +204,8 @@ def write_synthetic_dicom_set(
     class_names: tuple[str, str] = ("normal", "nodule"),
     photometric: str = "MONOCHROME2",
     compress: bool = False,
+    nodule_hu: float = 200.0,
+    nodule_radius: float = 0.03,
 ) -> SyntheticMedicalSet:
     """Write ``n`` synthetic 2-D DICOM images with a label-correlated corner tag.
 
@@ -228,6 +230,11 @@ def write_synthetic_dicom_set(
         are the same).
     compress:
         Store the pixels RLE Lossless (pydicom's own encoder) instead of uncompressed.
+    nodule_hu, nodule_radius:
+        Contrast of the nodule over the lung (HU) and its radius as a fraction of ``size``
+        (at least 2 pixels): a larger, brighter nodule is a task a small model learns from
+        a few hundred images. It shows only in a lung window: the files' own window
+        (C=40 W=400) maps the whole lung, nodule included, to black.
     """
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
@@ -236,7 +243,7 @@ def write_synthetic_dicom_set(
     labels, marker = _labels_and_markers(n, agreement, rng)
     template, lungs = _chest_template(size)
     lung_pixels = np.argwhere(lungs)
-    radius = max(2.0, size * 0.03)
+    radius = max(2.0, size * nodule_radius)
     yy, xx = np.mgrid[0:size, 0:size]
     tag = slice(int(size * 0.04), int(size * 0.12))
     for name in class_names:
@@ -246,7 +253,7 @@ def write_synthetic_dicom_set(
         hu = template + rng.normal(0.0, 25.0, template.shape)
         if labels[index] == 1:
             cy, cx = lung_pixels[rng.integers(len(lung_pixels))]
-            hu[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] += 200.0
+            hu[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] += nodule_hu
         if marker[index]:
             hu[tag, tag] = 2500.0
         stored = np.clip(np.rint(hu + _HU_OFFSET), 0, 4095).astype(np.uint16)
@@ -332,24 +339,32 @@ def write_synthetic_nifti_set(
     agreement: float = 0.9,
     seed: int = 0,
     class_names: tuple[str, str] = ("normal", "lesion"),
+    marker: str = "cube",
+    blob_contrast: float = 40.0,
 ) -> SyntheticMedicalSet:
     """Write ``n`` small NIfTI volumes (``.nii.gz``, int16) with a label-correlated marker
-    cube in one corner (the shortcut) and a faint blob in the positive class (the signal).
+    in one corner (the shortcut) and a faint blob in the positive class (the signal).
 
     The affine is LAS (x flipped) with 1.5 x 1.5 x 2 mm voxels, so readers must use it.
+    ``marker="cube"`` puts a cube in the first corner; ``"rod"`` runs it through every
+    axial slice (like a fiducial rod), so a 2-D model fed axial slices sees it on each.
+    ``blob_contrast`` is the blob's brightness over the organ (the organ is 100).
     """
     nibabel = require("nibabel", "writing synthetic NIfTI files")
     if min(shape) < 12:
         raise ValueError(f"each side must be at least 12 voxels, got {shape}")
+    if marker not in ("cube", "rod"):
+        raise ValueError(f"marker must be 'cube' or 'rod', got {marker!r}")
     root = Path(folder)
     rng = np.random.default_rng(seed)
-    labels, marker = _labels_and_markers(n, agreement, rng)
+    labels, marked = _labels_and_markers(n, agreement, rng)
     grid = np.stack(np.meshgrid(*(np.arange(s) for s in shape), indexing="ij"), axis=-1)
     centre = (np.asarray(shape) - 1) / 2.0
     organ = np.sum(((grid - centre) / (np.asarray(shape) * 0.35)) ** 2, axis=-1) <= 1
     affine = np.diag([-1.5, 1.5, 2.0, 1.0])
     affine[:3, 3] = (40.0, -30.0, -20.0)
-    side = max(3, min(shape) // 6)
+    # A rod is sized by the slice it shows in (axial: the first two axes).
+    side = max(3, (min(shape[:2]) if marker == "rod" else min(shape)) // 6)
     for name in class_names:
         (root / name).mkdir(parents=True, exist_ok=True)
     paths = []
@@ -357,12 +372,13 @@ def write_synthetic_nifti_set(
         volume = rng.normal(0.0, 10.0, shape) + np.where(organ, 100.0, 0.0)
         if labels[index] == 1:
             spot = centre + rng.uniform(-0.15, 0.15, 3) * np.asarray(shape)
-            volume[np.sum((grid - spot) ** 2, axis=-1) <= (min(shape) * 0.08) ** 2] += 40.0
-        if marker[index]:
-            volume[1 : 1 + side, 1 : 1 + side, 1 : 1 + side] = 600.0
+            volume[np.sum((grid - spot) ** 2, axis=-1) <= (min(shape) * 0.08) ** 2] += blob_contrast
+        if marked[index]:
+            depth = slice(None) if marker == "rod" else slice(1, 1 + side)
+            volume[1 : 1 + side, 1 : 1 + side, depth] = 600.0
         image = nibabel.Nifti1Image(np.rint(volume).astype(np.int16), affine)
         image.header.set_xyzt_units("mm")
         path = root / class_names[labels[index]] / f"vol_{index:04d}.nii.gz"
         nibabel.save(image, path)
         paths.append(path)
-    return _written_set(root, paths, labels, marker, class_names)
+    return _written_set(root, paths, labels, marked, class_names)

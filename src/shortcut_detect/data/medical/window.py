@@ -25,6 +25,7 @@ __all__ = [
     "WindowSpec",
     "apply_window",
     "auto_window",
+    "describe_window_spec",
     "parse_window",
     "percentile_window",
     "resolve_window",
@@ -226,6 +227,36 @@ def resolve_window(
             return _full_window(array)
         return auto_window(array, file_window)
     raise TypeError(f"a window is a Window, 'auto', 'full' or 'CENTER,WIDTH', got {spec!r}")
+
+
+def describe_window_spec(spec: str | None) -> dict[str, Any]:
+    """What a run's ``--window`` value means, for ``summary.json`` and the report.
+
+    ``None`` is the default (``"auto"`` for DICOM and NIfTI, the fixed 16-bit to 8-bit
+    scaling for other 16-bit images); a ``CENTER,WIDTH`` value gets its range.
+    """
+    if spec is None:
+        return {
+            "spec": "default",
+            "text": "DICOM/NIfTI: the file's own window (VOI LUT or Window Center/Width), else "
+            "percentiles 0.5-99.5 of each image; 16-bit PNG/TIFF: full 16-bit range",
+        }
+    parsed = parse_window(spec)
+    if parsed == "auto":
+        return {
+            "spec": "auto",
+            "text": "the file's own window (VOI LUT or Window Center/Width), else percentiles "
+            "0.5-99.5 of each image",
+        }
+    if parsed == "full":
+        return {"spec": "full", "text": "each image's full min..max range"}
+    assert isinstance(parsed, Window)
+    return {
+        "spec": spec,
+        "text": f"{parsed.label()}: values {parsed.low:g}..{parsed.high:g} shown as black..white, "
+        "values outside clipped",
+        **parsed.describe(),
+    }
 
 
 def apply_window(array: np.ndarray, window: Window) -> np.ndarray:
