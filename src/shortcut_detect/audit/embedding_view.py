@@ -27,8 +27,8 @@ from shortcut_detect.common.serialization import to_jsonable
 
 __all__ = [
     "COLOURINGS",
-    "FIGURE_COLOURINGS",
     "EMBEDDING_MAP_FILE",
+    "FIGURE_COLOURINGS",
     "audit_embedding_map",
     "embedding_map_figures",
     "map_points",
@@ -121,7 +121,9 @@ def _descriptions(result: EmbeddingMap, table: dict[str, np.ndarray], seed: int)
     a class: they are left out of both when there are labelled points)."""
     labelled = np.array([label is not None for label in table["label"]], dtype=bool)
     if labelled.sum() < 3:
-        return {"group": describe_embedding_map(result.coordinates, None, table["group"], seed=seed)}
+        return {
+            "group": describe_embedding_map(result.coordinates, None, table["group"], seed=seed)
+        }
     points, labels = result.coordinates[labelled], table["label"][labelled]
     return {
         "group": describe_embedding_map(points, labels, table["group"][labelled], seed=seed),

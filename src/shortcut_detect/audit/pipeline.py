@@ -447,8 +447,7 @@ def _check_options(options: AuditOptions) -> None:
         raise AuditError(f"target= must be one of {', '.join(TARGETS)}, got {options.target!r}")
     if options.intervention_samples < 0:
         raise AuditError(
-            "intervention_samples= must be 0 (off) or positive, got "
-            f"{options.intervention_samples}"
+            f"intervention_samples= must be 0 (off) or positive, got {options.intervention_samples}"
         )
     if options.num_shards < 1:
         raise AuditError(f"num_shards= must be at least 1, got {options.num_shards}")

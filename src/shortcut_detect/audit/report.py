@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 
 from shortcut_detect.audit.analysis import Analysis, analyse_store
-from shortcut_detect.audit.embedding_view import EMBEDDING_MAP_FILE, embedding_map_figures, map_points
+from shortcut_detect.audit.embedding_view import (
+    EMBEDDING_MAP_FILE,
+    embedding_map_figures,
+    map_points,
+)
 from shortcut_detect.audit.html import format_number, format_percent, render
 from shortcut_detect.audit.store import AuditStore, write_json
 from shortcut_detect.common.logs import forward_log
