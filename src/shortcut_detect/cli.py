@@ -429,7 +429,10 @@ def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
         formatter_class=_Formatter,
         help="heatmaps and top-5 predictions for single images",
         description="Write an overlay and a heatmap for each image, with the top-5 predictions.",
-        epilog="example:\n  shortcut-detect explain a.png b.jpg --model demo --out explained",
+        epilog=(
+            "examples:\n  shortcut-detect explain a.png b.jpg --model demo --out explained\n"
+            "  shortcut-detect explain a.png --model demo --method lime --lime-samples 500"
+        ),
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _layer_option(explain)
