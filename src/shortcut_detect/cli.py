@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from shortcut_detect.cam import get_method
 from shortcut_detect.cam.image import apply_colormap
 from shortcut_detect.cam.layers import spatial_layers
 from shortcut_detect.common.device import DeviceUnavailableError, resolve_device
+from shortcut_detect.common.modes import eval_mode
 from shortcut_detect.data.images import (
     DEFAULT_MAX_PIXELS,
     SLICE_PLANES,
@@ -49,7 +50,13 @@ from shortcut_detect.data.images import (
 )
 from shortcut_detect.data.medical import describe_window_spec, read_medical, save_heatmap_nifti
 from shortcut_detect.data.transforms import window_text
-from shortcut_detect.gradcam import GradCAMHeatmapGenerator, class_probabilities
+from shortcut_detect.gradcam import (
+    DEFAULT_HEAD_MAPPINGS,
+    GradCAMHeatmapGenerator,
+    class_probabilities,
+    select_head,
+)
+from shortcut_detect.lime import explain_lime
 from shortcut_detect.models import (
     LoadedModel,
     ModelLoadError,
@@ -68,6 +75,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2  # also argparse's status for bad arguments
 EXIT_SHORTCUT = 3
 EXIT_INTERRUPTED = 130
+LIME = "lime"  # the explain method that is not a CAM method
 
 
 class CommandError(Exception):
@@ -460,12 +468,29 @@ def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
         formatter_class=_Formatter,
         help="heatmaps and top-5 predictions for single images",
         description="Write an overlay and a heatmap for each image, with the top-5 predictions.",
-        epilog="example:\n  shortcut-detect explain a.png b.jpg --model demo --out explained",
+        epilog=(
+            "examples:\n  shortcut-detect explain a.png b.jpg --model demo --out explained\n"
+            "  shortcut-detect explain a.png --model demo --method lime --lime-samples 500"
+        ),
     )
     explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     _layer_option(explain)
-    explain.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
+    explain.add_argument(
+        "--method",
+        default="gradcam",
+        help="CAM method, or lime for LIME superpixels (default gradcam)",
+    )
     explain.add_argument("--target", metavar="C", help="class index or name (default: predicted)")
+    explain.add_argument(
+        "--lime-samples",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="--method lime: perturbed images scored per image (default 1000)",
+    )
+    explain.add_argument(
+        "--seed", type=int, default=0, help="--method lime: seed of the perturbations (default 0)"
+    )
     explain.add_argument(
         "--out", default="explanations", metavar="DIR", help="default ./explanations"
     )
@@ -741,13 +766,26 @@ def _layers_hint(spec: str) -> str:
     return f"list the layers with `shortcut-detect layers --model {spec}`"
 
 
-def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedModel, str]:
-    """The model of ``explain`` and the layer to explain, checked before any work."""
-    try:
-        get_method(args.method)
-    except ValueError as error:
-        raise CommandError(str(error)) from error
+def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedModel, str | None]:
+    """The model of ``explain`` and the layer to explain (``None`` for LIME, which needs no
+    layer), checked before any work."""
+    lime = args.method.lower() == LIME
+    if lime and args.lime_samples < 2:
+        raise CommandError(f"--lime-samples must be at least 2, got {args.lime_samples}")
+    if not lime:
+        try:
+            get_method(args.method)
+        except ValueError as error:
+            raise CommandError(f"{error} (or lime)") from error
     loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(sources))
+    if lime:
+        if args.export_nifti and loaded.transform.crop:
+            raise CommandError(
+                "--export-nifti maps heatmaps back onto the source's voxels, which a centre "
+                "crop makes impossible",
+                "use --resize N without --crop (or --preset none) for this model",
+            )
+        return loaded, None
     if loaded.is_torchscript:
         raise CommandError(
             "Grad-CAM needs layer hooks, which TorchScript models do not support",
@@ -849,22 +887,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     images = [load_image(source, window=args.window) for _, _, source in inputs]
-    try:
-        generator = GradCAMHeatmapGenerator(
-            loaded.model, layer, device=loaded.device, method=args.method
-        )
-    except ValueError as error:
-        raise CommandError(str(error), _layers_hint(args.model)) from error
-    parts = []
-    with generator:
-        # Batches of 32: a volume read slice-wise can give hundreds of inputs.
-        for start in range(0, len(images), 32):
-            batch = torch.stack([loaded.transform(image) for image in images[start : start + 32]])
-            parts.append(generator.explain(batch, [("logits", target)])[0])
-    heatmaps = np.concatenate([np.asarray(part.heatmaps) for part in parts])
-    raw_heatmaps = np.concatenate([np.asarray(part.raw_heatmaps) for part in parts])
-    probabilities = torch.cat([class_probabilities(part.head_output) for part in parts])
-    explained_indices = np.concatenate([np.asarray(part.target_indices) for part in parts])
+    batch = torch.stack([loaded.transform(image) for image in images])
+    if layer is None:
+        maps, probabilities, extra = _lime_maps(args, loaded, batch, target)
+    else:
+        maps, probabilities, extra = _cam_maps(args, loaded, layer, batch, target)
+    heatmaps = np.stack([np.asarray(m) for m in maps.heatmaps])
     results = []
     used: set[str] = set()
     for i, ((path, stem, source), image) in enumerate(zip(inputs, images)):
@@ -873,16 +901,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
         used.add(stem)
         inputs[i] = (path, stem, source)
         files = _write_explanation(
-            out, stem, loaded.transform.display(image), heatmaps[i], raw_heatmaps[i]
+            out,
+            stem,
+            loaded.transform.display(image),
+            maps.heatmaps[i],
+            maps.raw_heatmaps[i],
         )
         values, indices = probabilities[i].topk(min(args.top_k, probabilities.shape[1]))
         top = [
             {"class_idx": int(c), "class_name": loaded.class_names[int(c)], "confidence": float(v)}
             for v, c in zip(values, indices)
         ]
-        explained = loaded.class_names[int(explained_indices[i])]
+        explained = loaded.class_names[int(maps.target_indices[i])]
         results.append(
-            {"image": source, "explained_class": explained, "top_predictions": top, **files}
+            {
+                "image": source,
+                "explained_class": explained,
+                "top_predictions": top,
+                **files,
+                **extra[i],
+            }
         )
         _print(f"{source}: explained class '{explained}'")
         for rank, item in enumerate(top, 1):
@@ -905,6 +943,77 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if exported:
         _print(f"NIfTI heatmaps aligned with their sources: {len(exported)} file(s).")
     return EXIT_OK
+
+
+class _Maps(NamedTuple):
+    """Per image of ``explain``: heatmap in [0, 1], raw map, class explained."""
+
+    heatmaps: Sequence[np.ndarray]
+    raw_heatmaps: Sequence[np.ndarray]
+    target_indices: Sequence[int]
+
+
+def _cam_maps(
+    args: argparse.Namespace, loaded: LoadedModel, layer: str, batch: torch.Tensor, target: Any
+) -> tuple[_Maps, torch.Tensor, list[dict[str, Any]]]:
+    try:
+        generator = GradCAMHeatmapGenerator(
+            loaded.model, layer, device=loaded.device, method=args.method
+        )
+    except ValueError as error:
+        raise CommandError(str(error), _layers_hint(args.model)) from error
+    parts = []
+    with generator:
+        # Batches of 32: a volume read slice-wise can give hundreds of inputs.
+        for start in range(0, len(batch), 32):
+            parts.append(generator.explain(batch[start : start + 32], [("logits", target)])[0])
+    maps = _Maps(
+        np.concatenate([np.asarray(part.heatmaps) for part in parts]),
+        np.concatenate([np.asarray(part.raw_heatmaps) for part in parts]),
+        np.concatenate([np.asarray(part.target_indices) for part in parts]),
+    )
+    probabilities = torch.cat([class_probabilities(part.head_output) for part in parts])
+    return maps, probabilities, [{} for _ in batch]
+
+
+def _lime_maps(
+    args: argparse.Namespace, loaded: LoadedModel, batch: torch.Tensor, target: Any
+) -> tuple[_Maps, torch.Tensor, list[dict[str, Any]]]:
+    """LIME per image: the heatmap is the positive superpixel weights, the raw map the
+    signed ones; the JSON lists the top superpixels and the surrogate's fit."""
+    explanations = []
+    for image in batch:
+        try:
+            explanations.append(
+                explain_lime(
+                    loaded.model,
+                    image,
+                    target,
+                    num_samples=args.lime_samples,
+                    seed=args.seed,
+                    device=loaded.device,
+                )
+            )
+        except (ValueError, ImportError) as error:
+            raise CommandError(f"LIME failed: {error}") from error
+    with eval_mode(loaded.model), torch.inference_mode():
+        outputs = loaded.model(batch.to(loaded.device))
+    probabilities = class_probabilities(select_head(outputs, "logits", DEFAULT_HEAD_MAPPINGS))
+    maps = _Maps(
+        [item.heatmap for item in explanations],
+        [item.signed_map() for item in explanations],
+        [item.target for item in explanations],
+    )
+    extra = [
+        {
+            "lime": {
+                key: item.to_dict()[key]
+                for key in ("top_superpixels", "n_superpixels", "score", "num_samples", "seed")
+            }
+        }
+        for item in explanations
+    ]
+    return maps, probabilities.cpu(), extra
 
 
 def _list_modules(model: ModelOptions, reason: str) -> int:

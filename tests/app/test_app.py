@@ -44,12 +44,15 @@ def test_build_app_lays_out_every_control(explorer):
         "model", "gallery", "resample", "upload", "preview", "layer", "method", "target",
         "opacity", "generate", "status", "original", "heatmap", "overlay", "top5",
         "class-a", "class-b", "compare-classes", "layer-early", "layer-middle", "layer-late",
-        "compare-layers",
+        "compare-layers", "lime-samples", "lime-seed", "activation-mean", "activation-grid",
     }  # fmt: skip
     assert expected <= set(components)
     assert "audit-table" not in components  # only with --audit
     props = {key: components[key]["props"] for key in ("method", "layer", "target", "opacity")}
-    assert [tuple(c) for c in props["method"]["choices"]] == method_choices()
+    assert [tuple(c) for c in props["method"]["choices"]] == [
+        *method_choices(),
+        ("LIME (superpixels)", "lime"),
+    ]
     assert props["layer"]["value"] == "features"
     assert ("features · Sequential 64x12x12 (default)", "features") in map(
         tuple, props["layer"]["choices"]

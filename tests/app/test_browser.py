@@ -393,3 +393,142 @@ def test_remove_and_transplant_a_box(browser, demo_app, tmp_path):
     page.screenshot(path=tmp_path / "3-transplanted.png", full_page=True)
     page.screenshot(path="/tmp/intapp-transplanted.png", full_page=True)
     page.close()
+
+
+# -- the views: activation maps, LIME, the embedding map ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def map_audit_app(audit_dir, tmp_path_factory, demo_explorer_models):
+    """An audit of the same images with its report, so with an embedding map."""
+    from shortcut_detect.audit.pipeline import AuditOptions, run_audit
+
+    chromium_path()
+    del demo_explorer_models
+    out = tmp_path_factory.mktemp("map_audit") / "audit"
+    options = AuditOptions(
+        model="demo",
+        data=str(audit_dir.parent / "data" / "manifest.csv"),
+        out=str(out),
+        group_column="group",
+        mask_column="mask",
+        num_workers=0,
+        n_permutations=100,
+        intervention_samples=0,
+        progress=False,
+    )
+    run_audit(options)
+    running = start_app(explorer=make_explorer(audit=out), port=free_port())
+    try:
+        yield running, out
+    finally:
+        running.close()
+
+
+def assert_not_blank(path: Path, min_colours: int = 16) -> None:
+    """A screenshot shows content: many colours and visible contrast, not a flat page."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(path).convert("RGB"))
+    colours = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    assert colours >= min_colours, f"{path.name}: only {colours} colours"
+    assert pixels.std() > 10, f"{path.name}: almost uniform (std {pixels.std():.1f})"
+
+
+def wait_for_gallery(page, elem_id: str, count: int) -> None:
+    page.wait_for_function(
+        """([selector, count]) => {
+            const images = [...document.querySelectorAll(selector)];
+            return images.length === count && images.every((img) => img.complete
+                && img.naturalWidth > 0);
+        }""",
+        arg=[f"#{elem_id} img", count],
+    )
+
+
+def test_activation_maps_next_to_gradcam_and_lime(browser, demo_app, tmp_path):
+    page = open_page(browser, demo_app.url)
+    pick_gallery_item(page, 0)
+    generate(page)
+    status = wait_for_text(page, "activation-status", "channels with the highest mean activation")
+    assert "features (64x12x12)" in status
+    wait_for_gallery(page, "activation-grid", 8)
+    wait_for_new_image(page, "activation-mean", None)
+    captions = page.locator("#activation-grid").inner_text()
+    assert captions.count("channel ") == 8
+    page.locator("#activation-grid").screenshot(path=tmp_path / "1-activation-grid.png")
+    page.locator("#activation-mean").screenshot(path=tmp_path / "1-activation-mean.png")
+    page.screenshot(path=tmp_path / "1-explain-with-activations.png", full_page=True)
+    for name in ("1-activation-grid.png", "1-activation-mean.png"):
+        assert_not_blank(tmp_path / name)
+
+    assert not page.locator("#lime-samples").is_visible()  # only while LIME is chosen
+    choose(page, "method", "LIME (superpixels)")
+    page.locator("#lime-samples input").fill("80")
+    page.locator("#lime-seed input").fill("2")
+    before_overlay = image_source(page, "overlay")
+    before = text_of(page, "status")
+    page.click("#generate")
+    status = wait_for_text(page, "status", "LIME weights of", before)
+    assert "80 samples, seed 2" in status
+    wait_for_new_image(page, "overlay", before_overlay)
+    page.locator("#heatmap").screenshot(path=tmp_path / "2-lime-heatmap.png")
+    page.screenshot(path=tmp_path / "2-lime.png", full_page=True)
+    assert_not_blank(tmp_path / "2-lime-heatmap.png")
+    page.close()
+
+
+def test_embedding_map_recolours_selects_and_opens_a_point(browser, map_audit_app, tmp_path):
+    import json
+
+    running, out = map_audit_app
+    points = json.loads((out / "embedding_map.json").read_text())
+    page = open_page(browser, running.url)
+    page.get_by_role("tab", name="Audit results").click()
+    plot = page.locator("#embedding-map")
+    plot.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "([selector, count]) => document.querySelectorAll(selector).length === count",
+        arg=["#embedding-map .mark-symbol.role-mark path", len(points["sample_id"])],
+    )
+    caption = wait_for_text(page, "map-caption", "map of")
+    assert "Groups" in caption  # the audit's sentence for the group colouring
+    plot.screenshot(path=tmp_path / "1-map-by-group.png")
+    assert_not_blank(tmp_path / "1-map-by-group.png")
+
+    page.locator("#map-colour").get_by_text("true class", exact=True).click()
+    caption = wait_for_text(page, "map-caption", "Classes", caption)
+    page.wait_for_function(
+        "(selector) => [...document.querySelectorAll(selector)].some("
+        "(node) => node.textContent.includes('disk'))",
+        arg="#embedding-map .role-legend text",
+    )
+    plot.screenshot(path=tmp_path / "2-map-by-class.png")
+    assert_not_blank(tmp_path / "2-map-by-class.png")
+
+    # Drag across the middle of the plot: the points of that band are listed.
+    box = page.locator("#embedding-map svg").first.bounding_box()
+    assert box is not None
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] * 0.2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, y, steps=8)
+    page.mouse.move(box["x"] + box["width"] * 0.8, y, steps=8)
+    page.mouse.up()
+    message = wait_for_text(page, "map-message", "in the selected band")
+    assert int(message.split()[0]) > 0
+    page.wait_for_function(
+        "(selector) => document.querySelector(selector).value !== ''",
+        arg="#audit-sample textarea",
+    )
+    sample_id = page.locator("#audit-sample textarea").input_value()
+    assert sample_id in points["sample_id"]
+    page.screenshot(path=tmp_path / "3-map-selection.png", full_page=True)
+    before = text_of(page, "status")
+    page.click("#audit-open")
+    status = wait_for_text(page, "status", "Heatmap of", before)
+    assert Path(sample_id).name in status
+    wait_for_new_image(page, "overlay", None)
+    page.screenshot(path=tmp_path / "4-opened-from-map.png", full_page=True)
+    page.close()

@@ -13,7 +13,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from shortcut_detect.app.audit_browser import AuditBrowser
 
 __all__ = [
+    "LIME",
     "PREDICTED",
     "REGION_ACTIONS",
     "Explorer",
@@ -67,6 +68,9 @@ __all__ = [
 
 PREDICTED = "predicted"
 """Value of the class picker that explains each image's predicted class."""
+
+LIME = "lime"
+"""Method key of LIME in the method picker (computed by :mod:`shortcut_detect.app.views`)."""
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -276,6 +280,11 @@ def resolve_target(value: object, class_names: Sequence[str]) -> int | None:
         return class_index(value, class_names)
     except UnknownClassError as error:
         raise ExplorerInputError(str(error)) from error
+
+
+def tensor_key(tensor: torch.Tensor) -> str:
+    """A digest of a model input: the cache key of its image."""
+    return hashlib.sha1(tensor.numpy().tobytes() + str(tuple(tensor.shape)).encode()).hexdigest()
 
 
 def _method_registry() -> dict[str, type]:
@@ -587,11 +596,15 @@ class Explorer:
         """
         model = self.get_model(model_name)
         layer = self._check_layer(model, layer)
+        if str(method).lower() == LIME:
+            raise ExplorerInputError(
+                "LIME explains one class of one image (press Generate); comparisons of classes "
+                "and layers need a CAM method."
+            )
         method = method_key(method or "gradcam")
         indices = [resolve_target(target, model.class_names) for target in targets]
         tensor = self.input_tensor(selection, model)
-        digest = hashlib.sha1(tensor.numpy().tobytes() + str(tuple(tensor.shape)).encode())
-        image_key = digest.hexdigest()
+        image_key = tensor_key(tensor)
         keys = [(model.name, image_key, layer, method, index) for index in indices]
         results = {key: self._cached(key) for key in keys}
         if any(result is None for result in results.values()):
@@ -607,6 +620,23 @@ class Explorer:
                         self._cache.put(key, computed)
                         results[key] = computed
         return [results[key] for key in keys]  # type: ignore[misc]
+
+    def remember(
+        self, model: ExplorerModel, key: Hashable, compute: Callable[[], HeatmapResult]
+    ) -> HeatmapResult:
+        """The cached result of ``key``, or ``compute()`` run under the model's lock and
+        cached (for views other than CAM methods, e.g. LIME)."""
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        with model.lock:
+            hit = self._cached(key)
+            if hit is not None:
+                return hit
+            result = compute()
+            self.computations += 1
+            self._cache.put(key, result)
+            return result
 
     def _cached(self, key: Hashable) -> HeatmapResult | None:
         hit = self._cache.get(key)

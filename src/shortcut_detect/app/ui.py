@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from shortcut_detect.app import callbacks
+from shortcut_detect.app import callbacks, view_panels, views
 from shortcut_detect.app.audit_browser import ALL
 from shortcut_detect.app.explorer import (
     PREDICTED,
@@ -64,6 +64,7 @@ class _AuditTab:
     ids: gr.State
     sample_id: gr.Textbox
     open: gr.Button
+    embedding: view_panels.EmbeddingPanel | None = None
 
 
 @dataclass
@@ -97,6 +98,7 @@ class _Inputs:
     target: gr.Dropdown
     opacity: gr.Slider
     generate: gr.Button
+    lime: view_panels.LimeControls
 
 
 @dataclass
@@ -120,6 +122,7 @@ class _Results:
     layer_status: gr.Markdown
     intervention: _InterveneTab
     audit: _AuditTab | None
+    activations: view_panels.ActivationPanel
 
 
 @dataclass
@@ -162,6 +165,8 @@ class _Page:
             controls.method,
             controls.target,
             controls.opacity,
+            controls.lime.samples,
+            controls.lime.seed,
         ]
 
     @property
@@ -205,7 +210,7 @@ def _input_column(
     explorer: Explorer, settings: callbacks.ModelSettings, has_gallery: bool
 ) -> _Inputs:
     """Gallery and upload tabs, the preview, and the layer / method / class / opacity pickers."""
-    method_options = explorer.method_choices()
+    method_options = views.method_choices(explorer)
     default_method = method_options[0][1] if method_options else "gradcam"
     if any(key == explorer.default_method for _, key in method_options):
         default_method = explorer.default_method
@@ -249,12 +254,15 @@ def _input_column(
         info="ScoreCAM and AblationCAM run the model once per channel: slow on large models.",
         elem_id="method",
     )
+    lime = view_panels.lime_controls(default_method)
     target = gr.Dropdown(
         choices=settings.class_options, value=PREDICTED, label="Target class", elem_id="target"
     )
     opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Overlay opacity", elem_id="opacity")
     generate = gr.Button("Generate", variant="primary", elem_id="generate")
-    return _Inputs(gallery, resample, upload, preview, layer, method, target, opacity, generate)
+    return _Inputs(
+        gallery, resample, upload, preview, layer, method, target, opacity, generate, lime
+    )
 
 
 def _results_column(
@@ -271,6 +279,7 @@ def _results_column(
                 heatmap = _image("Heatmap (warm = important)", "heatmap")
                 overlay = _image("Overlay", "overlay")
             top = gr.Label(num_top_classes=5, label="Top-5 predictions", elem_id="top5")
+            activations = view_panels.activation_panel()
         with gr.Tab("Compare classes", id="classes"):
             with gr.Row():
                 first_class = gr.Dropdown(
@@ -325,6 +334,7 @@ def _results_column(
         layer_status,
         intervention,
         audit,
+        activations,
     )
 
 
@@ -400,9 +410,12 @@ def _wire_explorer(demo: gr.Blocks, explorer: Explorer, page: _Page) -> None:
             page.model_note,
         ],
     )
-    controls.generate.click(
+    generated = controls.generate.click(
         _generator(explorer), inputs=page.generate_inputs, outputs=page.generate_outputs
-    ).then(lambda: gr.Tabs(selected="explore"), outputs=[views.tabs])
+    )
+    generated.then(lambda: gr.Tabs(selected="explore"), outputs=[views.tabs])
+    _show_activations_after(generated, explorer, page)
+    view_panels.wire_lime_controls(controls.method, controls.lime)
     controls.opacity.change(
         run_reblend,
         inputs=[page.result, page.class_results, page.layer_results, controls.opacity],
@@ -448,12 +461,28 @@ def _generator(explorer: Explorer) -> Callable[..., callbacks.View]:
         method_name: str,
         target_value: str,
         alpha: float,
+        lime_samples: float,
+        lime_seed: float,
     ) -> callbacks.View:
-        return callbacks.generate(
-            explorer, sel, model_name, layer_name, method_name, target_value, alpha
+        return views.generate(
+            explorer,
+            sel,
+            model_name,
+            layer_name,
+            method_name,
+            target_value,
+            alpha,
+            lime_samples,
+            lime_seed,
         )
 
     return run_generate
+
+
+def _show_activations_after(event: Any, explorer: Explorer, page: _Page) -> None:
+    """The chosen layer's activation maps, computed after a *Generate*."""
+    inputs = [page.selection, page.model_picker, page.inputs.layer]
+    view_panels.show_activations_after(event, explorer, page.results.activations, inputs, _guard)
 
 
 def _class_comparer(explorer: Explorer) -> Callable[..., tuple[Any, ...]]:
@@ -677,11 +706,16 @@ def _wire_audit(demo: gr.Blocks, explorer: Explorer, page: _Page, audit: _AuditT
     for control in filters:
         control.change(show_audit, inputs=filters, outputs=table_outputs)
     audit.table.select(pick_row, inputs=[audit.ids], outputs=[audit.sample_id])
-    audit.open.click(
-        open_from_audit, inputs=[audit.sample_id], outputs=page.picked_outputs
-    ).success(lambda: gr.Tabs(selected="explore"), outputs=[page.results.tabs]).then(
-        _generator(explorer), inputs=page.generate_inputs, outputs=page.generate_outputs
+    opened = (
+        audit.open.click(open_from_audit, inputs=[audit.sample_id], outputs=page.picked_outputs)
+        .success(lambda: gr.Tabs(selected="explore"), outputs=[page.results.tabs])
+        .then(_generator(explorer), inputs=page.generate_inputs, outputs=page.generate_outputs)
     )
+    _show_activations_after(opened, explorer, page)
+    if audit.embedding is not None and explorer.audit is not None:
+        points = views.EmbeddingPoints.load(explorer.audit.root)
+        assert points is not None
+        view_panels.wire_embedding_panel(audit.embedding, points, audit.sample_id, _guard)
 
 
 def _audit_tab(explorer: Explorer) -> _AuditTab:
@@ -711,10 +745,17 @@ def _audit_tab(explorer: Explorer) -> _AuditTab:
             elem_id="audit-table",
         )
         ids = gr.State([])
+        embedding = view_panels.embedding_panel(views.EmbeddingPoints.load(browser.root))
         with gr.Row():
-            sample_id = gr.Textbox(label="Sample id (click a row)", elem_id="audit-sample", scale=3)
+            sample_id = gr.Textbox(
+                label="Sample id (click a row or pick a point of the map)",
+                elem_id="audit-sample",
+                scale=3,
+            )
             open_button = gr.Button("Open in explorer", elem_id="audit-open", scale=1)
-    return _AuditTab(sort_by, group, outcome, message, table, ids, sample_id, open_button)
+    return _AuditTab(
+        sort_by, group, outcome, message, table, ids, sample_id, open_button, embedding
+    )
 
 
 def _image(label: str, elem_id: str) -> gr.Image:

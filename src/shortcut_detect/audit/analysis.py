@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from shortcut_detect.analysis.maps import location_words
+from shortcut_detect.audit.embedding_view import audit_embedding_map
 from shortcut_detect.audit.store import AuditStore, load_interventions
 from shortcut_detect.audit.verdict import Signal, decide_verdict
 from shortcut_detect.common.logs import forward_log
@@ -99,6 +100,8 @@ class Analysis:
     misclassified: list[str] = field(default_factory=list)
     spray: dict[str, Any] | None = None
     spray_ids: list[list[str]] = field(default_factory=list)
+    spray_clusters: dict[str, int] = field(default_factory=dict)
+    embedding_points: dict[str, list[Any]] | None = None
     group_comparison_figure: Any = None
 
 
@@ -662,6 +665,9 @@ def spray(data: AuditData) -> SignalOutput:
             "spray_ids": [
                 [spray_ids[i] for i in cluster.get("representatives", [])] for cluster in clusters
             ],
+            "spray_clusters": dict(
+                zip(spray_ids, report.get("details", {}).get("assignments", []))
+            ),
         },
     )
 
@@ -671,18 +677,11 @@ def spray(data: AuditData) -> SignalOutput:
 _EMBEDDINGS_TITLE = "Group information in the model's embeddings"
 
 
-def embedding_tests(
-    loaded: Any,
-    paths: list[str],
-    groups: list[str],
-    preprocessing: Any,
-    *,
-    batch_size: int,
-    num_workers: int,
-) -> tuple[Signal, dict[str, Any]]:
-    """Run the embedding-based ShortcutDetector on the model's penultimate features."""
+def extract_audit_embeddings(
+    loaded: Any, paths: list[str], preprocessing: Any, *, batch_size: int, num_workers: int
+) -> np.ndarray:
+    """The model's penultimate features of the images ``paths``."""
     from shortcut_detect.data.images import ImageRecord, ImageRecordDataset, make_loader
-    from shortcut_detect.detectors import ShortcutDetector
     from shortcut_detect.embeddings import extract_embeddings
 
     records = [
@@ -691,7 +690,13 @@ def embedding_tests(
     ]
     dataset = ImageRecordDataset(records, preprocessing)
     loader = make_loader(dataset, batch_size=batch_size, num_workers=num_workers)
-    embeddings = extract_embeddings(loaded.model, None, loader, batch_size, progress=False)
+    return extract_embeddings(loaded.model, None, loader, batch_size, progress=False)
+
+
+def embedding_tests(embeddings: np.ndarray, groups: list[str]) -> tuple[Signal, dict[str, Any]]:
+    """Run the embedding-based ShortcutDetector on the model's penultimate features."""
+    from shortcut_detect.detectors import ShortcutDetector
+
     detector = ShortcutDetector(random_state=0).fit(embeddings, np.asarray(groups))
     risk = detector.overall_risk
     reasons = detector.reasons()
@@ -699,7 +704,7 @@ def embedding_tests(
     results = detector.get_results()
     report = {
         "available": True,
-        "n_samples": len(paths),
+        "n_samples": len(groups),
         "embedding_dim": int(embeddings.shape[1]),
         "overall_risk": risk,
         "finding": finding,
@@ -736,14 +741,14 @@ def embeddings(data: AuditData) -> SignalOutput:
     positions = positions[data.groups[positions] != "(none)"]
     try:
         _LOG.info("Embedding tests...")
-        signal, report = embedding_tests(
+        features = extract_audit_embeddings(
             data.loaded,
             [str(data.columns["path"][i]) for i in positions],
-            [str(data.groups[i]) for i in positions],
             data.preprocessing,
             batch_size=data.batch_size,
             num_workers=data.num_workers,
         )
+        signal, report = embedding_tests(features, [str(data.groups[i]) for i in positions])
     except ImportError as error:
         reason = f"the embedding tests are not installed in this version ({error})"
         output = _unavailable("embeddings", _EMBEDDINGS_TITLE, reason)
@@ -751,7 +756,23 @@ def embeddings(data: AuditData) -> SignalOutput:
         return output
     except (ValueError, RuntimeError) as error:
         return _unavailable("embeddings", _EMBEDDINGS_TITLE, str(error))
-    return SignalOutput(signal, summary={"embedding_tests": report})
+    output = SignalOutput(signal, summary={"embedding_tests": report})
+    try:
+        labels = data.labels[positions]
+        section, points = audit_embedding_map(
+            features,
+            [str(data.ids[i]) for i in positions],
+            labels=[data.class_name(c) if c >= 0 else None for c in labels],
+            groups=[str(data.groups[i]) for i in positions],
+            predictions=[data.class_name(p) for p in data.predictions[positions]],
+            seed=data.seed,
+        )
+    except (ImportError, ValueError) as error:
+        output.notes.append(f"No embedding map: {error}")
+        return output
+    output.summary["embedding_map"] = section
+    output.report["embedding_points"] = points
+    return output
 
 
 # -- interventions ---------------------------------------------------------------------------

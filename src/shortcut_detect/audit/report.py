@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 
 from shortcut_detect.audit.analysis import Analysis, analyse_store
+from shortcut_detect.audit.embedding_view import (
+    EMBEDDING_MAP_FILE,
+    embedding_map_figures,
+    map_points,
+)
 from shortcut_detect.audit.html import format_number, format_percent, render
 from shortcut_detect.audit.store import AuditStore, write_json
 from shortcut_detect.common.logs import forward_log
@@ -289,6 +294,9 @@ def render_html(
         misclassified=misclassified,
         misclassified_count=summary.get("misclassified", {}).get("count", 0),
         spray=_spray_section(analysis, images),
+        embedding_maps=embedding_map_figures(
+            summary.get("embedding_map"), analysis.embedding_points
+        ),
         interventions=_intervention_section(summary, store),
         generated=time.strftime("%Y-%m-%d %H:%M"),
         # Small inputs are embedded at their own size and scaled up without smoothing.
@@ -329,6 +337,10 @@ def build_report(
     target = Path(out) if out is not None else store.root
     summary = to_jsonable(analysis.summary)
     summary["files"] = {"report": "report.html", "table": "merged/results.parquet"}
+    if analysis.embedding_points is not None:
+        points = map_points(analysis.embedding_points, analysis.spray_clusters)
+        write_json(target / EMBEDDING_MAP_FILE, points)
+        summary["files"]["embedding_map"] = EMBEDDING_MAP_FILE
     write_json(target / "summary.json", summary)
     html = render_html(summary, analysis, store)
     report = target / "report.html"
