@@ -65,6 +65,7 @@ from shortcut_detect.cam.metrics import (
 )
 from shortcut_detect.cam.perturbation import AblationCAM, ScoreCAM
 from shortcut_detect.cam.reshape import swin_reshape_transform, vit_reshape_transform
+from shortcut_detect.cam.score_family import ISCAM, SSCAM
 from shortcut_detect.cam.targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputReST,
@@ -101,6 +102,8 @@ MORE_METHODS: dict[str, type[BaseCAM]] = {
     "segeigencam": SegEigenCAM,
     "cam": CAM,
     "smoothgradcam++": SmoothGradCAMpp,
+    "sscam": SSCAM,
+    "iscam": ISCAM,
 }
 """The issue-#15 methods, found by :func:`get_method` but not listed in :data:`METHODS`
 (which the facade and the web app offer): they ignore the target layer (FullGrad), need
@@ -133,9 +136,11 @@ def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
 __all__ = [
     "CAM",
     "FEM",
+    "ISCAM",
     "KPCA_CAM",
     "METHODS",
     "MORE_METHODS",
+    "SSCAM",
     "AblationCAM",
     "BaseCAM",
     "BinaryClassifierOutputTarget",
