@@ -24,6 +24,11 @@ from shortcut_detect.cam.extra_methods import (
     SmoothGradCAMpp,
     fuse_cams,
 )
+from shortcut_detect.cam.factorization import (
+    DeepFeatureFactorization,
+    deep_feature_factorization,
+    show_factorization_on_image,
+)
 from shortcut_detect.cam.fullgrad import FullGrad
 from shortcut_detect.cam.guided import (
     GuidedBackpropReLUModel,
@@ -152,6 +157,7 @@ __all__ = [
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
     "ConfidenceChange",
+    "DeepFeatureFactorization",
     "DeletionInsertionMetric",
     "DropInConfidence",
     "EigenCAM",
@@ -188,6 +194,7 @@ __all__ = [
     "apply_colormap",
     "compare_methods",
     "confidence_change",
+    "deep_feature_factorization",
     "default_layer",
     "deprocess_image",
     "fuse_cams",
@@ -198,6 +205,7 @@ __all__ = [
     "resolve_layer",
     "road",
     "show_cam_on_image",
+    "show_factorization_on_image",
     "spatial_layers",
     "swin_reshape_transform",
     "vit_reshape_transform",
