@@ -10,6 +10,7 @@ too, mirroring pytorch-grad-cam's module layout.)
 
 from __future__ import annotations
 
+from shortcut_detect.cam.arcc import ARCC, Coherency, Complexity, pearson_per_sample
 from shortcut_detect.cam.base import BaseCAM, GradCAM
 from shortcut_detect.cam.engine import CAMEngine, Capture, TargetScores
 from shortcut_detect.cam.extra_methods import (
@@ -139,6 +140,7 @@ def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
 
 
 __all__ = [
+    "ARCC",
     "CAM",
     "FEM",
     "ISCAM",
@@ -156,6 +158,8 @@ __all__ = [
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "Coherency",
+    "Complexity",
     "ConfidenceChange",
     "DeepFeatureFactorization",
     "DeletionInsertionMetric",
@@ -201,6 +205,7 @@ __all__ = [
     "get_method",
     "guided_backprop",
     "guided_backprop_for_scores",
+    "pearson_per_sample",
     "preprocess_image",
     "resolve_layer",
     "road",
