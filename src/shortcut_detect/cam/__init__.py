@@ -70,7 +70,11 @@ from shortcut_detect.cam.metrics import (
     road,
 )
 from shortcut_detect.cam.perturbation import AblationCAM, ScoreCAM
-from shortcut_detect.cam.reshape import swin_reshape_transform, vit_reshape_transform
+from shortcut_detect.cam.reshape import (
+    fasterrcnn_reshape_transform,
+    swin_reshape_transform,
+    vit_reshape_transform,
+)
 from shortcut_detect.cam.score_family import ISCAM, SSCAM
 from shortcut_detect.cam.targets import (
     BinaryClassifierOutputTarget,
@@ -201,6 +205,7 @@ __all__ = [
     "deep_feature_factorization",
     "default_layer",
     "deprocess_image",
+    "fasterrcnn_reshape_transform",
     "fuse_cams",
     "get_method",
     "guided_backprop",

@@ -188,10 +188,14 @@ class BaseCAM:
     @staticmethod
     def _score_resolver(targets: Sequence[Any] | None) -> Callable[[Any], list[ScoreFn]]:
         def from_outputs(outputs: Any) -> list[ScoreFn]:
-            if not isinstance(outputs, torch.Tensor):
+            # A list of per-image outputs (torchvision detection models) works with targets
+            # that read one image's output, e.g. FasterRCNNBoxScoreTarget.
+            per_image = isinstance(outputs, list) and targets is not None
+            if not isinstance(outputs, torch.Tensor) and not per_image:
                 raise TypeError(
                     f"The model returns {type(outputs).__name__}; pytorch-grad-cam style "
-                    "classes expect a tensor. Wrap the model, or use "
+                    "classes expect a tensor (or, with explicit targets, a list with one "
+                    "output per image). Wrap the model, or use "
                     "GradCAMHeatmapGenerator with head_mappings for multi-head outputs."
                 )
             if targets is None:
@@ -199,7 +203,7 @@ class BaseCAM:
             else:
                 chosen = list(targets)
                 if len(chosen) == 1:
-                    chosen = chosen * outputs.shape[0]
+                    chosen = chosen * len(outputs)
             return [TargetScores(chosen)]
 
         return from_outputs

@@ -177,9 +177,9 @@ class TargetScores:
         self.targets = list(targets)
 
     def __call__(self, outputs: torch.Tensor) -> torch.Tensor:
-        if len(self.targets) != outputs.shape[0]:
+        if len(self.targets) != len(outputs):
             raise ValueError(
-                f"Got {len(self.targets)} targets for a batch of {outputs.shape[0]}; give one "
+                f"Got {len(self.targets)} targets for a batch of {len(outputs)}; give one "
                 "target per sample (or a single target, which is used for every sample)."
             )
         return torch.stack([t(o).sum() for t, o in zip(self.targets, outputs)])
@@ -189,13 +189,15 @@ class TargetScores:
         return torch.stack([target(o).sum() for o in outputs])
 
 
-def _detach_output(output: Any) -> Any:
+def _detach_output(output: Any, clone: bool = False) -> Any:
+    """Detach every tensor of a (nested) output; ``clone`` also copies them (safe from later
+    in-place operations)."""
     if isinstance(output, torch.Tensor):
-        return output.detach()
+        return output.detach().clone() if clone else output.detach()
     if isinstance(output, dict):
-        return {key: _detach_output(value) for key, value in output.items()}
+        return {key: _detach_output(value, clone) for key, value in output.items()}
     if isinstance(output, (list, tuple)):
-        return type(output)(_detach_output(value) for value in output)
+        return type(output)(_detach_output(value, clone) for value in output)
     return output
 
 
@@ -303,10 +305,17 @@ class CAMEngine:
             def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
                 calls[index] += 1
                 if not isinstance(output, torch.Tensor):
+                    if self.reshape_transform is not None and not need_gradients:
+                        # e.g. a detection backbone's dict of maps, combined by the transform
+                        raw[index] = _detach_output(output, clone=True)
+                        return None
                     raise TypeError(
                         f"Layer {self.layer_names[index]!r} returns "
                         f"{type(output).__name__}, not a tensor; target a layer whose "
-                        "output is a tensor (e.g. a sub-module of this one)."
+                        "output is a tensor (e.g. a sub-module of this one), or, with a "
+                        "gradient-free method (EigenCAM, ScoreCAM, ...), pass a "
+                        "reshape_transform that turns this output into (B, C, *spatial) "
+                        "(e.g. fasterrcnn_reshape_transform for a detection backbone)."
                     )
                 if not need_gradients:
                     # A copy: an in-place op downstream must not change what was captured.
@@ -340,7 +349,7 @@ class CAMEngine:
             detached = _detach_output(outputs)
             spatial_dims = inputs.ndim - 2
             activations = [
-                self._to_spatial(i, tensor.detach(), spatial_dims)  # type: ignore[union-attr]
+                self._to_spatial(i, _detach_output(tensor), spatial_dims)
                 for i, tensor in enumerate(raw)
             ]
             capture = Capture(
