@@ -14,7 +14,7 @@ copied for the same reason. Extra forward passes (:meth:`CAMEngine.run`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ __all__ = [
     "Capture",
     "ScoreFn",
     "TargetScores",
+    "classifier_logits",
     "current_input_size",
     "minmax_normalize",
     "prepare_inputs",
@@ -170,13 +171,45 @@ class Capture:
     hessian_vector_products: list[list[torch.Tensor]] = field(default_factory=list)
 
 
+def classifier_logits(outputs: Any) -> torch.Tensor | None:
+    """The class scores in a model's output, or ``None`` when there is no obvious one.
+
+    A tensor is itself; Hugging Face-style outputs give their ``.logits`` (an object
+    attribute or a dict key); a tuple or list starting with a tensor gives that tensor
+    (``return_dict=False``). A list of per-image dicts (detection models) gives ``None``.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
+        return outputs["logits"]
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    return None
+
+
 class TargetScores:
-    """Per-sample targets (pytorch-grad-cam style callables on one sample's output)."""
+    """Per-sample targets (pytorch-grad-cam style callables on one sample's output).
 
-    def __init__(self, targets: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+    ``select`` picks what the targets read from the model's output (e.g.
+    :func:`classifier_logits` for models returning ``.logits``); ``None`` passes it as is.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+        select: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.targets = list(targets)
+        self.select = select
 
-    def __call__(self, outputs: torch.Tensor) -> torch.Tensor:
+    def _outputs(self, outputs: Any) -> Any:
+        return outputs if self.select is None else self.select(outputs)
+
+    def __call__(self, outputs: Any) -> torch.Tensor:
+        outputs = self._outputs(outputs)
         if len(self.targets) != len(outputs):
             raise ValueError(
                 f"Got {len(self.targets)} targets for a batch of {len(outputs)}; give one "
@@ -184,9 +217,9 @@ class TargetScores:
             )
         return torch.stack([t(o).sum() for t, o in zip(self.targets, outputs)])
 
-    def for_sample(self, outputs: torch.Tensor, index: int) -> torch.Tensor:
+    def for_sample(self, outputs: Any, index: int) -> torch.Tensor:
         target = self.targets[index]
-        return torch.stack([target(o).sum() for o in outputs])
+        return torch.stack([target(o).sum() for o in self._outputs(outputs)])
 
 
 def _detach_output(output: Any, clone: bool = False) -> Any:
