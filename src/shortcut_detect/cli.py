@@ -30,7 +30,7 @@ from shortcut_detect.audit.demo import run_demo
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.report import build_report
 from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
-from shortcut_detect.cam import get_method
+from shortcut_detect.cam import explain_method
 from shortcut_detect.cam.image import apply_colormap
 from shortcut_detect.cam.layers import spatial_layers
 from shortcut_detect.common.device import DeviceUnavailableError, resolve_device
@@ -680,7 +680,7 @@ def _layers_hint(spec: str) -> str:
 def _explainable(args: argparse.Namespace) -> tuple[LoadedModel, str]:
     """The model of ``explain`` and the layer to explain, checked before any work."""
     try:
-        get_method(args.method)
+        explain_method(args.method)
     except ValueError as error:
         raise CommandError(str(error)) from error
     loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(args.images))

@@ -120,6 +120,21 @@ MORE_METHODS: dict[str, type[BaseCAM]] = {
 extra arguments (CAM's ``fc_layer``) or are baselines (RandomCAM)."""
 
 
+EXPLAIN_METHODS: dict[str, type[BaseCAM]] = {
+    **METHODS,
+    "shapleycam": ShapleyCAM,
+    "fem": FEM,
+    "segeigencam": SegEigenCAM,
+    "sscam": SSCAM,
+    "iscam": ISCAM,
+}
+"""The methods offered by ``GradCAMHeatmapGenerator``, ``explain`` / ``audit --method`` and the
+web app: :data:`METHODS` plus the issue-#15 methods that draw a map from one layer's
+activations for any target (the others need their own call: FullGrad uses every layer,
+CAM a classifier target and ``fc_layer``, SmoothGradCAMpp its noisy batch; KPCA_CAM needs
+scikit-learn; RandomCAM is a baseline)."""
+
+
 def _method_key(name: str) -> str:
     key = "".join(ch for ch in str(name).lower() if ch.isalnum() or ch == "+")
     for long_form in ("plusplus", "pp"):
@@ -143,9 +158,28 @@ def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
     return known[key]
 
 
+def explain_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
+    """The CAM class for the explain facade, audit and app (see :data:`EXPLAIN_METHODS`).
+
+    Names must be in :data:`EXPLAIN_METHODS`; a class is accepted unless it is one of the
+    built-in methods that need their own call (e.g. :class:`FullGrad`).
+    """
+    cls = get_method(method)
+    offered = set(EXPLAIN_METHODS.values())
+    builtin = set(METHODS.values()) | set(MORE_METHODS.values())
+    if cls not in offered and cls in builtin:
+        raise ValueError(
+            f"{cls.__name__} cannot be used here: it needs its own call (use "
+            f"shortcut_detect.cam.{cls.__name__} directly). Choose one of: "
+            f"{', '.join(EXPLAIN_METHODS)}"
+        )
+    return cls
+
+
 __all__ = [
     "ARCC",
     "CAM",
+    "EXPLAIN_METHODS",
     "FEM",
     "ISCAM",
     "KPCA_CAM",
@@ -205,6 +239,7 @@ __all__ = [
     "deep_feature_factorization",
     "default_layer",
     "deprocess_image",
+    "explain_method",
     "fasterrcnn_reshape_transform",
     "fuse_cams",
     "get_method",
