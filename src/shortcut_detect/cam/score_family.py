@@ -201,34 +201,12 @@ class ISCAM(_SmoothedScoreCAM):
     batch_size:
         Masked images per forward pass (torchcam's default, 32).
     num_samples:
-        Integration steps (torchcam's default, 10).
+        Integration steps (``None`` or omitted: torchcam's default, 10).
     accelerate:
         As for :class:`SSCAM`.
     """
 
     default_samples = 10
-
-    def __init__(
-        self,
-        model: nn.Module,
-        target_layers: LayerSpec | Sequence[LayerSpec],
-        reshape_transform: ReshapeTransform | None = None,
-        batch_size: int = 32,
-        num_samples: int = 10,
-        accelerate: bool = True,
-        device: str | torch.device | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            model,
-            target_layers,
-            reshape_transform,
-            batch_size=batch_size,
-            num_samples=num_samples,
-            accelerate=accelerate,
-            device=device,
-            **kwargs,
-        )
 
     def coefficients(self) -> list[float]:
         """The scale of the masked input on each step, accumulated as torchcam does."""
