@@ -4,12 +4,15 @@ torchvision model with random weights (default resnet18), target ``layer4``, CPU
 class per sample. Each call (object set-up, maps, clean-up) is timed in interleaved rounds
 in one process; the table shows the median seconds per call and our speed-up
 (reference time / our time). pytorch-grad-cam methods are compared with pytorch-grad-cam
-1.5.x, CAM and SmoothGradCAMpp with torchcam (whose maps are taken at layer resolution,
-then resized like ours).
+1.5.x, CAM, SmoothGradCAMpp, SSCAM and ISCAM with torchcam (whose maps are taken at layer
+resolution, then resized like ours). SSCAM and ISCAM use torchcam's defaults (35 and 10
+steps) unless ``--samples`` says otherwise. DeepFeatureFactorization is timed with
+16 components against pytorch-grad-cam's.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_more_methods.py --model resnet18 --size 224 --batch 2
+    .venv/bin/python benchmarks/bench_more_methods.py --quick   # a tiny smoke run
 """
 
 from __future__ import annotations
@@ -60,29 +63,51 @@ def _pgc_case(name: str, model, oracle, inputs, classes, layers: str = "layer4")
     return ours, reference
 
 
-def _torchcam_case(name: str, model, oracle, inputs, classes):
+TORCHCAM_METHODS = ("CAM", "SmoothGradCAMpp", "SSCAM", "ISCAM")
+
+
+def _torchcam_case(name: str, model, oracle, inputs, classes, samples: int | None = None):
     import torchcam.methods as tcm
 
-    ours_cls = sc.CAM if name == "CAM" else sc.SmoothGradCAMpp
     targets = [sc.ClassifierOutputTarget(c) for c in classes]
+    options = {} if samples is None or name not in ("SSCAM", "ISCAM") else {"num_samples": samples}
 
     def ours():
-        with ours_cls(model, [model.layer4]) as cam:
+        torch.manual_seed(0)
+        with getattr(sc, name)(model, [model.layer4], **options) as cam:
             return cam(inputs, targets)
 
     def reference():
         size = tuple(inputs.shape[2:])
+        torch.manual_seed(0)
         if name == "CAM":
             with tcm.CAM(oracle, "layer4", "fc", input_shape=inputs.shape[1:]) as extractor:
                 with torch.inference_mode():
                     oracle(inputs)
                 maps = extractor(list(classes))[0]
         else:
-            with tcm.SmoothGradCAMpp(oracle, "layer4", input_shape=inputs.shape[1:]) as ex:
+            method = getattr(tcm, name)
+            with method(oracle, "layer4", input_shape=inputs.shape[1:], **options) as ex:
                 scores = oracle(inputs)
                 maps = ex(list(classes), scores)[0].detach()
         oracle.zero_grad(set_to_none=True)
         return sc.engine.minmax_normalize(sc.engine.upsample(maps, size)).numpy()
+
+    return ours, reference
+
+
+def _dff_case(model, oracle, inputs):
+    import pytorch_grad_cam as pgc
+
+    def ours():
+        with sc.DeepFeatureFactorization(model, model.layer4) as dff:
+            return dff(inputs, n_components=16)
+
+    def reference():
+        dff = pgc.DeepFeatureFactorization(oracle, oracle.layer4)
+        result = dff(inputs, n_components=16)
+        dff.activations_and_grads.release()
+        return result
 
     return ours, reference
 
@@ -102,9 +127,17 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         default="FullGrad,ShapleyCAM,FinerCAM,FEM,KPCA_CAM,SegEigenCAM,RandomCAM,RefineCAM,"
-        "CAM,SmoothGradCAMpp",
+        "CAM,SmoothGradCAMpp,SSCAM,ISCAM,DeepFeatureFactorization",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, help="SSCAM/ISCAM steps (default torchcam's)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 64x64, batch 1, 1 round, 2 steps"
     )
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.batch, args.rounds, args.samples = 64, 1, 1, 2
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.model)().eval()
@@ -115,13 +148,16 @@ def main() -> None:
     print(
         f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.rounds} rounds, "
         f"{torch.get_num_threads()} threads"
+        + (f", SSCAM/ISCAM {args.samples} steps" if args.samples else "")
     )
     print("| method | reference | ours (s) | reference (s) | speed-up |")
     print("|---|---|---|---|---|")
     for name in args.methods.split(","):
-        torchcam_method = name in ("CAM", "SmoothGradCAMpp")
+        torchcam_method = name in TORCHCAM_METHODS
         if torchcam_method:
-            ours, reference = _torchcam_case(name, model, oracle, inputs, classes)
+            ours, reference = _torchcam_case(name, model, oracle, inputs, classes, args.samples)
+        elif name == "DeepFeatureFactorization":
+            ours, reference = _dff_case(model, oracle, inputs)
         else:
             ours, reference = _pgc_case(name, model, oracle, inputs, classes)
         ours(), reference()  # warm-up

@@ -31,7 +31,7 @@ from shortcut_detect.audit.interventions import run_intervention_stage
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.report import build_report
 from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
-from shortcut_detect.cam import get_method
+from shortcut_detect.cam import explain_method
 from shortcut_detect.cam.image import apply_colormap
 from shortcut_detect.cam.layers import spatial_layers
 from shortcut_detect.common.device import DeviceUnavailableError, resolve_device
@@ -774,7 +774,7 @@ def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedMo
         raise CommandError(f"--lime-samples must be at least 2, got {args.lime_samples}")
     if not lime:
         try:
-            get_method(args.method)
+            explain_method(args.method)
         except ValueError as error:
             raise CommandError(f"{error} (or lime)") from error
     loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(sources))

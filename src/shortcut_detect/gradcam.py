@@ -19,7 +19,7 @@ from torch import nn
 
 from shortcut_detect.analysis.groups import compare_groups as compare_group_attention
 from shortcut_detect.analysis.maps import overlap_per_sample
-from shortcut_detect.cam import get_method
+from shortcut_detect.cam import explain_method
 from shortcut_detect.cam.base import BaseCAM
 from shortcut_detect.cam.engine import CAMEngine, Capture, minmax_normalize, prepare_inputs
 from shortcut_detect.cam.guided import guided_backprop_for_scores
@@ -373,7 +373,7 @@ class GradCAMHeatmapGenerator:
         return self._target_layer
 
     def _build_method(self) -> None:
-        method_cls = get_method(self._method_spec)
+        method_cls = explain_method(self._method_spec)
         self._cam = method_cls(
             self.model,
             [self._target_layer],
@@ -440,7 +440,10 @@ class GradCAMHeatmapGenerator:
             return fns
 
         capture = cam.engine.capture(
-            batch, score_from_outputs=resolve, need_gradients=cam.uses_gradients
+            batch,
+            score_from_outputs=resolve,
+            need_gradients=cam.uses_gradients,
+            **cam.capture_options,
         )
         if self.use_guided:
             guided = guided_backprop_for_scores(self.model, batch, capture.score_fns)

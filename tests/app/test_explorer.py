@@ -141,11 +141,11 @@ def test_layer_choices_mark_the_default_and_pick_early_middle_late(explorer):
 
 
 def test_every_registered_cam_method_is_offered_and_works(explorer):
-    from shortcut_detect.cam import METHODS
+    from shortcut_detect.cam import EXPLAIN_METHODS
 
     keys = [key for _, key in method_choices()]
     first_key_per_class: dict[type, str] = {}
-    for key, cls in METHODS.items():
+    for key, cls in EXPLAIN_METHODS.items():
         first_key_per_class.setdefault(cls, key)
     assert keys == list(first_key_per_class.values())  # aliases are not listed twice
     selection = explorer.select_sample("4")

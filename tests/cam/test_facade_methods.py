@@ -53,3 +53,37 @@ def test_two_heads_from_the_facade_equal_the_single_head_classes(method):
     # EigenCAM is class-agnostic; ScoreCAM's softmax weights are near-uniform on this tiny net
     if method not in ("eigencam", "scorecam"):
         assert np.abs(result.disease_heatmap - result.attribute_heatmap).max() > 1e-3
+
+
+NEWER = sorted(set(sc.EXPLAIN_METHODS) - set(sc.METHODS))
+
+
+@pytest.mark.parametrize("method", NEWER)
+def test_newer_methods_from_the_facade_equal_their_classes(method):
+    assert NEWER == ["fem", "iscam", "segeigencam", "shapleycam", "sscam"]
+    head = Head(TwoHeads().eval(), 0)
+    x = torch.rand(3, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    with GradCAMHeatmapGenerator(head, "model.features", method=method) as gen:
+        heatmaps = np.stack(gen.generate_batch(x, target_classes=[0, 1, 3]))
+    torch.manual_seed(1)
+    with sc.get_method(method)(head, ["model.features"]) as cam:
+        expected = cam(x, targets=[sc.ClassifierOutputTarget(c) for c in [0, 1, 3]])
+    np.testing.assert_allclose(heatmaps, expected, atol=1e-5, err_msg=method)
+    assert heatmaps.max() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("method", ["fullgrad", "cam", "smoothgradcam++", sc.FullGrad])
+def test_methods_needing_their_own_call_are_refused_by_the_facade(method):
+    with pytest.raises(ValueError, match="needs its own call"):
+        sc.explain_method(method)
+    with pytest.raises(ValueError, match="needs its own call"):
+        GradCAMHeatmapGenerator(Head(TwoHeads().eval(), 0), "model.features", method=method)
+
+
+def test_own_cam_subclasses_are_still_accepted():
+    class Doubled(sc.GradCAM):
+        pass
+
+    assert sc.explain_method(Doubled) is Doubled
+    assert sc.explain_method("ISCAM") is sc.ISCAM

@@ -32,7 +32,7 @@ from shortcut_detect.app.inputs import (
 )
 from shortcut_detect.app.models import ExplorerModel
 from shortcut_detect.app.sources import Sample, SampleSource, to_uint8_rgb
-from shortcut_detect.cam import METHODS, get_method
+from shortcut_detect.cam import EXPLAIN_METHODS, explain_method
 from shortcut_detect.cam.image import apply_colormap
 from shortcut_detect.cam.layers import (
     PASS_THROUGH_MODULES,
@@ -289,14 +289,14 @@ def tensor_key(tensor: torch.Tensor) -> str:
 
 def _method_registry() -> dict[str, type]:
     # Read at call time: more CAM methods may have been registered since the import.
-    return dict(METHODS)
+    return dict(EXPLAIN_METHODS)
 
 
 def method_key(method: str) -> str:
     """The registry key of a CAM method name (case and punctuation ignored)."""
     registry = _method_registry()
     try:
-        cls = get_method(method)
+        cls = explain_method(method)
     except ValueError as error:
         raise ExplorerInputError(str(error)) from error
     for key, candidate in registry.items():

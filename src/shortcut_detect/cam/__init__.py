@@ -10,6 +10,7 @@ too, mirroring pytorch-grad-cam's module layout.)
 
 from __future__ import annotations
 
+from shortcut_detect.cam.arcc import ARCC, Coherency, Complexity, pearson_per_sample
 from shortcut_detect.cam.base import BaseCAM, GradCAM
 from shortcut_detect.cam.engine import CAMEngine, Capture, TargetScores
 from shortcut_detect.cam.extra_methods import (
@@ -23,6 +24,11 @@ from shortcut_detect.cam.extra_methods import (
     ShapleyCAM,
     SmoothGradCAMpp,
     fuse_cams,
+)
+from shortcut_detect.cam.factorization import (
+    DeepFeatureFactorization,
+    deep_feature_factorization,
+    show_factorization_on_image,
 )
 from shortcut_detect.cam.fullgrad import FullGrad
 from shortcut_detect.cam.guided import (
@@ -64,7 +70,12 @@ from shortcut_detect.cam.metrics import (
     road,
 )
 from shortcut_detect.cam.perturbation import AblationCAM, ScoreCAM
-from shortcut_detect.cam.reshape import swin_reshape_transform, vit_reshape_transform
+from shortcut_detect.cam.reshape import (
+    fasterrcnn_reshape_transform,
+    swin_reshape_transform,
+    vit_reshape_transform,
+)
+from shortcut_detect.cam.score_family import ISCAM, SSCAM
 from shortcut_detect.cam.targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputReST,
@@ -101,10 +112,27 @@ MORE_METHODS: dict[str, type[BaseCAM]] = {
     "segeigencam": SegEigenCAM,
     "cam": CAM,
     "smoothgradcam++": SmoothGradCAMpp,
+    "sscam": SSCAM,
+    "iscam": ISCAM,
 }
 """The issue-#15 methods, found by :func:`get_method` but not listed in :data:`METHODS`
 (which the facade and the web app offer): they ignore the target layer (FullGrad), need
 extra arguments (CAM's ``fc_layer``) or are baselines (RandomCAM)."""
+
+
+EXPLAIN_METHODS: dict[str, type[BaseCAM]] = {
+    **METHODS,
+    "shapleycam": ShapleyCAM,
+    "fem": FEM,
+    "segeigencam": SegEigenCAM,
+    "sscam": SSCAM,
+    "iscam": ISCAM,
+}
+"""The methods offered by ``GradCAMHeatmapGenerator``, ``explain`` / ``audit --method`` and the
+web app: :data:`METHODS` plus the issue-#15 methods that draw a map from one layer's
+activations for any target (the others need their own call: FullGrad uses every layer,
+CAM a classifier target and ``fc_layer``, SmoothGradCAMpp its noisy batch; KPCA_CAM needs
+scikit-learn; RandomCAM is a baseline)."""
 
 
 def _method_key(name: str) -> str:
@@ -130,12 +158,34 @@ def get_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
     return known[key]
 
 
+def explain_method(method: str | type[BaseCAM]) -> type[BaseCAM]:
+    """The CAM class for the explain facade, audit and app (see :data:`EXPLAIN_METHODS`).
+
+    Names must be in :data:`EXPLAIN_METHODS`; a class is accepted unless it is one of the
+    built-in methods that need their own call (e.g. :class:`FullGrad`).
+    """
+    cls = get_method(method)
+    offered = set(EXPLAIN_METHODS.values())
+    builtin = set(METHODS.values()) | set(MORE_METHODS.values())
+    if cls not in offered and cls in builtin:
+        raise ValueError(
+            f"{cls.__name__} cannot be used here: it needs its own call (use "
+            f"shortcut_detect.cam.{cls.__name__} directly). Choose one of: "
+            f"{', '.join(EXPLAIN_METHODS)}"
+        )
+    return cls
+
+
 __all__ = [
+    "ARCC",
     "CAM",
+    "EXPLAIN_METHODS",
     "FEM",
+    "ISCAM",
     "KPCA_CAM",
     "METHODS",
     "MORE_METHODS",
+    "SSCAM",
     "AblationCAM",
     "BaseCAM",
     "BinaryClassifierOutputTarget",
@@ -146,7 +196,10 @@ __all__ = [
     "ClassifierOutputReST",
     "ClassifierOutputSoftmaxTarget",
     "ClassifierOutputTarget",
+    "Coherency",
+    "Complexity",
     "ConfidenceChange",
+    "DeepFeatureFactorization",
     "DeletionInsertionMetric",
     "DropInConfidence",
     "EigenCAM",
@@ -183,16 +236,21 @@ __all__ = [
     "apply_colormap",
     "compare_methods",
     "confidence_change",
+    "deep_feature_factorization",
     "default_layer",
     "deprocess_image",
+    "explain_method",
+    "fasterrcnn_reshape_transform",
     "fuse_cams",
     "get_method",
     "guided_backprop",
     "guided_backprop_for_scores",
+    "pearson_per_sample",
     "preprocess_image",
     "resolve_layer",
     "road",
     "show_cam_on_image",
+    "show_factorization_on_image",
     "spatial_layers",
     "swin_reshape_transform",
     "vit_reshape_transform",

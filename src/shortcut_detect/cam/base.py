@@ -22,6 +22,7 @@ from shortcut_detect.cam.engine import (
     ReshapeTransform,
     ScoreFn,
     TargetScores,
+    classifier_logits,
     minmax_normalize,
     prepare_inputs,
     upsample,
@@ -188,19 +189,26 @@ class BaseCAM:
     @staticmethod
     def _score_resolver(targets: Sequence[Any] | None) -> Callable[[Any], list[ScoreFn]]:
         def from_outputs(outputs: Any) -> list[ScoreFn]:
-            if not isinstance(outputs, torch.Tensor):
+            logits = classifier_logits(outputs)
+            # A list of per-image outputs (torchvision detection models) works with targets
+            # that read one image's output, e.g. FasterRCNNBoxScoreTarget.
+            per_image = isinstance(outputs, list) and targets is not None
+            if logits is None and not per_image:
                 raise TypeError(
-                    f"The model returns {type(outputs).__name__}; pytorch-grad-cam style "
-                    "classes expect a tensor. Wrap the model, or use "
-                    "GradCAMHeatmapGenerator with head_mappings for multi-head outputs."
+                    f"The model returns {type(outputs).__name__} without class scores; "
+                    "pytorch-grad-cam style classes read a tensor, an output with .logits, a "
+                    "dict with 'logits' or a tuple starting with the logits (or, with "
+                    "explicit targets, a list with one output per image). Wrap the model, or "
+                    "use GradCAMHeatmapGenerator with head_mappings for multi-head outputs."
                 )
+            select = None if logits is None or logits is outputs else classifier_logits
             if targets is None:
-                chosen = [ClassifierOutputTarget(c) for c in outputs.argmax(dim=-1).tolist()]
+                chosen = [ClassifierOutputTarget(c) for c in logits.argmax(dim=-1).tolist()]
             else:
                 chosen = list(targets)
                 if len(chosen) == 1:
-                    chosen = chosen * outputs.shape[0]
-            return [TargetScores(chosen)]
+                    chosen = chosen * len(logits if logits is not None else outputs)
+            return [TargetScores(chosen, select)]
 
         return from_outputs
 

@@ -14,7 +14,7 @@ copied for the same reason. Extra forward passes (:meth:`CAMEngine.run`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -34,6 +34,7 @@ __all__ = [
     "Capture",
     "ScoreFn",
     "TargetScores",
+    "classifier_logits",
     "current_input_size",
     "minmax_normalize",
     "prepare_inputs",
@@ -170,32 +171,66 @@ class Capture:
     hessian_vector_products: list[list[torch.Tensor]] = field(default_factory=list)
 
 
+def classifier_logits(outputs: Any) -> torch.Tensor | None:
+    """The class scores in a model's output, or ``None`` when there is no obvious one.
+
+    A tensor is itself; Hugging Face-style outputs give their ``.logits`` (an object
+    attribute or a dict key); a tuple or list starting with a tensor gives that tensor
+    (``return_dict=False``). A list of per-image dicts (detection models) gives ``None``.
+    """
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    logits = getattr(outputs, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
+        return outputs["logits"]
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    return None
+
+
 class TargetScores:
-    """Per-sample targets (pytorch-grad-cam style callables on one sample's output)."""
+    """Per-sample targets (pytorch-grad-cam style callables on one sample's output).
 
-    def __init__(self, targets: Sequence[Callable[[torch.Tensor], torch.Tensor]]) -> None:
+    ``select`` picks what the targets read from the model's output (e.g.
+    :func:`classifier_logits` for models returning ``.logits``); ``None`` passes it as is.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+        select: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.targets = list(targets)
+        self.select = select
 
-    def __call__(self, outputs: torch.Tensor) -> torch.Tensor:
-        if len(self.targets) != outputs.shape[0]:
+    def _outputs(self, outputs: Any) -> Any:
+        return outputs if self.select is None else self.select(outputs)
+
+    def __call__(self, outputs: Any) -> torch.Tensor:
+        outputs = self._outputs(outputs)
+        if len(self.targets) != len(outputs):
             raise ValueError(
-                f"Got {len(self.targets)} targets for a batch of {outputs.shape[0]}; give one "
+                f"Got {len(self.targets)} targets for a batch of {len(outputs)}; give one "
                 "target per sample (or a single target, which is used for every sample)."
             )
         return torch.stack([t(o).sum() for t, o in zip(self.targets, outputs)])
 
-    def for_sample(self, outputs: torch.Tensor, index: int) -> torch.Tensor:
+    def for_sample(self, outputs: Any, index: int) -> torch.Tensor:
         target = self.targets[index]
-        return torch.stack([target(o).sum() for o in outputs])
+        return torch.stack([target(o).sum() for o in self._outputs(outputs)])
 
 
-def _detach_output(output: Any) -> Any:
+def _detach_output(output: Any, clone: bool = False) -> Any:
+    """Detach every tensor of a (nested) output; ``clone`` also copies them (safe from later
+    in-place operations)."""
     if isinstance(output, torch.Tensor):
-        return output.detach()
+        return output.detach().clone() if clone else output.detach()
     if isinstance(output, dict):
-        return {key: _detach_output(value) for key, value in output.items()}
+        return {key: _detach_output(value, clone) for key, value in output.items()}
     if isinstance(output, (list, tuple)):
-        return type(output)(_detach_output(value) for value in output)
+        return type(output)(_detach_output(value, clone) for value in output)
     return output
 
 
@@ -303,10 +338,17 @@ class CAMEngine:
             def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
                 calls[index] += 1
                 if not isinstance(output, torch.Tensor):
+                    if self.reshape_transform is not None and not need_gradients:
+                        # e.g. a detection backbone's dict of maps, combined by the transform
+                        raw[index] = _detach_output(output, clone=True)
+                        return None
                     raise TypeError(
                         f"Layer {self.layer_names[index]!r} returns "
                         f"{type(output).__name__}, not a tensor; target a layer whose "
-                        "output is a tensor (e.g. a sub-module of this one)."
+                        "output is a tensor (e.g. a sub-module of this one), or, with a "
+                        "gradient-free method (EigenCAM, ScoreCAM, ...), pass a "
+                        "reshape_transform that turns this output into (B, C, *spatial) "
+                        "(e.g. fasterrcnn_reshape_transform for a detection backbone)."
                     )
                 if not need_gradients:
                     # A copy: an in-place op downstream must not change what was captured.
@@ -340,7 +382,7 @@ class CAMEngine:
             detached = _detach_output(outputs)
             spatial_dims = inputs.ndim - 2
             activations = [
-                self._to_spatial(i, tensor.detach(), spatial_dims)  # type: ignore[union-attr]
+                self._to_spatial(i, _detach_output(tensor), spatial_dims)
                 for i, tensor in enumerate(raw)
             ]
             capture = Capture(

@@ -15,12 +15,14 @@ be inferred, e.g. via ``functools.partial(vit_reshape_transform, height=14, widt
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
+import torch.nn.functional as F
 
 from shortcut_detect.cam.engine import current_input_size
 
-__all__ = ["swin_reshape_transform", "vit_reshape_transform"]
+__all__ = ["fasterrcnn_reshape_transform", "swin_reshape_transform", "vit_reshape_transform"]
 
 
 # Leading non-patch tokens seen in practice: none, class, class + distillation, and class
@@ -140,3 +142,27 @@ def swin_reshape_transform(
     raise ValueError(
         f"swin_reshape_transform expects (B, H, W, C) or (B, N, C), got {tuple(tensor.shape)}"
     )
+
+
+def fasterrcnn_reshape_transform(features: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """A detection backbone's feature pyramid (a dict of maps) -> one ``(B, C, h, w)`` map.
+
+    Each level's absolute value is resized (bilinear) to the ``"pool"`` level's size (the
+    smallest, or the last level when there is none) and the levels are stacked along the
+    channels, as pytorch-grad-cam's ``fasterrcnn_reshape_transform`` does. For
+    ``model.backbone`` of torchvision's Faster R-CNN models with a gradient-free method
+    (EigenCAM, ScoreCAM, ...).
+    """
+    if not isinstance(features, Mapping) or not features:
+        raise ValueError(
+            "fasterrcnn_reshape_transform expects the backbone's dict of feature maps "
+            f"(e.g. model.backbone of a torchvision Faster R-CNN), got {type(features).__name__}"
+        )
+    levels = list(features.values())
+    reference = features.get("pool", levels[-1])
+    size = tuple(reference.shape[2:])
+    resized = [
+        F.interpolate(level.abs(), size=size, mode="bilinear", align_corners=False)
+        for level in levels
+    ]
+    return torch.cat(resized, dim=1)
