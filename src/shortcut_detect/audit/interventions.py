@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from shortcut_detect.analysis.maps import location_words
-from shortcut_detect.audit.analysis import _subsample
+from shortcut_detect.audit.analysis import stratified_subsample
 from shortcut_detect.audit.store import (
     INTERVENTIONS_DIR,
     INTERVENTIONS_FILE,
@@ -276,7 +276,7 @@ def _stratified_rows(
         dtype=object,
     )
     ids = np.array([row["sample_id"] for row in rows], dtype=object)
-    return [rows[i] for i in _subsample(ids, strata, n_samples, seed)]
+    return [rows[i] for i in stratified_subsample(ids, strata, n_samples, seed)]
 
 
 def _read_subsample(

@@ -191,7 +191,7 @@ class InterventionResult:
 # -- running counterfactuals ---------------------------------------------------------------------
 
 
-class _Runner:
+class ForwardRunner:
     """Forward passes in batches, counted; returns class probabilities."""
 
     def __init__(self, model: nn.Module, device: torch.device, batch_size: int, head: Any):
@@ -231,7 +231,7 @@ class _Jobs:
 
     def run(
         self,
-        runner: _Runner,
+        runner: ForwardRunner,
         images: torch.Tensor,
         fill_names: Sequence[str],
         extent: int,
@@ -269,7 +269,7 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Class probabilities ``(N, K)`` of ``images`` (eval mode, inference mode, batched)."""
     batch = as_image_batch(images)
-    runner = _Runner(model, resolve_device(device, model), int(batch_size), head)
+    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head)
     with eval_mode(model), torch.inference_mode():
         return runner.originals(batch).numpy()
 
@@ -302,7 +302,7 @@ def _attention(
     return AttentionShare(share, area, share / area, int(keep.sum()))
 
 
-def _paired(
+def paired_estimates(
     region: np.ndarray, control: np.ndarray, stats: dict[str, Any], seed: int
 ) -> tuple[Estimate, Estimate, Estimate]:
     """Estimates of the region values, the control values and their paired difference."""
@@ -314,7 +314,7 @@ def _paired(
     )
 
 
-def _significant(value: Estimate, min_effect: float, alpha: float) -> bool:
+def is_significant(value: Estimate, min_effect: float, alpha: float) -> bool:
     """An effect that counts as reliance: at least ``min_effect``, interval above 0, p < alpha."""
     return bool(
         value.n > 0
@@ -518,8 +518,8 @@ def _removal_result(
         control_drop = np.nanmean(control_drops, axis=1)
         control_flip = np.nanmean(control_flips, axis=1)
         disturbance = float(np.nanmean(np.abs(control_drops)))
-    flip_rate, control_flip_rate, flip_effect = _paired(flip, control_flip, stats, seed)
-    dropped, control_dropped, effect = _paired(drop, control_drop, stats, seed + 10)
+    flip_rate, control_flip_rate, flip_effect = paired_estimates(flip, control_flip, stats, seed)
+    dropped, control_dropped, effect = paired_estimates(drop, control_drop, stats, seed + 10)
     result = FillResult(
         name,
         flip_rate,
@@ -559,10 +559,10 @@ def _transplant_result(
     with _quiet():
         control_shift_mean = np.nanmean(control_shift, axis=1)
         control_moved_mean = np.nanmean(control_moved, axis=1)
-    moved_share, control_moved_share, _ = _paired(
+    moved_share, control_moved_share, _ = paired_estimates(
         moved[eligible], control_moved_mean[eligible], stats, seed + 20
     )
-    shift, control_shift_estimate, effect = _paired(
+    shift, control_shift_estimate, effect = paired_estimates(
         after - before, control_shift_mean, stats, seed + 30
     )
     return TransplantResult(
@@ -585,8 +585,8 @@ def _reading(
     salient_enrichment: float,
 ) -> tuple[str, bool, bool | None]:
     """The reading, whether the region is relied on, and whether it is salient."""
-    relied = _significant(effect, min_effect, alpha) or (
-        transplant is not None and _significant(transplant.effect, min_effect, alpha)
+    relied = is_significant(effect, min_effect, alpha) or (
+        transplant is not None and is_significant(transplant.effect, min_effect, alpha)
     )
     salient = None
     if attention is not None and not np.isnan(attention.enrichment):
@@ -699,7 +699,7 @@ def intervene(
         model, images, regions, carriers, avoid, object_centres, n_controls, match_content, seed
     )
     stats = {"n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations)}
-    runner = _Runner(model, resolve_device(device, model), int(batch_size), head)
+    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head)
     jobs = _Jobs()
     fill_slices = _plan_removals(jobs, setup, len(fills), n_controls)
     transplant_plan = _plan_transplant(jobs, setup, n_controls, seed)
