@@ -9,16 +9,109 @@ from typing import Any
 import numpy as np
 
 from shortcut_detect.analysis.maps import area_resize, as_heatmap_stack
+from shortcut_detect.common import nan_to_none
 
-__all__ = ["RegionAttention", "attention_in_region", "region_coverage"]
+__all__ = [
+    "RegionAttention",
+    "attention_in_region",
+    "box_mask",
+    "is_box",
+    "mask_stack",
+    "region_coverage",
+]
 
-Box = tuple[float, float, float, float]
 
-
-def _is_box(region: Any) -> bool:
-    if isinstance(region, (tuple, list)) and len(region) == 4:
+def is_box(region: Any) -> bool:
+    """Whether ``region`` is a box: 4 numbers (2-D) or 6 (volumes), not a mask array."""
+    if isinstance(region, (tuple, list)) and len(region) in (4, 6):
         return all(np.ndim(value) == 0 for value in region)
-    return isinstance(region, np.ndarray) and region.shape == (4,)
+    return isinstance(region, np.ndarray) and region.ndim == 1 and region.size in (4, 6)
+
+
+def box_mask(
+    box: Sequence[float], spatial: Sequence[int], *, frame: str = "image", hint: str = ""
+) -> np.ndarray:
+    """Bool mask of ``spatial`` size set inside ``box``.
+
+    Parameters
+    ----------
+    box:
+        ``(x0, y0, x1, y1)``, or ``(x0, y0, z0, x1, y1, z1)`` for volumes: whole pixels,
+        ``x`` = column, ``y`` = row, ``z`` = depth; upper bounds exclusive, i.e.
+        ``mask[y0:y1, x0:x1]``.
+    spatial:
+        ``(H, W)`` or ``(D, H, W)``.
+    frame:
+        What the box lies in, for error messages (e.g. ``"image"``, ``"6x6 grid"``).
+    hint:
+        Appended to the message of a box outside ``spatial``.
+    """
+    spatial = tuple(int(s) for s in spatial)
+    ndim = len(spatial)
+    if len(box) != 2 * ndim:
+        form = "(x0, y0, x1, y1)" if ndim == 2 else "(x0, y0, z0, x1, y1, z1)"
+        raise ValueError(
+            f"A box for {ndim}-D images has {2 * ndim} numbers {form}; got {len(box)}: {tuple(box)}"
+        )
+    values = [float(v) for v in box]
+    low, high = values[:ndim], values[ndim:]
+    # Box order is x (column), y (row)[, z (depth)]; array axes are ([depth,] row, column).
+    axes_size = list(reversed(spatial[-2:])) + ([spatial[0]] if ndim == 3 else [])
+    for name, lo, hi, size in zip("xyz", low, high, axes_size):
+        if not 0 <= lo < hi <= size:
+            raise ValueError(
+                f"Box {tuple(box)} is empty or outside the {frame}: need 0 <= {name}0 < "
+                f"{name}1 <= {size} ({name}1 exclusive) for spatial size {spatial}{hint}"
+            )
+    if any(v != int(v) for v in values):
+        raise ValueError(f"Box coordinates must be whole pixels, got {tuple(box)}")
+    mask = np.zeros(spatial, dtype=bool)
+    slices = tuple(slice(int(lo), int(hi)) for lo, hi in zip(low, high))
+    mask[slices[::-1]] = True  # box order is the reverse of the array axes
+    return mask
+
+
+def mask_stack(region: Any, n_samples: int, ndim: int, *, per: str = "image") -> np.ndarray:
+    """A region given as masks, validated: ``(1 or N, *spatial)`` of bool or numbers in [0, 1].
+
+    Parameters
+    ----------
+    region:
+        One mask ``spatial`` for all samples or one per sample ``(N, *spatial)``; numpy
+        array, tensor or nested lists.
+    n_samples:
+        ``N``.
+    ndim:
+        Spatial dimensions of a mask (2, or 3 for volumes).
+    per:
+        What a mask belongs to, for error messages (``"image"``, ``"heatmap"``).
+    """
+    if hasattr(region, "detach"):
+        region = region.detach().cpu().numpy()
+    masks = np.asarray(region)
+    if masks.dtype == object or not (np.issubdtype(masks.dtype, np.number) or masks.dtype == bool):
+        raise TypeError(
+            "region must be a box (x0, y0, x1, y1) or a mask array; got "
+            f"{type(region).__name__} of dtype {masks.dtype}"
+        )
+    if masks.ndim == ndim:
+        masks = masks[None]
+    if masks.ndim != ndim + 1:
+        raise ValueError(
+            f"Region mask of shape {masks.shape} does not fit {ndim}-D {per}s: give one "
+            f"{ndim}-D mask for all, one per {per} (N, ...), or a box (x0, y0, x1, y1)"
+        )
+    if masks.shape[0] not in (1, n_samples):
+        raise ValueError(
+            f"Got {masks.shape[0]} region masks for {n_samples} {per}s; give one mask per "
+            f"{per} or one for all"
+        )
+    if masks.dtype != bool and (not np.isfinite(masks).all() or masks.min() < 0 or masks.max() > 1):
+        raise ValueError(
+            "Region masks must hold values in [0, 1] (bool or a soft mask); got range "
+            f"[{np.nanmin(masks):.4g}, {np.nanmax(masks):.4g}]"
+        )
+    return masks
 
 
 def region_coverage(
@@ -49,50 +142,13 @@ def region_coverage(
     grid = tuple(int(s) for s in grid)
     if len(grid) != 2:
         raise ValueError(f"Regions are defined on 2-D maps; got heatmaps with grid {grid}")
-    if _is_box(region):
+    if is_box(region):
         size = tuple(int(s) for s in (image_size or grid))
-        x0, y0, x1, y1 = (float(v) for v in region)
-        if not (0 <= x0 < x1 <= size[1] and 0 <= y0 < y1 <= size[0]):
-            hint = "" if image_size else "; pass image_size=(H, W) if the box is in image pixels"
-            raise ValueError(
-                f"Box (x0, y0, x1, y1)={tuple(region)} is empty or outside the {size[0]}x"
-                f"{size[1]} grid (need 0 <= x0 < x1 <= W and 0 <= y0 < y1 <= H, x1/y1 "
-                f"exclusive){hint}"
-            )
-        if any(float(v) != int(v) for v in (x0, y0, x1, y1)):
-            raise ValueError(f"Box coordinates must be whole pixels, got {tuple(region)}")
-        mask = np.zeros(size, dtype=np.float64)
-        mask[int(y0) : int(y1), int(x0) : int(x1)] = 1.0
-        masks = mask[None]
+        hint = "" if image_size else "; pass image_size=(H, W) if the box is in image pixels"
+        frame = f"{size[0]}x{size[1]} grid"
+        masks = box_mask(region, size, frame=frame, hint=hint)[None].astype(np.float64)
     else:
-        if hasattr(region, "detach"):
-            region = region.detach().cpu().numpy()
-        masks = np.asarray(region)
-        if masks.dtype == object or not (
-            np.issubdtype(masks.dtype, np.number) or masks.dtype == bool
-        ):
-            raise TypeError(
-                "region must be a box (x0, y0, x1, y1) or a mask array (H, W) / (N, H, W); "
-                f"got {type(region).__name__} of dtype {masks.dtype}"
-            )
-        masks = masks.astype(np.float64)
-        if masks.ndim == 2:
-            masks = masks[None]
-        if masks.ndim != 3:
-            raise ValueError(
-                f"A region mask must be (H, W) or (N, H, W); got shape {masks.shape}. "
-                "A box must be 4 numbers (x0, y0, x1, y1)."
-            )
-        if masks.shape[0] not in (1, n_samples):
-            raise ValueError(
-                f"Got {masks.shape[0]} region masks for {n_samples} heatmaps; give one mask "
-                "per heatmap or one (H, W) mask for all"
-            )
-        if not np.isfinite(masks).all() or masks.min() < 0 or masks.max() > 1:
-            raise ValueError(
-                "Region masks must hold values in [0, 1] (bool or a soft mask); got range "
-                f"[{np.nanmin(masks):.4g}, {np.nanmax(masks):.4g}]"
-            )
+        masks = mask_stack(region, n_samples, 2, per="heatmap").astype(np.float64)
     if masks.shape[1:] != grid:
         masks = area_resize(masks, grid)
     return np.broadcast_to(masks, (n_samples, *grid))
@@ -160,24 +216,19 @@ class RegionAttention:
             "n_empty_region": self.n_empty_region,
             "n_empty_heatmap": self.n_empty_heatmap,
             "threshold": self.threshold,
-            "mean": _none_if_nan(self.mean),
-            "median": _none_if_nan(self.median),
-            "share_above_threshold": _none_if_nan(self.share_above_threshold),
-            "pointing_accuracy": _none_if_nan(self.pointing_accuracy),
-            "mean_area_share": _none_if_nan(self.mean_area_share),
-            "enrichment": _none_if_nan(self.enrichment),
+            "mean": nan_to_none(self.mean),
+            "median": nan_to_none(self.median),
+            "share_above_threshold": nan_to_none(self.share_above_threshold),
+            "pointing_accuracy": nan_to_none(self.pointing_accuracy),
+            "mean_area_share": nan_to_none(self.mean_area_share),
+            "enrichment": nan_to_none(self.enrichment),
         }
         if per_sample:
-            result["fractions"] = [_none_if_nan(v) for v in self.fractions]
-            result["area_shares"] = [_none_if_nan(v) for v in self.area_shares]
+            result["fractions"] = [nan_to_none(v) for v in self.fractions]
+            result["area_shares"] = [nan_to_none(v) for v in self.area_shares]
             result["pointing_hits"] = [bool(v) for v in self.pointing_hits]
             result["valid"] = [bool(v) for v in self.valid]
         return result
-
-
-def _none_if_nan(value: float) -> float | None:
-    value = float(value)
-    return None if np.isnan(value) else value
 
 
 def attention_in_region(

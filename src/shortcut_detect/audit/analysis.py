@@ -354,7 +354,9 @@ def accuracy_by_group(data: AuditData) -> SignalOutput | None:
 # -- heatmaps ----------------------------------------------------------------------------------
 
 
-def _subsample(ids: np.ndarray, strata: np.ndarray | None, limit: int, seed: int) -> np.ndarray:
+def stratified_subsample(
+    ids: np.ndarray, strata: np.ndarray | None, limit: int, seed: int
+) -> np.ndarray:
     """Positions of at most ``limit`` samples, stratified by ``strata`` when given."""
     n = len(ids)
     if n <= limit:
@@ -594,7 +596,7 @@ def mask_attention(data: AuditData) -> SignalOutput:
         return _unavailable("mask_attention", title, reason)
     fractions = data.numbers("mask_attention")
     masked = np.flatnonzero(data.has_mask & ~np.isnan(fractions))
-    sub = masked[_subsample(data.ids[masked], None, data.max_analysis_samples, data.seed)]
+    sub = masked[stratified_subsample(data.ids[masked], None, data.max_analysis_samples, data.seed)]
     location = mask_location(data.numbers("mask_center_y")[sub], data.numbers("mask_center_x")[sub])
     try:
         from shortcut_detect.detectors.mask_overlap import GradCAMMaskOverlapDetector
@@ -642,7 +644,9 @@ def spray(data: AuditData) -> SignalOutput:
         _LOG.info("Clustering heatmaps (SpRAy)...")
         strata = data.groups[data.analysis_positions] if data.has_groups else None
         # SpRAy's spectral embedding grows with the cube of the sample count.
-        slots = _subsample(np.asarray(data.analysis_ids), strata, MAX_SPRAY_SAMPLES, data.seed)
+        slots = stratified_subsample(
+            np.asarray(data.analysis_ids), strata, MAX_SPRAY_SAMPLES, data.seed
+        )
         positions = data.analysis_positions[slots]
         spray_ids = [data.analysis_ids[i] for i in slots]
         detector = SpRAyDetector(random_state=data.seed).fit(
@@ -737,7 +741,7 @@ def embeddings(data: AuditData) -> SignalOutput:
         return _unavailable("embeddings", _EMBEDDINGS_TITLE, reason)
     if data.embedding_samples <= 0:
         return _unavailable("embeddings", _EMBEDDINGS_TITLE, "skipped (embedding_samples=0)")
-    positions = _subsample(data.ids, data.groups, data.embedding_samples, data.seed)
+    positions = stratified_subsample(data.ids, data.groups, data.embedding_samples, data.seed)
     positions = positions[data.groups[positions] != "(none)"]
     try:
         _LOG.info("Embedding tests...")
@@ -956,7 +960,7 @@ def _audit_data(store: AuditStore, columns: dict[str, np.ndarray], **settings: A
     group_values = ok_columns["group"]
     has_groups = bool(config.get("has_groups")) and any(g is not None for g in group_values)
     groups = np.array(["(none)" if g is None else str(g) for g in group_values], dtype=object)
-    positions = _subsample(
+    positions = stratified_subsample(
         ok_columns["sample_id"],
         groups if has_groups else None,
         settings["max_analysis_samples"],

@@ -12,6 +12,7 @@ the file.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from shortcut_detect.analysis.maps import location_words
-from shortcut_detect.audit.analysis import _subsample
+from shortcut_detect.audit.analysis import stratified_subsample
 from shortcut_detect.audit.store import (
     INTERVENTIONS_DIR,
     INTERVENTIONS_FILE,
@@ -222,6 +223,167 @@ def _class(names: list[str], index: int) -> str:
     return names[index] if 0 <= index < len(names) else str(index)
 
 
+@dataclass
+class _Subsample:
+    """The images of the stage, read through the model's preprocessing, with their masks."""
+
+    rows: list[dict[str, Any]]
+    images: torch.Tensor
+    masks: np.ndarray
+    has_mask: np.ndarray
+    heatmaps: np.ndarray
+
+    @property
+    def ids(self) -> list[str]:
+        return [row["sample_id"] for row in self.rows]
+
+
+@dataclass
+class _ExampleWriter:
+    """Saves before/after example images of one test into the stage's folder."""
+
+    loaded: Any
+    sample: _Subsample
+    class_names: list[str]
+    folder: Path
+
+    def __call__(
+        self, masks: np.ndarray, result: InterventionResult, prefix: str
+    ) -> list[dict[str, Any]]:
+        return _examples(
+            self.loaded.model,
+            self.loaded.device,
+            self.sample.images,
+            masks,
+            result,
+            self.sample.ids,
+            self.class_names,
+            self.loaded.transform,
+            self.folder,
+            prefix,
+        )
+
+
+def _stratified_rows(
+    rows: list[dict[str, Any]], has_groups: bool, n_samples: int, seed: int
+) -> list[dict[str, Any]]:
+    """At most ``n_samples`` rows, stratified by group, mask presence and prediction."""
+    strata = np.array(
+        [
+            f"{row['group'] if has_groups else ''}|{bool(row['mask'])}|{row['prediction']}"
+            for row in rows
+        ],
+        dtype=object,
+    )
+    ids = np.array([row["sample_id"] for row in rows], dtype=object)
+    return [rows[i] for i in stratified_subsample(ids, strata, n_samples, seed)]
+
+
+def _read_subsample(
+    store: AuditStore,
+    rows: list[dict[str, Any]],
+    loaded: Any,
+    batch_size: int,
+    num_workers: int,
+) -> _Subsample:
+    """Decode the rows' images and masks (dropping unreadable ones) and load their heatmaps."""
+    images, mask_tensor, has_mask, ok = _load_images(
+        rows, loaded.transform, batch_size, num_workers
+    )
+    keep = np.flatnonzero(ok)
+    rows = [rows[i] for i in keep]
+    heatmaps = store.heatmaps([row["sample_id"] for row in rows]).astype(np.float32)
+    return _Subsample(
+        rows=rows,
+        images=images[torch.from_numpy(keep)],
+        masks=mask_tensor.numpy()[keep].astype(bool),
+        has_mask=has_mask[keep],
+        heatmaps=heatmaps,
+    )
+
+
+def _given_mask_entry(
+    sample: _Subsample, loaded: Any, examples: _ExampleWriter, options: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The test of the mask column's regions (``None`` when too few images carry one)."""
+    has_mask, masks = sample.has_mask, sample.masks
+    if not (has_mask.sum() >= 2 or (has_mask.any() and (~has_mask).any())):
+        return None
+    result = intervene(
+        loaded.model, sample.images, masks, carriers=has_mask, heatmaps=sample.heatmaps, **options
+    )
+    location = _where(masks[has_mask].any(axis=0))
+    entry = _entry(
+        GIVEN_MASK,
+        f"the mask column's regions ({int(has_mask.sum())} of {len(sample.rows)} images carry one)",
+        result,
+        location,
+        _given_mask_sentence(result, location),
+        None,
+    )
+    entry["examples"] = examples(masks, result, "mask")
+    return entry
+
+
+def _discovered_entries(
+    sample: _Subsample,
+    loaded: Any,
+    examples: _ExampleWriter,
+    options: dict[str, Any],
+    has_groups: bool,
+) -> tuple[list[dict[str, Any]], int]:
+    """Candidate regions discovered from heatmaps, groups or embeddings, each tested;
+    returns the entries and the number of candidates."""
+    rows = sample.rows
+    groups = np.array([str(row["group"]) for row in rows]) if has_groups else None
+    embeddings = None
+    if groups is None:
+        embeddings = _embeddings(loaded, sample.images, options["batch_size"])
+    predictions = np.array([int(row["prediction"]) for row in rows])
+    labels = np.array([int(row["label"]) for row in rows])
+    candidates = discover_candidates(
+        sample.heatmaps,
+        image_size=tuple(sample.images.shape[2:]),
+        groups=groups,
+        embeddings=embeddings,
+        predictions=predictions if (labels >= 0).all() else None,
+        labels=labels if (labels >= 0).all() else None,
+        n_permutations=200,
+        seed=options["seed"],
+    )
+    tests: list[CandidateTest] = confirm_candidates(
+        loaded.model, sample.images, candidates, heatmaps=sample.heatmaps, **options
+    )
+    entries = []
+    for k, test in enumerate(tests):
+        candidate = test.candidate
+        entry = _entry(
+            candidate.source,
+            candidate.description,
+            test.result,
+            _where(candidate.region),
+            test.reading,
+            list(candidate.box),
+        )
+        entry["examples"] = examples(candidate.region, test.result, f"candidate{k}")
+        entries.append(entry)
+    return entries, len(candidates)
+
+
+def _discovery_notes(n_candidates: int) -> list[str]:
+    if n_candidates == 0:
+        return [
+            "Discovery found no candidate region (no off-centre attention hotspot, "
+            "concentrated SpRAy cluster or significant group difference)."
+        ]
+    if n_candidates > 1:
+        return [
+            f"{n_candidates} discovered candidates were tested; their significance level is "
+            "Bonferroni-corrected."
+        ]
+    return []
+
+
 def run_intervention_stage(
     store: AuditStore,
     loaded: Any,
@@ -264,123 +426,31 @@ def run_intervention_stage(
         return None
     config = store.config
     has_groups = bool(config.get("has_groups"))
-    strata = np.array(
-        [
-            f"{row['group'] if has_groups else ''}|{bool(row['mask'])}|{row['prediction']}"
-            for row in rows
-        ],
-        dtype=object,
-    )
-    ids_all = np.array([row["sample_id"] for row in rows], dtype=object)
-    subset = [rows[i] for i in _subsample(ids_all, strata, int(n_samples), seed)]
+    subset = _stratified_rows(rows, has_groups, int(n_samples), seed)
     _LOG.info("Interventions on %d images...", len(subset))
-    images, mask_tensor, has_mask, ok = _load_images(
-        subset, loaded.transform, batch_size, num_workers
-    )
-    keep = np.flatnonzero(ok)
-    subset = [subset[i] for i in keep]
-    images, has_mask = images[torch.from_numpy(keep)], has_mask[keep]
-    masks = mask_tensor.numpy()[keep].astype(bool)
-    ids = [row["sample_id"] for row in subset]
-    heatmaps = store.heatmaps(ids).astype(np.float32)
-    class_names = list(config.get("class_names", []))
+    sample = _read_subsample(store, subset, loaded, batch_size, num_workers)
     folder = store.root / INTERVENTIONS_DIR
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
-    common = {
-        "heatmaps": heatmaps,
+    examples = _ExampleWriter(loaded, sample, list(config.get("class_names", [])), folder)
+    test_options = {
         "n_bootstrap": _RESAMPLES,
         "n_permutations": _RESAMPLES,
         "batch_size": batch_size,
         "device": loaded.device,
         "seed": seed,
     }
-    entries = []
-    notes = []
-    if has_mask.sum() >= 2 or (has_mask.any() and (~has_mask).any()):
-        result = intervene(loaded.model, images, masks, carriers=has_mask, **common)
-        location = _where(masks[has_mask].any(axis=0))
-        entry = _entry(
-            GIVEN_MASK,
-            f"the mask column's regions ({int(has_mask.sum())} of {len(ids)} images carry one)",
-            result,
-            location,
-            _given_mask_sentence(result, location),
-            None,
-        )
-        entry["examples"] = _examples(
-            loaded.model,
-            loaded.device,
-            images,
-            masks,
-            result,
-            ids,
-            class_names,
-            loaded.transform,
-            folder,
-            "mask",
-        )
-        entries.append(entry)
-    groups = np.array([str(row["group"]) for row in subset]) if has_groups else None
-    embeddings = None
-    if groups is None:
-        embeddings = _embeddings(loaded, images, batch_size)
-    predictions = np.array([int(row["prediction"]) for row in subset])
-    labels = np.array([int(row["label"]) for row in subset])
-    candidates = discover_candidates(
-        heatmaps,
-        image_size=tuple(images.shape[2:]),
-        groups=groups,
-        embeddings=embeddings,
-        predictions=predictions if (labels >= 0).all() else None,
-        labels=labels if (labels >= 0).all() else None,
-        n_permutations=200,
-        seed=seed,
+    given = _given_mask_entry(sample, loaded, examples, test_options)
+    discovered, n_candidates = _discovered_entries(
+        sample, loaded, examples, test_options, has_groups
     )
-    common.pop("heatmaps")
-    tests: list[CandidateTest] = confirm_candidates(
-        loaded.model, images, candidates, heatmaps=heatmaps, **common
-    )
-    for k, test in enumerate(tests):
-        candidate = test.candidate
-        entry = _entry(
-            candidate.source,
-            candidate.description,
-            test.result,
-            _where(candidate.region),
-            test.reading,
-            list(candidate.box),
-        )
-        entry["examples"] = _examples(
-            loaded.model,
-            loaded.device,
-            images,
-            candidate.region,
-            test.result,
-            ids,
-            class_names,
-            loaded.transform,
-            folder,
-            f"candidate{k}",
-        )
-        entries.append(entry)
-    if not candidates:
-        notes.append(
-            "Discovery found no candidate region (no off-centre attention hotspot, "
-            "concentrated SpRAy cluster or significant group difference)."
-        )
-    elif len(candidates) > 1:
-        notes.append(
-            f"{len(candidates)} discovered candidates were tested; their significance level is "
-            "Bonferroni-corrected."
-        )
     output = to_jsonable(
         {
             "fingerprint": fingerprint,
-            "n_samples": len(ids),
-            "candidates": entries,
-            "notes": notes,
+            "n_samples": len(sample.rows),
+            "candidates": ([given] if given is not None else []) + discovered,
+            "notes": _discovery_notes(n_candidates),
         }
     )
     write_json(folder / INTERVENTIONS_FILE, output)

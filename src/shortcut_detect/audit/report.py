@@ -308,32 +308,34 @@ def build_report(
     store: AuditStore,
     *,
     loaded: Any = None,
-    n_permutations: int = 1000,
-    max_analysis_samples: int = 5000,
-    embedding_samples: int = 1000,
-    seed: int = 0,
-    batch_size: int = 32,
-    num_workers: int = 2,
     log: Callable[[str], None] | None = None,
     out: Path | None = None,
+    **analysis_options: Any,
 ) -> tuple[dict[str, Any], Path]:
     """Merge the shards, analyse, and write ``summary.json`` and ``report.html``.
 
-    Returns ``(summary, report_path)``. Progress messages go to the ``shortcut_detect.audit``
-    loggers; ``log`` (deprecated) also receives them.
+    Parameters
+    ----------
+    store, loaded:
+        As for :func:`~shortcut_detect.audit.analysis.analyse_store`.
+    log:
+        Deprecated: progress messages go to the ``shortcut_detect.audit`` loggers; a
+        callable given here also receives them.
+    out:
+        Folder for the two files (default: the store's folder).
+    **analysis_options:
+        The keyword options of :func:`~shortcut_detect.audit.analysis.analyse_store`
+        (``n_permutations``, ``max_analysis_samples``, ``embedding_samples``, ``seed``,
+        ``batch_size``, ``num_workers``).
+
+    Returns
+    -------
+    tuple
+        ``(summary, report_path)``.
     """
     with forward_log(log, deprecated="build_report(log=...)"):
         store.merge()
-        analysis = analyse_store(
-            store,
-            loaded=loaded,
-            n_permutations=n_permutations,
-            max_analysis_samples=max_analysis_samples,
-            embedding_samples=embedding_samples,
-            seed=seed,
-            batch_size=batch_size,
-            num_workers=num_workers,
-        )
+        analysis = analyse_store(store, loaded=loaded, **analysis_options)
     target = Path(out) if out is not None else store.root
     summary = to_jsonable(analysis.summary)
     summary["files"] = {"report": "report.html", "table": "merged/results.parquet"}

@@ -412,9 +412,23 @@ def fuse_cams(
 
 
 class _WrappedCAM:
-    """A method built on another CAM object (``base_cam``): hooks and context management."""
+    """A method built on another CAM object (``base_cam``): construction, hooks and context
+    management. ``base_method=None`` takes the subclass's ``default_base_method``; extra
+    keyword arguments go to the base method."""
 
-    base_cam: BaseCAM
+    default_base_method: type[BaseCAM] = GradCAM
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        reshape_transform: ReshapeTransform | None = None,
+        base_method: type[BaseCAM] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        method = self.default_base_method if base_method is None else base_method
+        self.base_cam = method(model, target_layers, reshape_transform, **kwargs)
+        self.uses_gradients = self.base_cam.uses_gradients
 
     def close(self) -> None:
         """Remove every hook (idempotent)."""
@@ -477,16 +491,7 @@ class FinerCAM(_WrappedCAM):
         The CAM class that explains the weighted target (default Grad-CAM).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        target_layers: LayerSpec | Sequence[LayerSpec],
-        reshape_transform: ReshapeTransform | None = None,
-        base_method: type[BaseCAM] = GradCAM,
-        **kwargs: Any,
-    ) -> None:
-        self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
-        self.uses_gradients = self.base_cam.uses_gradients
+    default_base_method = GradCAM
 
     def forward(
         self,
@@ -525,15 +530,7 @@ class RefineCAM(_WrappedCAM):
         Default Grad-CAM++, as in pytorch-grad-cam. Extra keyword arguments go to it.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        target_layers: LayerSpec | Sequence[LayerSpec],
-        reshape_transform: ReshapeTransform | None = None,
-        base_method: type[BaseCAM] = GradCAMPlusPlus,
-        **kwargs: Any,
-    ) -> None:
-        self.base_cam = base_method(model, target_layers, reshape_transform, **kwargs)
+    default_base_method = GradCAMPlusPlus
 
     def forward(
         self,

@@ -182,7 +182,13 @@ class ROADLeastRelevantFirst(PerturbationConfidenceMetric):
 
 
 class _AveragerAcrossThresholds:
-    metric: type[PerturbationConfidenceMetric]
+    """A weighted sum of perturbation metrics, each averaged over ``percentiles``.
+
+    ``terms`` are ``(weight, metric class)`` pairs, evaluated in order (the order of the
+    noise draws).
+    """
+
+    terms: tuple[tuple[float, type[PerturbationConfidenceMetric]], ...]
 
     def __init__(self, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> None:
         self.percentiles = [_check_percentile(p) for p in percentiles]
@@ -196,41 +202,30 @@ class _AveragerAcrossThresholds:
         targets: Sequence[Target],
         model: nn.Module,
     ) -> np.ndarray:
-        scores = [
-            self.metric(p)(input_tensor, cams, targets, model)  # type: ignore[call-arg]
-            for p in self.percentiles
-        ]
-        return np.mean(np.float32(scores), axis=0)
+        total: np.ndarray | float = 0.0
+        for weight, metric in self.terms:
+            scores = [
+                metric(p)(input_tensor, cams, targets, model)  # type: ignore[call-arg]
+                for p in self.percentiles
+            ]
+            total = total + weight * np.mean(np.float32(scores), axis=0)
+        return np.asarray(total)
 
 
 class ROADMostRelevantFirstAverage(_AveragerAcrossThresholds):
     """:class:`ROADMostRelevantFirst` averaged over ``percentiles``."""
 
-    metric = ROADMostRelevantFirst
+    terms = ((1.0, ROADMostRelevantFirst),)
 
 
 class ROADLeastRelevantFirstAverage(_AveragerAcrossThresholds):
     """:class:`ROADLeastRelevantFirst` averaged over ``percentiles``."""
 
-    metric = ROADLeastRelevantFirst
+    terms = ((1.0, ROADLeastRelevantFirst),)
 
 
-class ROADCombined:
+class ROADCombined(_AveragerAcrossThresholds):
     """``(LeRF average - MoRF average) / 2`` per image (higher is better)."""
 
-    def __init__(self, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> None:
-        self.percentiles = list(percentiles)
-        self.morf_averager = ROADMostRelevantFirstAverage(percentiles)
-        self.lerf_averager = ROADLeastRelevantFirstAverage(percentiles)
-
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        cams: np.ndarray,
-        targets: Sequence[Target],
-        model: nn.Module,
-    ) -> np.ndarray:
-        # LeRF first: pytorch-grad-cam's order of noise draws.
-        lerf = self.lerf_averager(input_tensor, cams, targets, model)
-        morf = self.morf_averager(input_tensor, cams, targets, model)
-        return (lerf - morf) / 2
+    # LeRF first: pytorch-grad-cam's order of noise draws.
+    terms = ((0.5, ROADLeastRelevantFirst), (-0.5, ROADMostRelevantFirst))

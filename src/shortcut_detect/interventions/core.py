@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -46,8 +46,15 @@ READINGS = ("relied on", "salient but not relied on", "not looked at, not relied
 NOT_RELIED_UNKNOWN_ATTENTION = "not relied on"
 
 
+class _FieldsDict:
+    """``to_dict`` of a result dataclass: its fields in order, nested results as their dicts."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable({item.name: getattr(self, item.name) for item in fields(self)})
+
+
 @dataclass
-class AttentionShare:
+class AttentionShare(_FieldsDict):
     """How much attention the region gets: ``share`` of heatmap mass inside it, ``area`` the
     share of the image it covers, ``enrichment = share / area`` (1 = no more than its size)."""
 
@@ -56,14 +63,9 @@ class AttentionShare:
     enrichment: float
     n: int
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(
-            {"share": self.share, "area": self.area, "enrichment": self.enrichment, "n": self.n}
-        )
-
 
 @dataclass
-class FillResult:
+class FillResult(_FieldsDict):
     """Removing the region with one fill, and the same removal on the control regions.
 
     Attributes
@@ -90,23 +92,9 @@ class FillResult:
     flip_effect: Estimate
     control_disturbance: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(
-            {
-                "fill": self.fill,
-                "flip_rate": self.flip_rate.to_dict(),
-                "control_flip_rate": self.control_flip_rate.to_dict(),
-                "probability_drop": self.probability_drop.to_dict(),
-                "control_probability_drop": self.control_probability_drop.to_dict(),
-                "effect": self.effect.to_dict(),
-                "flip_effect": self.flip_effect.to_dict(),
-                "control_disturbance": self.control_disturbance,
-            }
-        )
-
 
 @dataclass
-class TransplantResult:
+class TransplantResult(_FieldsDict):
     """The region's pixels copied from images that carry it onto images that lack it.
 
     Attributes
@@ -128,19 +116,6 @@ class TransplantResult:
     control_shift: Estimate
     effect: Estimate
     n_recipients: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(
-            {
-                "target_class": self.target_class,
-                "moved_share": self.moved_share.to_dict(),
-                "control_moved_share": self.control_moved_share.to_dict(),
-                "shift": self.shift.to_dict(),
-                "control_shift": self.control_shift.to_dict(),
-                "effect": self.effect.to_dict(),
-                "n_recipients": self.n_recipients,
-            }
-        )
 
 
 @dataclass
@@ -216,7 +191,7 @@ class InterventionResult:
 # -- running counterfactuals ---------------------------------------------------------------------
 
 
-class _Runner:
+class ForwardRunner:
     """Forward passes in batches, counted; returns class probabilities."""
 
     def __init__(self, model: nn.Module, device: torch.device, batch_size: int, head: Any):
@@ -256,7 +231,7 @@ class _Jobs:
 
     def run(
         self,
-        runner: _Runner,
+        runner: ForwardRunner,
         images: torch.Tensor,
         fill_names: Sequence[str],
         extent: int,
@@ -294,7 +269,7 @@ def predict_probabilities(
 ) -> np.ndarray:
     """Class probabilities ``(N, K)`` of ``images`` (eval mode, inference mode, batched)."""
     batch = as_image_batch(images)
-    runner = _Runner(model, resolve_device(device, model), int(batch_size), head)
+    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head)
     with eval_mode(model), torch.inference_mode():
         return runner.originals(batch).numpy()
 
@@ -327,7 +302,7 @@ def _attention(
     return AttentionShare(share, area, share / area, int(keep.sum()))
 
 
-def _paired(
+def paired_estimates(
     region: np.ndarray, control: np.ndarray, stats: dict[str, Any], seed: int
 ) -> tuple[Estimate, Estimate, Estimate]:
     """Estimates of the region values, the control values and their paired difference."""
@@ -339,7 +314,7 @@ def _paired(
     )
 
 
-def _significant(value: Estimate, min_effect: float, alpha: float) -> bool:
+def is_significant(value: Estimate, min_effect: float, alpha: float) -> bool:
     """An effect that counts as reliance: at least ``min_effect``, interval above 0, p < alpha."""
     return bool(
         value.n > 0
@@ -366,6 +341,263 @@ def _check(
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     return fills
+
+
+@dataclass
+class _Setup:
+    """The validated inputs of one test: images, regions, who is tested, control regions."""
+
+    batch: torch.Tensor
+    masks: np.ndarray
+    has_region: np.ndarray
+    carrier: np.ndarray | None
+    tested: np.ndarray
+    controls: np.ndarray
+    found: np.ndarray
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.batch.shape[0])
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(self.batch.shape[2:])
+
+    @property
+    def rows(self) -> np.ndarray:
+        return np.flatnonzero(self.tested)
+
+
+@dataclass
+class _TransplantPlan:
+    """Counterfactual rows of the transplant: region and control copies onto recipients."""
+
+    carrier: np.ndarray
+    recipients: np.ndarray
+    donors: np.ndarray
+    region: slice
+    control: slice
+
+
+def _carrier_mask(carriers: Any, n_samples: int) -> np.ndarray | None:
+    if carriers is None:
+        return None
+    carrier = np.asarray(carriers).astype(bool).ravel()
+    if carrier.shape != (n_samples,):
+        raise ValueError(f"carriers must be {n_samples} booleans (one per image)")
+    if not carrier.any():
+        raise ValueError("carriers marks no image; at least one image must carry the region")
+    return carrier
+
+
+def _avoid_mask(avoid: Any, spatial: tuple[int, ...]) -> np.ndarray | None:
+    if avoid is None:
+        return None
+    avoid_mask = np.asarray(avoid, dtype=bool)
+    if avoid_mask.shape != spatial:
+        raise ValueError(f"avoid must be a bool mask {spatial}, got shape {avoid_mask.shape}")
+    return avoid_mask
+
+
+def _centres(object_centres: Any, n_samples: int, spatial: tuple[int, ...]) -> np.ndarray | None:
+    if object_centres is None:
+        return None
+    centres = np.asarray(object_centres, dtype=np.float64)
+    if centres.shape != (n_samples, len(spatial)):
+        raise ValueError(
+            f"object_centres must be ({n_samples}, {len(spatial)}) positions, got {centres.shape}"
+        )
+    return centres
+
+
+def _setup(
+    model: nn.Module,
+    images: Any,
+    regions: Any,
+    carriers: Any,
+    avoid: Any,
+    object_centres: Any,
+    n_controls: int,
+    match_content: bool,
+    seed: int,
+) -> _Setup:
+    """Validate the inputs and place the control regions."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    batch = as_image_batch(images)
+    n_samples, spatial = batch.shape[0], tuple(batch.shape[2:])
+    if n_samples < 2:
+        raise ValueError(f"intervene needs at least 2 images, got {n_samples}")
+    masks = region_masks(regions, n_samples, spatial)
+    has_region = masks.reshape(n_samples, -1).any(axis=1)
+    carrier = _carrier_mask(carriers, n_samples)
+    tested = has_region & (carrier if carrier is not None else True)
+    if not tested.any():
+        raise ValueError("No image both carries the feature and has a non-empty region")
+    avoid_mask = _avoid_mask(avoid, spatial)
+    centres = _centres(object_centres, n_samples, spatial)
+    controls, found = control_masks(
+        masks,
+        n_controls,
+        avoid=avoid_mask,
+        object_centres=centres,
+        content=content_map(batch) if match_content else None,
+        seed=seed,
+    )
+    return _Setup(batch, masks, has_region, carrier, tested, controls, found)
+
+
+def _plan_removals(
+    jobs: _Jobs, setup: _Setup, n_fills: int, n_controls: int
+) -> list[tuple[slice, slice]]:
+    """Queue, per fill, the region removal of every tested image and its control removals."""
+    rows, spatial = setup.rows, setup.spatial
+    none = np.full(len(rows), -1)
+    fill_slices = []
+    for code in range(n_fills):
+        region_slice = jobs.add(rows, none, code, setup.masks[rows])
+        control_slice = jobs.add(
+            np.repeat(rows, n_controls),
+            np.repeat(none, n_controls),
+            code,
+            setup.controls[rows].reshape(-1, *spatial),
+        )
+        fill_slices.append((region_slice, control_slice))
+    return fill_slices
+
+
+def _plan_transplant(
+    jobs: _Jobs, setup: _Setup, n_controls: int, seed: int
+) -> _TransplantPlan | None:
+    """Queue the region (and its controls) copied from a random carrier onto each non-carrier."""
+    carrier = setup.carrier
+    if carrier is None or not (~carrier).any():
+        return None
+    rng = np.random.default_rng(seed + 7)
+    recipients = np.flatnonzero(~carrier)
+    donors = rng.choice(np.flatnonzero(carrier & setup.has_region), len(recipients))
+    return _TransplantPlan(
+        carrier,
+        recipients,
+        donors,
+        jobs.add(recipients, donors, -1, setup.masks[donors]),
+        jobs.add(
+            np.repeat(recipients, n_controls),
+            np.repeat(donors, n_controls),
+            -1,
+            setup.controls[donors].reshape(-1, *setup.spatial),
+        ),
+    )
+
+
+def _removal_result(
+    name: str,
+    slices: tuple[slice, slice],
+    setup: _Setup,
+    original: np.ndarray,
+    counterfactual: np.ndarray,
+    stats: dict[str, Any],
+    seed: int,
+) -> tuple[FillResult, dict[str, np.ndarray]]:
+    """One fill's :class:`FillResult` and its per-image drop, control drop and flip."""
+    region_slice, control_slice = slices
+    rows = setup.rows
+    predicted = original.argmax(axis=1)
+    confidence = original[np.arange(len(original)), predicted]
+    classes = predicted[rows]
+    region_p = counterfactual[region_slice]
+    control_p = counterfactual[control_slice].reshape(len(rows), -1, original.shape[1])
+    drop = confidence[rows] - region_p[np.arange(len(rows)), classes]
+    flip = (region_p.argmax(axis=1) != classes).astype(np.float64)
+    control_drops = confidence[rows, None] - control_p[np.arange(len(rows)), :, classes]
+    control_flips = (control_p.argmax(axis=2) != classes[:, None]).astype(np.float64)
+    valid = setup.found[rows]
+    control_drops[~valid] = np.nan
+    control_flips[~valid] = np.nan
+    with _quiet():
+        control_drop = np.nanmean(control_drops, axis=1)
+        control_flip = np.nanmean(control_flips, axis=1)
+        disturbance = float(np.nanmean(np.abs(control_drops)))
+    flip_rate, control_flip_rate, flip_effect = paired_estimates(flip, control_flip, stats, seed)
+    dropped, control_dropped, effect = paired_estimates(drop, control_drop, stats, seed + 10)
+    result = FillResult(
+        name,
+        flip_rate,
+        control_flip_rate,
+        dropped,
+        control_dropped,
+        effect,
+        flip_effect,
+        disturbance,
+    )
+    return result, {"drop": drop, "control_drop": control_drop, "flip": flip}
+
+
+def _transplant_result(
+    plan: _TransplantPlan,
+    found: np.ndarray,
+    original: np.ndarray,
+    counterfactual: np.ndarray,
+    stats: dict[str, Any],
+    seed: int,
+) -> TransplantResult:
+    """The transplant's effect on the class most associated with the carriers."""
+    carrier, recipients, donors = plan.carrier, plan.recipients, plan.donors
+    n_classes = original.shape[1]
+    predicted = original.argmax(axis=1)
+    excess = np.bincount(predicted[carrier], minlength=n_classes) / carrier.sum()
+    excess -= np.bincount(predicted[~carrier], minlength=n_classes) / (~carrier).sum()
+    target = int(excess.argmax())
+    before = original[recipients, target]
+    after = counterfactual[plan.region][:, target]
+    control_after = counterfactual[plan.control].reshape(len(recipients), -1, n_classes)
+    valid = found[donors]
+    control_shift = np.where(valid, control_after[:, :, target] - before[:, None], np.nan)
+    eligible = predicted[recipients] != target
+    moved = (counterfactual[plan.region].argmax(axis=1) == target).astype(np.float64)
+    control_moved = np.where(valid, control_after.argmax(axis=2) == target, np.nan)
+    with _quiet():
+        control_shift_mean = np.nanmean(control_shift, axis=1)
+        control_moved_mean = np.nanmean(control_moved, axis=1)
+    moved_share, control_moved_share, _ = paired_estimates(
+        moved[eligible], control_moved_mean[eligible], stats, seed + 20
+    )
+    shift, control_shift_estimate, effect = paired_estimates(
+        after - before, control_shift_mean, stats, seed + 30
+    )
+    return TransplantResult(
+        target,
+        moved_share,
+        control_moved_share,
+        shift,
+        control_shift_estimate,
+        effect,
+        len(recipients),
+    )
+
+
+def _reading(
+    effect: Estimate,
+    transplant: TransplantResult | None,
+    attention: AttentionShare | None,
+    min_effect: float,
+    alpha: float,
+    salient_enrichment: float,
+) -> tuple[str, bool, bool | None]:
+    """The reading, whether the region is relied on, and whether it is salient."""
+    relied = is_significant(effect, min_effect, alpha) or (
+        transplant is not None and is_significant(transplant.effect, min_effect, alpha)
+    )
+    salient = None
+    if attention is not None and not np.isnan(attention.enrichment):
+        salient = bool(attention.enrichment >= salient_enrichment)
+    if relied:
+        reading = READINGS[0]
+    elif salient is None:
+        reading = NOT_RELIED_UNKNOWN_ATTENTION
+    else:
+        reading = READINGS[1] if salient else READINGS[2]
+    return reading, relied, salient
 
 
 def intervene(
@@ -462,178 +694,48 @@ def intervene(
     ('relied on', '+0.612 [+0.571, +0.650]')
     """
     fills = _check(n_controls, fills, fill, alpha, batch_size)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    batch = as_image_batch(images)
-    n_samples, spatial = batch.shape[0], tuple(batch.shape[2:])
-    if n_samples < 2:
-        raise ValueError(f"intervene needs at least 2 images, got {n_samples}")
-    masks = region_masks(regions, n_samples, spatial)
-    has_region = masks.reshape(n_samples, -1).any(axis=1)
-    carrier = None
-    if carriers is not None:
-        carrier = np.asarray(carriers).astype(bool).ravel()
-        if carrier.shape != (n_samples,):
-            raise ValueError(f"carriers must be {n_samples} booleans (one per image)")
-        if not carrier.any():
-            raise ValueError("carriers marks no image; at least one image must carry the region")
-    tested = has_region & (carrier if carrier is not None else True)
-    if not tested.any():
-        raise ValueError("No image both carries the feature and has a non-empty region")
-    avoid_mask = None
-    if avoid is not None:
-        avoid_mask = np.asarray(avoid, dtype=bool)
-        if avoid_mask.shape != spatial:
-            raise ValueError(f"avoid must be a bool mask {spatial}, got shape {avoid_mask.shape}")
-    centres = None
-    if object_centres is not None:
-        centres = np.asarray(object_centres, dtype=np.float64)
-        if centres.shape != (n_samples, len(spatial)):
-            raise ValueError(
-                f"object_centres must be ({n_samples}, {len(spatial)}) positions, got "
-                f"{centres.shape}"
-            )
-    controls, found = control_masks(
-        masks,
-        int(n_controls),
-        avoid=avoid_mask,
-        object_centres=centres,
-        content=content_map(batch) if match_content else None,
-        seed=seed,
+    n_controls = int(n_controls)
+    setup = _setup(
+        model, images, regions, carriers, avoid, object_centres, n_controls, match_content, seed
     )
-    extent = region_extent(torch.from_numpy(masks))
     stats = {"n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations)}
-
-    runner = _Runner(model, resolve_device(device, model), int(batch_size), head)
+    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head)
     jobs = _Jobs()
-    rows = np.flatnonzero(tested)
-    n_ctrl = int(n_controls)
-    none = np.full(len(rows), -1)
-    fill_slices = []
-    for code in range(len(fills)):
-        region_slice = jobs.add(rows, none, code, masks[rows])
-        control_slice = jobs.add(
-            np.repeat(rows, n_ctrl),
-            np.repeat(none, n_ctrl),
-            code,
-            controls[rows].reshape(-1, *spatial),
-        )
-        fill_slices.append((region_slice, control_slice))
-
-    transplant_plan = None
-    if carrier is not None and (~carrier).any():
-        rng = np.random.default_rng(seed + 7)
-        recipients = np.flatnonzero(~carrier)
-        donors = rng.choice(np.flatnonzero(carrier & has_region), len(recipients))
-        transplant_plan = (
-            recipients,
-            donors,
-            jobs.add(recipients, donors, -1, masks[donors]),
-            jobs.add(
-                np.repeat(recipients, n_ctrl),
-                np.repeat(donors, n_ctrl),
-                -1,
-                controls[donors].reshape(-1, *spatial),
-            ),
-        )
-
+    fill_slices = _plan_removals(jobs, setup, len(fills), n_controls)
+    transplant_plan = _plan_transplant(jobs, setup, n_controls, seed)
+    extent = region_extent(torch.from_numpy(setup.masks))
     with eval_mode(model), torch.inference_mode():
-        original = runner.originals(batch).numpy()
-        counterfactual = jobs.run(runner, batch, fills, extent, seed).numpy()
-    predicted = original.argmax(axis=1)
-    confidence = original[np.arange(n_samples), predicted]
+        original = runner.originals(setup.batch).numpy()
+        counterfactual = jobs.run(runner, setup.batch, fills, extent, seed).numpy()
 
     removal: dict[str, FillResult] = {}
     per_fill: dict[str, dict[str, np.ndarray]] = {}
-    for name, (region_slice, control_slice) in zip(fills, fill_slices):
-        classes = predicted[rows]
-        region_p = counterfactual[region_slice]
-        control_p = counterfactual[control_slice].reshape(len(rows), n_ctrl, -1)
-        drop = confidence[rows] - region_p[np.arange(len(rows)), classes]
-        flip = (region_p.argmax(axis=1) != classes).astype(np.float64)
-        control_drops = confidence[rows, None] - control_p[np.arange(len(rows)), :, classes]
-        control_flips = (control_p.argmax(axis=2) != classes[:, None]).astype(np.float64)
-        valid = found[rows]
-        control_drops[~valid] = np.nan
-        control_flips[~valid] = np.nan
-        with _quiet():
-            control_drop = np.nanmean(control_drops, axis=1)
-            control_flip = np.nanmean(control_flips, axis=1)
-            disturbance = float(np.nanmean(np.abs(control_drops)))
-        flip_rate, control_flip_rate, flip_effect = _paired(flip, control_flip, stats, seed)
-        dropped, control_dropped, effect = _paired(drop, control_drop, stats, seed + 10)
-        removal[name] = FillResult(
-            name,
-            flip_rate,
-            control_flip_rate,
-            dropped,
-            control_dropped,
-            effect,
-            flip_effect,
-            disturbance,
+    for name, slices in zip(fills, fill_slices):
+        removal[name], per_fill[name] = _removal_result(
+            name, slices, setup, original, counterfactual, stats, seed
         )
-        per_fill[name] = {"drop": drop, "control_drop": control_drop, "flip": flip}
-
     chosen = (
         min(fills, key=lambda name: np.nan_to_num(removal[name].control_disturbance, nan=1.0))
         if fill == "auto"
         else fill
     )
-
     transplant = None
     if transplant_plan is not None:
-        recipients, donors, region_slice, control_slice = transplant_plan
-        excess = np.bincount(predicted[carrier], minlength=original.shape[1]) / carrier.sum()
-        excess -= np.bincount(predicted[~carrier], minlength=original.shape[1]) / (~carrier).sum()
-        target = int(excess.argmax())
-        before = original[recipients, target]
-        after = counterfactual[region_slice][:, target]
-        control_after = counterfactual[control_slice].reshape(len(recipients), n_ctrl, -1)
-        valid = found[donors]
-        control_shift = np.where(valid, control_after[:, :, target] - before[:, None], np.nan)
-        eligible = predicted[recipients] != target
-        moved = (counterfactual[region_slice].argmax(axis=1) == target).astype(np.float64)
-        control_moved = np.where(valid, control_after.argmax(axis=2) == target, np.nan)
-        with _quiet():
-            control_shift_mean = np.nanmean(control_shift, axis=1)
-            control_moved_mean = np.nanmean(control_moved, axis=1)
-        moved_share, control_moved_share, _ = _paired(
-            moved[eligible], control_moved_mean[eligible], stats, seed + 20
+        transplant = _transplant_result(
+            transplant_plan, setup.found, original, counterfactual, stats, seed
         )
-        shift, control_shift_estimate, transplant_effect = _paired(
-            after - before, control_shift_mean, stats, seed + 30
-        )
-        transplant = TransplantResult(
-            target,
-            moved_share,
-            control_moved_share,
-            shift,
-            control_shift_estimate,
-            transplant_effect,
-            len(recipients),
-        )
-
-    attention = _attention(heatmaps, generator, batch, masks, tested)
+    attention = _attention(heatmaps, generator, setup.batch, setup.masks, setup.tested)
     effect = removal[chosen].effect
+    reading, relied, salient = _reading(
+        effect, transplant, attention, min_effect, alpha, salient_enrichment
+    )
 
-    def significant(value: Estimate) -> bool:
-        return _significant(value, min_effect, alpha)
-
-    relied = significant(effect) or (transplant is not None and significant(transplant.effect))
-    salient = None
-    if attention is not None and not np.isnan(attention.enrichment):
-        salient = bool(attention.enrichment >= salient_enrichment)
-    if relied:
-        reading = READINGS[0]
-    elif salient is None:
-        reading = NOT_RELIED_UNKNOWN_ATTENTION
-    else:
-        reading = READINGS[1] if salient else READINGS[2]
-
+    rows, n_samples = setup.rows, setup.n_samples
+    predicted = original.argmax(axis=1)
     per_sample = {
-        "tested": tested,
+        "tested": setup.tested,
         "predictions": predicted,
-        "probabilities": confidence,
+        "probabilities": original[np.arange(n_samples), predicted],
         "region_drop": _scatter(per_fill[chosen]["drop"], rows, n_samples),
         "control_drop": _scatter(per_fill[chosen]["control_drop"], rows, n_samples),
         "region_flip": _scatter(per_fill[chosen]["flip"], rows, n_samples),
@@ -654,7 +756,7 @@ def intervene(
         parameters={
             "fills": fills,
             "fill": fill,
-            "n_controls": n_ctrl,
+            "n_controls": n_controls,
             "match_content": bool(match_content),
             "min_effect": float(min_effect),
             "salient_enrichment": float(salient_enrichment),
@@ -662,7 +764,7 @@ def intervene(
             "n_bootstrap": int(n_bootstrap),
             "n_permutations": int(n_permutations),
             "seed": int(seed),
-            "n_missing_controls": int((~found[rows]).sum()),
+            "n_missing_controls": int((~setup.found[rows]).sum()),
         },
         per_sample=per_sample,
     )

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from shortcut_detect.common import eval_mode, resolve_device, to_jsonable
-from shortcut_detect.interventions.core import _paired, _Runner, _significant
+from shortcut_detect.interventions.core import ForwardRunner, is_significant, paired_estimates
 from shortcut_detect.interventions.regions import as_image_batch
 from shortcut_detect.interventions.stats import Estimate
 
@@ -178,7 +178,7 @@ def intervene_global(
     normalised = set_level(batch, level, median.expand_as(level))
     control = set_level(batch, level, mirrored)
 
-    runner = _Runner(model, resolve_device(device, model), int(batch_size), head)
+    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head)
     with eval_mode(model), torch.inference_mode():
         original = runner.originals(batch).numpy()
         after = runner.originals(normalised).numpy()
@@ -190,9 +190,9 @@ def intervene_global(
     flip = (after.argmax(axis=1) != predicted).astype(np.float64)
     control_flip = (after_control.argmax(axis=1) != predicted).astype(np.float64)
     stats = {"n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations)}
-    flip_rate, control_flip_rate, _ = _paired(flip, control_flip, stats, seed)
-    dropped, control_dropped, effect = _paired(drop, control_drop, stats, seed + 10)
-    relied = _significant(effect, min_effect, alpha)
+    flip_rate, control_flip_rate, _ = paired_estimates(flip, control_flip, stats, seed)
+    dropped, control_dropped, effect = paired_estimates(drop, control_drop, stats, seed + 10)
+    relied = is_significant(effect, min_effect, alpha)
     spread = float((level - median).abs().median())
     verdict = "relies on" if relied else "does not rely on"
     summary = (

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shortcut_detect.analysis.regions import box_mask, is_box, mask_stack
 from shortcut_detect.interventions.fills import region_extent, ring, ring_width
 
 __all__ = ["as_image_batch", "content_map", "control_masks", "region_masks"]
@@ -35,40 +36,6 @@ def as_image_batch(images: Any) -> torch.Tensor:
     return images
 
 
-def _box_mask(box: Sequence[float], spatial: tuple[int, ...]) -> np.ndarray:
-    ndim = len(spatial)
-    if len(box) != 2 * ndim:
-        form = "(x0, y0, x1, y1)" if ndim == 2 else "(x0, y0, z0, x1, y1, z1)"
-        raise ValueError(
-            f"A box for {ndim}-D images has {2 * ndim} numbers {form}; got {len(box)}: {tuple(box)}"
-        )
-    values = [float(v) for v in box]
-    if any(v != int(v) for v in values):
-        raise ValueError(f"Box coordinates must be whole pixels, got {tuple(box)}")
-    low, high = [int(v) for v in values[:ndim]], [int(v) for v in values[ndim:]]
-    # Box order is x (column), y (row)[, z (depth)]; array axes are ([depth,] row, column).
-    axes_size = list(reversed(spatial[-2:])) + ([spatial[0]] if ndim == 3 else [])
-    names = ["x", "y", "z"][:ndim]
-    for name, lo, hi, size in zip(names, low, high, axes_size):
-        if not 0 <= lo < hi <= size:
-            raise ValueError(
-                f"Box {tuple(box)} is empty or outside the image: need 0 <= {name}0 < {name}1 "
-                f"<= {size} ({name}1 exclusive) for images of spatial size {spatial}"
-            )
-    mask = np.zeros(spatial, dtype=bool)
-    if ndim == 2:
-        mask[low[1] : high[1], low[0] : high[0]] = True
-    else:
-        mask[low[2] : high[2], low[1] : high[1], low[0] : high[0]] = True
-    return mask
-
-
-def _is_box(region: Any) -> bool:
-    if isinstance(region, (tuple, list)) and len(region) in (4, 6):
-        return all(np.ndim(value) == 0 for value in region)
-    return isinstance(region, np.ndarray) and region.ndim == 1 and region.size in (4, 6)
-
-
 def region_masks(region: Any, n_samples: int, spatial: Sequence[int]) -> np.ndarray:
     """Bool masks ``(N, *spatial)`` of a region given as a box or masks.
 
@@ -85,35 +52,17 @@ def region_masks(region: Any, n_samples: int, spatial: Sequence[int]) -> np.ndar
         Spatial size of the images, ``(H, W)`` or ``(D, H, W)``.
     """
     spatial = tuple(int(s) for s in spatial)
-    if _is_box(region):
-        masks = _box_mask(list(region), spatial)[None]
+    if is_box(region):
+        masks = box_mask(list(region), spatial)[None]
     else:
-        if isinstance(region, torch.Tensor):
-            region = region.detach().cpu().numpy()
-        masks = np.asarray(region)
-        if masks.dtype == object or not (
-            np.issubdtype(masks.dtype, np.number) or masks.dtype == bool
-        ):
-            raise TypeError(
-                "region must be a box or a mask array; got "
-                f"{type(region).__name__} of dtype {masks.dtype}"
-            )
-        if masks.ndim == len(spatial):
-            masks = masks[None]
-        if masks.ndim != len(spatial) + 1 or masks.shape[1:] != spatial:
+        masks = mask_stack(region, n_samples, len(spatial))
+        if masks.shape[1:] != spatial:
             raise ValueError(
                 f"Region mask of shape {masks.shape} does not fit images of spatial size "
                 f"{spatial}: give one mask {spatial}, one per image {(n_samples, *spatial)}, "
                 "or a box"
             )
-        if masks.shape[0] not in (1, n_samples):
-            raise ValueError(
-                f"Got {masks.shape[0]} region masks for {n_samples} images; give one per image "
-                "or one for all"
-            )
         if masks.dtype != bool:
-            if not np.isfinite(masks).all() or masks.min() < 0 or masks.max() > 1:
-                raise ValueError("Region masks must be bool or hold values in [0, 1]")
             masks = masks > 0.5
     if not masks.any():
         raise ValueError("The region is empty (no pixel of the mask is set); nothing to change")
