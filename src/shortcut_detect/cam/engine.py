@@ -405,42 +405,54 @@ class CAMEngine:
             leaves = [t for t in raw if t is not None]
             if input_gradient:
                 leaves.insert(0, inputs)
-            with torch.enable_grad():
-                for position, score_fn in enumerate(score_fns):
-                    scores = score_fn(outputs)
-                    if scores.ndim == 0:
-                        scores = scores.reshape(1)
-                    last = position == len(score_fns) - 1
-                    try:
-                        grads = torch.autograd.grad(
-                            scores.sum(),
-                            leaves,
-                            retain_graph=hessian_vector or not last,
-                            create_graph=hessian_vector,
-                            allow_unused=True,
-                        )
-                    except RuntimeError as error:
-                        raise RuntimeError(
-                            f"Backward from the selected scores to layer(s) "
-                            f"{self.layer_names} failed: {error}"
-                        ) from error
-                    if any(g is None for g in grads):
-                        raise RuntimeError(
-                            f"The selected score does not depend on layer(s) {self.layer_names}; "
-                            "choose a layer that feeds the prediction head you explain."
-                        )
-                    if hessian_vector:
-                        capture.hessian_vector_products.append(
-                            self._hessian_vector(grads, leaves, retain_graph=not last)
-                        )
-                    if input_gradient:
-                        capture.input_gradients.append(grads[0].detach())
-                        grads = grads[1:]
-                    capture.gradients.append(
-                        [self._to_spatial(i, grad.detach()) for i, grad in enumerate(grads)]
-                    )
-                    capture.scores.append(scores.detach())
+            self._backward(capture, outputs, leaves, hessian_vector, input_gradient)
             return capture
+
+    def _backward(
+        self,
+        capture: Capture,
+        outputs: Any,
+        leaves: list[torch.Tensor],
+        hessian_vector: bool,
+        input_gradient: bool,
+    ) -> None:
+        """Gradients (and Hessian-vector products) of each score set, into ``capture``."""
+        score_fns = capture.score_fns
+        with torch.enable_grad():
+            for position, score_fn in enumerate(score_fns):
+                scores = score_fn(outputs)
+                if scores.ndim == 0:
+                    scores = scores.reshape(1)
+                last = position == len(score_fns) - 1
+                try:
+                    grads = torch.autograd.grad(
+                        scores.sum(),
+                        leaves,
+                        retain_graph=hessian_vector or not last,
+                        create_graph=hessian_vector,
+                        allow_unused=True,
+                    )
+                except RuntimeError as error:
+                    raise RuntimeError(
+                        f"Backward from the selected scores to layer(s) "
+                        f"{self.layer_names} failed: {error}"
+                    ) from error
+                if any(g is None for g in grads):
+                    raise RuntimeError(
+                        f"The selected score does not depend on layer(s) {self.layer_names}; "
+                        "choose a layer that feeds the prediction head you explain."
+                    )
+                if hessian_vector:
+                    capture.hessian_vector_products.append(
+                        self._hessian_vector(grads, leaves, retain_graph=not last)
+                    )
+                if input_gradient:
+                    capture.input_gradients.append(grads[0].detach())
+                    grads = grads[1:]
+                capture.gradients.append(
+                    [self._to_spatial(i, grad.detach()) for i, grad in enumerate(grads)]
+                )
+                capture.scores.append(scores.detach())
 
     def _hessian_vector(
         self,
