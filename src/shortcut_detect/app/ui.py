@@ -21,6 +21,7 @@ from shortcut_detect.app.explorer import (
     HeatmapResult,
     Selection,
 )
+from shortcut_detect.app.result_files import with_atomic_files
 from shortcut_detect.interventions.fills import FILLS
 
 __all__ = ["create_blocks"]
@@ -210,14 +211,16 @@ def _input_column(
     if any(key == explorer.default_method for _, key in method_options):
         default_method = explorer.default_method
     with gr.Tab("Test images", visible=has_gallery):
-        gallery = gr.Gallery(
-            label="Random test images (click one)",
-            columns=4,
-            height=360,
-            allow_preview=False,
-            interactive=False,
-            format="png",
-            elem_id="gallery",
+        gallery = with_atomic_files(
+            gr.Gallery(
+                label="Random test images (click one)",
+                columns=4,
+                height=360,
+                allow_preview=False,
+                interactive=False,
+                format="png",
+                elem_id="gallery",
+            )
         )
         resample = gr.Button("Resample", elem_id="resample", size="sm")
     with gr.Tab("Upload"):
@@ -227,13 +230,15 @@ def _input_column(
             file_count="single",
             elem_id="upload",
         )
-    preview = gr.Image(
-        label="Selected image",
-        type="numpy",
-        format="png",
-        interactive=False,
-        height=160,
-        elem_id="preview",
+    preview = with_atomic_files(
+        gr.Image(
+            label="Selected image",
+            type="numpy",
+            format="png",
+            interactive=False,
+            height=160,
+            elem_id="preview",
+        )
     )
     layer = gr.Dropdown(
         choices=settings.layer_options,
@@ -718,12 +723,14 @@ def _audit_tab(explorer: Explorer) -> _AuditTab:
 
 
 def _image(label: str, elem_id: str) -> gr.Image:
-    return gr.Image(
-        label=label,
-        type="numpy",
-        format="png",
-        interactive=False,
-        height=260,
-        elem_id=elem_id,
-        buttons=["download", "fullscreen"],
+    return with_atomic_files(
+        gr.Image(
+            label=label,
+            type="numpy",
+            format="png",
+            interactive=False,
+            height=260,
+            elem_id=elem_id,
+            buttons=["download", "fullscreen"],
+        )
     )
