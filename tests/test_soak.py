@@ -111,6 +111,7 @@ def _make(name: str, model: nn.Module) -> sc.BaseCAM:
     return cls(model, [model.act])
 
 
+@pytest.mark.filterwarnings("ignore:FullGrad ignores target_layers:UserWarning")
 def test_create_close_cycles_of_every_cam_class_leave_no_trace():
     names = sorted({**sc.METHODS, **sc.MORE_METHODS})
     model, images = _model(), torch.rand(2, 3, 16, 16)

@@ -244,24 +244,14 @@ def test_a_full_disk_stops_the_writer_with_a_clear_error_and_keeps_committed_row
 # -- whole runs -------------------------------------------------------------------------------
 
 
-def _options(manifest, out, **extra):
+def _options(manifest, out):
+    """A small, quick audit of the demo model: chunks of 32 rows, no report."""
     from shortcut_detect.audit.pipeline import AuditOptions
 
-    values = {
-        "model": "demo:shortcut",
-        "data": str(manifest),
-        "out": str(out),
-        "group_column": "group",
-        "mask_column": "mask",
-        "batch_size": 16,
-        "num_workers": 0,
-        "flush_rows": 32,
-        "intervention_samples": 0,
-        "report": False,
-        "progress": False,
-    }
-    values.update(extra)
-    return AuditOptions(**values)
+    return AuditOptions(
+        model="demo:shortcut", data=str(manifest), out=str(out), batch_size=16, flush_rows=32,
+        num_workers=0, intervention_samples=0, report=False, progress=False,
+    )  # fmt: skip
 
 
 def _rows_by_id(out):
