@@ -96,3 +96,16 @@ def test_concurrent_sessions_get_complete_files(explorer):
         thread.join()
     assert problems == []
     assert set(reference) == {"original", "heatmap", "overlay"}
+
+
+def test_every_picture_of_the_page_is_written_atomically(explorer):
+    from shortcut_detect.app.ui import create_blocks
+
+    blocks = create_blocks(explorer)
+    pictures = [b for b in blocks.blocks.values() if isinstance(b, (gr.Image, gr.Gallery))]
+    assert len(pictures) >= 5
+    for block in pictures:
+        value = _picture(5) if isinstance(block, gr.Image) else [(_picture(5), "c")]
+        served = block.postprocess(value)
+        path = served.path if isinstance(block, gr.Image) else served.root[0].image.path
+        assert Path(path).parent.name == "shortcut_detect_results", block.elem_id

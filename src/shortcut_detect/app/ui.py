@@ -199,6 +199,9 @@ def create_blocks(explorer: Explorer, *, title: str = "shortcut-detect explorer"
         _wire_intervene(explorer, page, results.intervention)
         if results.audit is not None:
             _wire_audit(demo, explorer, page, results.audit)
+    for block in demo.blocks.values():  # several sessions may be served the same picture
+        if isinstance(block, (gr.Image, gr.Gallery)):
+            with_atomic_files(block)
     return demo
 
 
@@ -211,16 +214,14 @@ def _input_column(
     if any(key == explorer.default_method for _, key in method_options):
         default_method = explorer.default_method
     with gr.Tab("Test images", visible=has_gallery):
-        gallery = with_atomic_files(
-            gr.Gallery(
-                label="Random test images (click one)",
-                columns=4,
-                height=360,
-                allow_preview=False,
-                interactive=False,
-                format="png",
-                elem_id="gallery",
-            )
+        gallery = gr.Gallery(
+            label="Random test images (click one)",
+            columns=4,
+            height=360,
+            allow_preview=False,
+            interactive=False,
+            format="png",
+            elem_id="gallery",
         )
         resample = gr.Button("Resample", elem_id="resample", size="sm")
     with gr.Tab("Upload"):
@@ -230,15 +231,13 @@ def _input_column(
             file_count="single",
             elem_id="upload",
         )
-    preview = with_atomic_files(
-        gr.Image(
-            label="Selected image",
-            type="numpy",
-            format="png",
-            interactive=False,
-            height=160,
-            elem_id="preview",
-        )
+    preview = gr.Image(
+        label="Selected image",
+        type="numpy",
+        format="png",
+        interactive=False,
+        height=160,
+        elem_id="preview",
     )
     layer = gr.Dropdown(
         choices=settings.layer_options,
@@ -723,14 +722,12 @@ def _audit_tab(explorer: Explorer) -> _AuditTab:
 
 
 def _image(label: str, elem_id: str) -> gr.Image:
-    return with_atomic_files(
-        gr.Image(
-            label=label,
-            type="numpy",
-            format="png",
-            interactive=False,
-            height=260,
-            elem_id=elem_id,
-            buttons=["download", "fullscreen"],
-        )
+    return gr.Image(
+        label=label,
+        type="numpy",
+        format="png",
+        interactive=False,
+        height=260,
+        elem_id=elem_id,
+        buttons=["download", "fullscreen"],
     )
