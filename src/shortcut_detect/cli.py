@@ -576,6 +576,18 @@ def _add_app(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "page and the model to the network)",
     )
     server.add_argument("--port", type=int, default=7860, help="port to serve on (default 7860)")
+    login = server.add_mutually_exclusive_group()
+    login.add_argument(
+        "--auth",
+        metavar="USER:PASS",
+        help="ask for this user and password (default: the SHORTCUT_DETECT_AUTH environment "
+        "variable; required when --host is not 127.0.0.1)",
+    )
+    login.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve on a non-loopback --host without a password",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1100,6 +1112,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         "max_pixels": args.max_pixels,
         "cache_size": args.cache_size,
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
+        "auth": args.auth,
+        "no_auth": args.no_auth,
     }
     given.update(ModelOptions.from_args(args).load_kwargs())
     if args.model and not (args.resize or args.crop):
@@ -1159,6 +1173,8 @@ _FLAG_PARAMETERS = (
     "num_shards",
     "shard_index",
     "intervention_samples",
+    "auth",
+    "no_auth",
 )
 _PARAMETER = re.compile(
     r"\b(" + "|".join(_FLAG_PARAMETERS) + r")="

@@ -31,17 +31,61 @@ if TYPE_CHECKING:
     import gradio
 
 __all__ = [
+    "AUTH_ENV",
     "Explorer",
     "ExplorerInputError",
     "RunningApp",
     "build_app",
     "free_port",
     "make_explorer",
+    "resolve_auth",
     "run_app",
     "start_app",
 ]
 
 LOCALHOST = "127.0.0.1"
+LOOPBACK_HOSTS = (LOCALHOST, "localhost", "::1")
+#: Environment variable holding ``USER:PASS`` for the app's login (instead of ``auth=``).
+AUTH_ENV = "SHORTCUT_DETECT_AUTH"
+
+
+def _parse_auth(text: str, source: str) -> tuple[str, str]:
+    user, separator, password = text.partition(":")
+    if not separator or not user or not password:
+        raise ExplorerInputError(
+            f"{source} must be USER:PASS (a user name, a colon, a password), got "
+            f"{'an empty value' if not text else 'no colon' if not separator else 'an empty part'}"
+        )
+    return user, password
+
+
+def resolve_auth(
+    host: str, auth: str | tuple[str, str] | None = None, no_auth: bool = False
+) -> tuple[str, str] | None:
+    """The ``(user, password)`` the app asks for, or ``None`` for no login.
+
+    ``auth`` (``"USER:PASS"`` or a pair) wins, then the ``SHORTCUT_DETECT_AUTH`` environment
+    variable. Served beyond this machine (``host`` not a loopback address), the app needs
+    one of them unless ``no_auth=True`` says to serve without a password.
+
+    Raises
+    ------
+    ExplorerInputError
+        A malformed ``USER:PASS``, or an exposed host without a password or ``no_auth=True``.
+    """
+    if isinstance(auth, tuple):
+        return _parse_auth(":".join(auth), "auth=")
+    if auth is not None:
+        return _parse_auth(auth, "auth=")
+    if os.environ.get(AUTH_ENV) is not None:
+        return _parse_auth(os.environ[AUTH_ENV], AUTH_ENV)
+    if host in LOOPBACK_HOSTS or no_auth:
+        return None
+    raise ExplorerInputError(
+        f"Serving on {host} exposes the page and the model to the network, so it needs a "
+        f"password: give auth=USER:PASS (or set {AUTH_ENV}=USER:PASS), or no_auth=True to "
+        "serve without one"
+    )
 
 
 def make_explorer(
@@ -203,11 +247,13 @@ def start_app(
     *,
     explorer: Explorer | None = None,
     quiet: bool = True,
+    auth: tuple[str, str] | None = None,
     **options: Any,
 ) -> RunningApp:
     """Build the page and serve it in a background thread; returns at once.
 
-    Parameters are those of :func:`run_app`; ``explorer`` skips loading.
+    Parameters are those of :func:`run_app`; ``explorer`` skips loading; ``auth`` is the
+    ``(user, password)`` of the login page (``None``: no login; see :func:`resolve_auth`).
     """
     blocks = build_app(model, weights, data, audit, classes, layer, explorer=explorer, **options)
     served: Explorer = blocks.explorer  # type: ignore[attr-defined]
@@ -223,6 +269,7 @@ def start_app(
         ssr_mode=False,
         max_file_size=served.max_upload_bytes,
         footer_links=[],
+        auth=auth,
     )
     return RunningApp(blocks, local_url or f"http://{host}:{port}/")
 
@@ -238,13 +285,17 @@ def run_app(
     layer: str | None = None,
     *,
     block: bool = True,
+    auth: str | tuple[str, str] | None = None,
+    no_auth: bool = False,
     **options: Any,
 ) -> str:
     """Load the model(s), build the page, serve it on ``host:port`` and print the address.
 
     Binds to 127.0.0.1 unless ``host`` says otherwise (``0.0.0.0`` exposes the page, and
-    the model, to the network). ``block=False`` returns after start-up (the server keeps
-    running in a thread). Other ``options`` go to :func:`make_explorer`.
+    the model, to the network: then a password is required, ``auth="USER:PASS"`` or the
+    ``SHORTCUT_DETECT_AUTH`` environment variable, unless ``no_auth=True``). ``block=False``
+    returns after start-up (the server keeps running in a thread). Other ``options`` go to
+    :func:`make_explorer`.
 
     Returns
     -------
@@ -252,13 +303,19 @@ def run_app(
         The address the page is served at.
     """
     _import_gradio()
-    if host not in (LOCALHOST, "localhost", "::1"):
+    login = resolve_auth(host, auth, no_auth)  # before loading: a refusal comes at once
+    if login is not None:
+        print(f"Login required: user {login[0]!r} and its password.", file=sys.stderr)
+    elif host not in LOOPBACK_HOSTS:
         print(
-            f"Warning: serving on {host}; anyone who can reach this machine can use the page.",
+            f"Warning: serving on {host} without a password (no_auth); anyone who can reach "
+            "this machine can use the page.",
             file=sys.stderr,
         )
     print("Loading the model(s)...", file=sys.stderr, flush=True)
-    running = start_app(model, weights, data, audit, host, port, classes, layer, **options)
+    running = start_app(
+        model, weights, data, audit, host, port, classes, layer, auth=login, **options
+    )
     print(f"shortcut-detect explorer running at {running.url} (Ctrl+C to stop)", flush=True)
     if block:
         try:

@@ -21,6 +21,7 @@ from shortcut_detect.app.explorer import (
     HeatmapResult,
     Selection,
 )
+from shortcut_detect.app.result_files import with_atomic_files
 from shortcut_detect.interventions.fills import FILLS
 
 __all__ = ["create_blocks"]
@@ -203,6 +204,9 @@ def create_blocks(explorer: Explorer, *, title: str = "shortcut-detect explorer"
         _wire_intervene(explorer, page, results.intervention)
         if results.audit is not None:
             _wire_audit(demo, explorer, page, results.audit)
+    for block in demo.blocks.values():  # several sessions may be served the same picture
+        if isinstance(block, (gr.Image, gr.Gallery)):
+            with_atomic_files(block)
     return demo
 
 

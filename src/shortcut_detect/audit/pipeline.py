@@ -10,7 +10,6 @@ writes ``summary.json`` and ``report.html``.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -25,12 +24,16 @@ from shortcut_detect.analysis.maps import entropy, peak_locations
 from shortcut_detect.analysis.regions import attention_in_region
 from shortcut_detect.audit.interventions import run_intervention_stage
 from shortcut_detect.audit.store import (
+    CONFIG_COPY,
     STORE_VERSION,
     AuditStore,
     ShardWriter,
     close_inherited_locks,
+    read_config,
+    remove_stray_temp_files,
+    running_writers,
     unfinished_shards_text,
-    write_json,
+    write_config,
 )
 from shortcut_detect.common.logs import forward_log
 from shortcut_detect.common.progress import ProgressBar
@@ -234,19 +237,38 @@ def _prepare_directory(out: Path, config: dict[str, Any], overwrite: bool) -> No
     config_path = out / "audit.json"
     if out.exists() and not out.is_dir():
         raise AuditError(f'out="{out}" is a file; give a directory')
-    if config_path.is_file():
-        existing = json.loads(config_path.read_text())
-        differences = [key for key in _IDENTITY_KEYS if existing.get(key) != config.get(key)]
+    is_audit = config_path.is_file() or (out / CONFIG_COPY).is_file()
+    if is_audit:
+        remove_stray_temp_files(out)
+        existing = read_config(out)
+        if existing is None and not AuditStore(out).part_files():
+            _LOG.warning("Rewriting the damaged run configuration of %s (no rows stored yet).", out)
+            existing = config
+        previous = existing or {}
+        differences = [key for key in _IDENTITY_KEYS if previous.get(key) != config.get(key)]
         if not differences:
-            config["cam_size"] = existing.get("cam_size")
+            config["cam_size"] = previous.get("cam_size")
+            write_config(out, config)
             return
         if not overwrite:
+            if existing is None:
+                raise AuditError(
+                    f"The run configuration of {out} (audit.json and its copy) is damaged, so its "
+                    "stored rows cannot be matched to this run. Use another out=, or "
+                    "overwrite=True to discard them."
+                )
             changes = "; ".join(
-                f"{key}: {existing.get(key)!r} -> {config.get(key)!r}" for key in differences[:3]
+                f"{key}: {previous.get(key)!r} -> {config.get(key)!r}" for key in differences[:3]
             )
             raise AuditError(
                 f"{out} holds an audit of a different run ({changes}). Use another out=, or "
                 "overwrite=True to discard it."
+            )
+        running = running_writers(out)
+        if running:
+            raise AuditError(
+                f"overwrite=True would delete {out} while it is being written: "
+                f"{'; '.join(running)}. Stop that run first."
             )
         shutil.rmtree(out)
     elif out.is_dir() and any(out.iterdir()):
@@ -257,7 +279,7 @@ def _prepare_directory(out: Path, config: dict[str, Any], overwrite: bool) -> No
             )
         raise AuditError(f"overwrite=True only replaces audit directories; {out} is not one")
     out.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, config)
+    write_config(out, config)
 
 
 # -- one batch ----------------------------------------------------------------------------------
@@ -443,11 +465,10 @@ def _batch_rows(
 
 
 def _update_cam_size(out: Path, cam_size: tuple[int, int]) -> None:
-    path = out / "audit.json"
-    config = json.loads(path.read_text())
+    config = AuditStore(out).config
     if config.get("cam_size") != list(cam_size):
         config["cam_size"] = list(cam_size)
-        write_json(path, config)
+        write_config(out, config)
 
 
 def _check_options(options: AuditOptions) -> None:

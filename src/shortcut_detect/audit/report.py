@@ -22,7 +22,7 @@ from shortcut_detect.audit.embedding_view import (
     map_points,
 )
 from shortcut_detect.audit.html import format_number, format_percent, render
-from shortcut_detect.audit.store import AuditStore, write_json
+from shortcut_detect.audit.store import AuditStore, write_json, write_text
 from shortcut_detect.common.logs import forward_log
 from shortcut_detect.common.serialization import to_jsonable
 
@@ -346,9 +346,7 @@ def build_report(
     write_json(target / "summary.json", summary)
     html = render_html(summary, analysis, store)
     report = target / "report.html"
-    partial = report.with_name("report.html.tmp")
-    partial.write_text(html, encoding="utf-8")
-    partial.replace(report)
+    write_text(report, html)
     return summary, report
 
 

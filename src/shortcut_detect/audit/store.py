@@ -22,31 +22,45 @@ float16 cannot overflow; :meth:`AuditStore.upsampled` gives them at the input si
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import re
+import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from shortcut_detect.common.serialization import json_default
 
 __all__ = [
+    "CONFIG_COPY",
+    "CONFIG_FILE",
     "INTERVENTIONS_DIR",
     "INTERVENTIONS_FILE",
     "STORE_VERSION",
     "AuditStore",
+    "DiskFullError",
     "ShardWriter",
     "StoreError",
     "close_inherited_locks",
     "load_interventions",
+    "read_config",
+    "remove_stray_temp_files",
     "row_schema",
+    "running_writers",
     "unfinished_shards_text",
+    "write_config",
+    "write_json",
+    "write_text",
 ]
+
+_LOG = logging.getLogger(__name__)
 
 STORE_VERSION = 1
 # Lock files this process holds; forked children (DataLoader workers) must close their
@@ -54,6 +68,12 @@ STORE_VERSION = 1
 _HELD_LOCKS: set[int] = set()
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 _SHARD = re.compile(r"^shard-(\d{5})-of-(\d{5})$")
+# Temporary files are named NAME.tmp-HOST-PID (older stores: NAME.tmp-PID).
+_TEMP = re.compile(r"\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)$")
+_HOST = socket.gethostname().replace("/", "_")
+CONFIG_FILE = "audit.json"
+# A second copy of audit.json: a torn audit.json alone does not orphan the committed rows.
+CONFIG_COPY = "audit.copy.json"
 
 # name, pyarrow type name, description
 ROW_FIELDS: tuple[tuple[str, str, str], ...] = (
@@ -114,37 +134,166 @@ class StoreError(ValueError):
     """An audit directory that cannot be used as asked (the message says why)."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(partial, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+class DiskFullError(StoreError):
+    """A write failed for lack of space; what was committed before is kept."""
+
+
+def _partial_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{_HOST}-{os.getpid()}")
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write ``path`` through a temporary file, synced, then renamed into place.
+
+    A failed write removes its temporary file; lack of space raises :class:`DiskFullError`.
+    """
+    partial = _partial_path(path)
+    try:
+        with open(partial, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException as error:
+        partial.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(
+                f"No space left on the device to write {path}. What was committed so far is "
+                "kept: free some space and run the same command again to continue."
+            ) from error
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (tmp file, then rename)."""
-    _atomic_write_bytes(path, (json.dumps(data, indent=2, default=json_default) + "\n").encode())
+    text = (json.dumps(data, indent=2, default=json_default) + "\n").encode()
+    _atomic_write(path, lambda handle: handle.write(text))
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write UTF-8 text atomically (tmp file, then rename)."""
+    data = text.encode("utf-8")
+    _atomic_write(path, lambda handle: handle.write(data))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(partial, "wb") as handle:
-        np.save(handle, array)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    _atomic_write(path, lambda handle: np.save(handle, array))
 
 
 def _write_parquet(path: Path, table: Any) -> None:
     import pyarrow.parquet as pq
 
-    partial = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, partial, compression="zstd")
-    with open(partial, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    _atomic_write(path, lambda handle: pq.write_table(table, handle, compression="zstd"))
+
+
+def _read_json(path: Path, consequence: str) -> Any | None:
+    """The JSON in ``path``; ``None`` when it is missing, or damaged (then one warning line
+    saying so and what happens instead: ``consequence``)."""
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError
+        reason = "empty" if path.is_file() and path.stat().st_size == 0 else type(error).__name__
+        _LOG.warning("%s is damaged (%s, left by a crash?); %s.", path, reason, consequence)
+        return None
+
+
+def read_config(root: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run configuration of an audit directory (``None`` when neither ``audit.json`` nor
+    its copy is readable). A damaged ``audit.json`` is restored from the copy."""
+    root = Path(root)
+    config = _read_json(root / CONFIG_FILE, "reading its copy")
+    if isinstance(config, dict):
+        return config
+    copy = _read_json(root / CONFIG_COPY, "the run configuration is lost")
+    if not isinstance(copy, dict):
+        return None
+    if (root / CONFIG_FILE).exists():
+        write_json(root / CONFIG_FILE, copy)
+        _LOG.warning("Restored %s from %s.", root / CONFIG_FILE, CONFIG_COPY)
+    return copy
+
+
+def write_config(root: str | os.PathLike[str], config: dict[str, Any]) -> None:
+    """Write ``audit.json`` and its copy."""
+    root = Path(root)
+    write_json(root / CONFIG_COPY, config)
+    write_json(root / CONFIG_FILE, config)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _is_stray_temp(path: Path) -> bool:
+    """A temporary file whose writer (on this machine) is gone."""
+    match = _TEMP.search(path.name)
+    if match is None:
+        return False
+    host = match.group("host")
+    if host is not None and host != _HOST:
+        return False  # another node's: it may still be writing
+    return not _pid_alive(int(match.group("pid")))
+
+
+def remove_stray_temp_files(root: str | os.PathLike[str]) -> int:
+    """Remove temporary files that killed writers left in ``root`` and its ``merged`` and
+    ``interventions`` folders (shard folders are cleaned by their writer); returns how many."""
+    root = Path(root)
+    removed = 0
+    for folder in (root, root / "merged", root / INTERVENTIONS_DIR):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.is_file() and _is_stray_temp(path):
+                path.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        _LOG.warning("Removed %d temporary file(s) a killed run left in %s.", removed, root)
+    return removed
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds a shard lock, from what it wrote into the lock file."""
+    info = _read_json_quietly(path)
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    text = f"process {info['pid']} on {info.get('host', '?')}, started {info.get('started', '?')}"
+    if info.get("host") == _HOST and not _pid_alive(int(info["pid"])):
+        text += "; it has exited but a process it started still holds the lock"
+    return text
+
+
+def _read_json_quietly(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def running_writers(root: str | os.PathLike[str]) -> list[str]:
+    """``"shard-00000-of-00001 (process 123 on HOST, started ...)"`` for every shard of
+    ``root`` that a live process is writing now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no fcntl on Windows: no cross-process lock
+        return []
+    running = []
+    base = Path(root) / "shards"
+    for lock in sorted(base.glob("shard-*/LOCK")) if base.is_dir() else []:
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                running.append(f"{lock.parent.name} ({_lock_holder(lock)})")
+    return running
 
 
 INTERVENTIONS_DIR = "interventions"
@@ -154,9 +303,8 @@ INTERVENTIONS_FILE = "interventions.json"
 def load_interventions(store: AuditStore) -> dict[str, Any] | None:
     """The intervention stage's results in ``store`` (``None`` when the stage did not run)."""
     path = store.root / INTERVENTIONS_DIR / INTERVENTIONS_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+    stored = _read_json(path, "the intervention stage counts as not run")
+    return stored if isinstance(stored, dict) else None
 
 
 def shard_name(shard_index: int, num_shards: int) -> str:
@@ -174,6 +322,46 @@ def unfinished_shards_text(unfinished: Sequence[int], num_shards: int | None = N
     if len(names) == 1:
         return f"shard {listed}{total} is not finished"
     return f"shards {listed}{total} are not finished"
+
+
+def _read_chunk(path: Path, columns: Sequence[str] | None = None) -> Any:
+    """One Parquet file; a damaged one raises :class:`StoreError` saying how to repair it."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=None if columns is None else list(columns))
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise StoreError(
+            f"{path} is damaged ({_first_line(error)}); run the audit command again: it "
+            "removes the damaged chunk and explains its samples again"
+        ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _chunk_damage(path: Path, heatmaps: Path | None = None) -> str | None:
+    """Why a committed chunk (rows ``path`` + ``heatmaps``, by default next to it with the
+    suffix ``.npy``) cannot be read, or ``None`` when it can."""
+    import pyarrow.parquet as pq
+
+    if path.stat().st_size == 0:
+        return "empty"
+    try:
+        rows = pq.read_table(path, columns=["heatmap_row"]).column(0).to_pylist()
+    except (OSError, ValueError):
+        return "unreadable rows"
+    needed = max((row for row in rows if row is not None), default=-1) + 1
+    if needed == 0:
+        return None
+    try:
+        count = np.load(heatmaps or path.with_suffix(".npy"), mmap_mode="r").shape[0]
+    except FileNotFoundError:
+        return "heatmaps missing"
+    except (OSError, ValueError, EOFError):
+        return "unreadable heatmaps"
+    return None if count >= needed else "heatmaps truncated"
 
 
 class ShardWriter:
@@ -223,7 +411,8 @@ class ShardWriter:
         self._pending: Future[None] | None = None
 
     def _lock(self) -> Any:
-        handle = open(self.directory / "LOCK", "a+")  # noqa: SIM115 - held for the writer's life
+        path = self.directory / "LOCK"
+        handle = open(path, "a+")  # noqa: SIM115 - held for the writer's life
         try:
             import fcntl
 
@@ -234,16 +423,50 @@ class ShardWriter:
         except OSError as error:
             handle.close()
             raise StoreError(
-                f"Another process is writing {self.directory.name} of {self.root}; wait for it "
-                "or give each worker its own shard_index="
+                f"Another process is writing {self.directory.name} of {self.root} "
+                f"({_lock_holder(path)}); wait for it, stop it, or give each worker its own "
+                "shard_index="
             ) from error
+        # Who holds the lock, for the message a second run shows; the lock itself is the
+        # OS's, so it goes away with the process however it ends.
+        holder = {"pid": os.getpid(), "host": _HOST, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        handle.seek(0)
+        handle.truncate()
+        handle.write(json.dumps(holder))
+        handle.flush()
         return handle
 
     def _clean_partial(self) -> None:
+        """Remove what a killed or failed writer left: temporary files, heatmaps without
+        their rows, damaged chunks (their samples are explained again); one line says so."""
+        damaged = [
+            f"{path.name} ({reason})"
+            for path in sorted(self.directory.glob("part-*.parquet"))
+            if (reason := _chunk_damage(path)) is not None
+        ]
+        for text in damaged:
+            stem = text.split(".", 1)[0]
+            (self.directory / f"{stem}.parquet").unlink(missing_ok=True)
+            (self.directory / f"{stem}.npy").unlink(missing_ok=True)
         committed = {p.stem for p in self.directory.glob("part-*.parquet")}
+        leftovers = 0
         for path in self.directory.iterdir():
             if ".tmp-" in path.name or (path.suffix == ".npy" and path.stem not in committed):
                 path.unlink(missing_ok=True)
+                leftovers += 1
+        if damaged:
+            _LOG.warning(
+                "Removed %d damaged chunk(s) of %s: %s; their samples are explained again.",
+                len(damaged),
+                self.directory.name,
+                ", ".join(damaged),
+            )
+        elif leftovers:
+            _LOG.info(
+                "Removed %d unfinished file(s) a stopped run left in %s.",
+                leftovers,
+                self.directory.name,
+            )
         (self.directory / "DONE.json").unlink(missing_ok=True)
 
     def _last_part(self) -> int:
@@ -252,11 +475,9 @@ class ShardWriter:
 
     def done_ids(self) -> set[str]:
         """Sample ids this shard has committed (ok or failed)."""
-        import pyarrow.parquet as pq
-
         done: set[str] = set()
         for path in sorted(self.directory.glob("part-*.parquet")):
-            done.update(pq.read_table(path, columns=["sample_id"]).column(0).to_pylist())
+            done.update(_read_chunk(path, ["sample_id"]).column(0).to_pylist())
         return done
 
     def add(self, rows: Sequence[dict[str, Any]], heatmaps: np.ndarray | None) -> None:
@@ -368,7 +589,7 @@ class AuditStore:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.root = Path(directory)
-        if not (self.root / "audit.json").is_file():
+        if not any((self.root / name).is_file() for name in (CONFIG_FILE, CONFIG_COPY)):
             raise StoreError(
                 f"{self.root} is not an audit directory (no audit.json); run "
                 "`shortcut-detect audit --out DIR ...` first"
@@ -381,7 +602,13 @@ class AuditStore:
     def config(self) -> dict[str, Any]:
         """The run configuration (``audit.json``)."""
         if self._config is None:
-            self._config = json.loads((self.root / "audit.json").read_text())
+            config = read_config(self.root)
+            if config is None:
+                raise StoreError(
+                    f"{self.root / CONFIG_FILE} is damaged and has no readable copy; run the "
+                    "audit again with overwrite=True to start afresh"
+                )
+            self._config = config
         return self._config
 
     @property
@@ -424,7 +651,10 @@ class AuditStore:
         finished, unfinished = [], []
         for index in range(num):
             name = shard_name(index, num)
-            done = (self.root / "shards" / name / "DONE.json").exists()
+            marker = self.root / "shards" / name / "DONE.json"
+            done = marker.exists() and isinstance(
+                _read_json(marker, f"shard {index} counts as not finished"), dict
+            )
             (finished if done else unfinished).append(index)
         return {"expected": num, "finished": finished, "unfinished": unfinished}
 
@@ -435,10 +665,15 @@ class AuditStore:
         sources = self.root / "merged" / "sources.json"
         if not sources.is_file() or not (self.root / "merged" / "results.parquet").is_file():
             return False
-        try:
-            return json.loads(sources.read_text()) == self._sources()
-        except (OSError, json.JSONDecodeError):
+        if _read_json_quietly(sources) != self._sources():
             return False
+        merged = self.root / "merged"
+        if _chunk_damage(merged / "results.parquet", merged / "heatmaps.npy") is not None:
+            _LOG.warning("The merged files of %s are damaged; they are merged again.", self.root)
+            with contextlib.suppress(OSError):
+                sources.unlink()
+            return False
+        return True
 
     # -- reading --------------------------------------------------------------------------------
     def table(self, columns: Sequence[str] | None = None) -> Any:
@@ -457,7 +692,7 @@ class AuditStore:
         if self._merged_is_fresh():
             table = pq.read_table(self.root / "merged" / "results.parquet", columns=read_columns)
         else:
-            parts = [pq.read_table(p, columns=read_columns) for p in self.part_files()]
+            parts = [_read_chunk(p, read_columns) for p in self.part_files()]
             schema = row_schema()
             if read_columns is not None:
                 schema = pa.schema([schema.field(n) for n in read_columns])
@@ -502,7 +737,13 @@ class AuditStore:
             file, row = index[sid]
             by_file.setdefault(file, []).append((position, row))
         for file, pairs in by_file.items():
-            array = np.load(self.root / file, mmap_mode="r")
+            try:
+                array = np.load(self.root / file, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as error:
+                raise StoreError(
+                    f"{self.root / file} is damaged ({_first_line(error)}); run the audit "
+                    "command again: it explains the damaged chunk's samples again"
+                ) from error
             positions = [p for p, _ in pairs]
             rows = [r for _, r in pairs]
             out[positions] = array[rows].astype(np.float32)
