@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# As `import shortcut_detect` (and so the CLI) does before torch loads: idle OpenMP threads
+# sleep instead of spinning, for the engine and the pipeline alike.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def _write_png_set(directory: Path, count: int, size: int, seed: int = 0) -> Path:

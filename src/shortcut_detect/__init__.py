@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import sys
 from typing import Any
+
+if "torch" not in sys.modules:
+    # OpenMP threads that spin while idle steal the cores from the audit's decoding workers
+    # (and from anything else running): on 2 cores a small model's heatmaps became several
+    # times slower. Sleeping idle threads cost ~1% when the machine is quiet. Read once, when
+    # torch loads; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from shortcut_detect.gradcam import (
     GradCAMHeatmapGenerator,
