@@ -32,8 +32,8 @@ from pathlib import Path
 # sleep instead of spinning, for the engine and the pipeline alike.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 
 def _write_png_set(directory: Path, count: int, size: int, seed: int = 0) -> Path:

@@ -12,9 +12,9 @@ from pathlib import Path
 # As `import shortcut_detect` does when it loads torch first (pytest may import torch earlier).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import pytest
+import torch
 
 from shortcut_detect.gradcam import GradCAMHeatmapGenerator
 
