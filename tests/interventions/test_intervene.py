@@ -48,6 +48,18 @@ def test_clean_model_does_not_rely_on_the_marker(clean_model, marker_data):
     assert result.reading == "not relied on"  # no heatmaps given: attention unknown
 
 
+def test_a_region_without_room_for_a_control_is_not_testable(clean_model, marker_data):
+    # The left 60% of the image: every shifted copy overlaps it, so no control exists; that
+    # must not read as "not relied on" (nor as salient but unused).
+    size = marker_data.images.shape[-1]
+    region = np.zeros((size, size), dtype=bool)
+    region[:, : int(0.6 * size)] = True
+    result = intervene(clean_model, marker_data.images, region, **FAST)
+    assert result.effect.n == 0 and np.isnan(result.effect.value)
+    assert result.reading == "not testable (no control region fits)"
+    assert not result.relied_on
+
+
 def test_every_fill_is_reported_and_auto_picks_the_least_disturbing(shortcut_model, marker_data):
     result = intervene(shortcut_model, marker_data.images[:30], marker_data.marker_box, **FAST)
     assert set(result.removal) == {"blur", "mean", "noise"}

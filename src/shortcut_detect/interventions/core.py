@@ -44,6 +44,9 @@ __all__ = [
 #: The three readings of an intervention test.
 READINGS = ("relied on", "salient but not relied on", "not looked at, not relied on")
 NOT_RELIED_UNKNOWN_ATTENTION = "not relied on"
+#: No effect could be estimated: no control placement was found for any tested image (a
+#: region too large for the room the image leaves), and no transplant was possible.
+UNTESTED = "not testable (no control region fits)"
 
 
 class _FieldsDict:
@@ -126,7 +129,8 @@ class InterventionResult:
     ----------
     reading:
         ``"relied on"``, ``"salient but not relied on"``, ``"not looked at, not relied on"``
-        (or ``"not relied on"`` when no attention was given).
+        (or ``"not relied on"`` when no attention was given, or
+        ``"not testable (no control region fits)"`` when no control placement was found).
     relied_on:
         The removal (or transplant) effect is at least ``min_effect`` and significant.
     salient:
@@ -591,8 +595,11 @@ def _reading(
     salient = None
     if attention is not None and not np.isnan(attention.enrichment):
         salient = bool(attention.enrichment >= salient_enrichment)
+    testable = effect.n > 0 or (transplant is not None and transplant.effect.n > 0)
     if relied:
         reading = READINGS[0]
+    elif not testable:
+        reading = UNTESTED
     elif salient is None:
         reading = NOT_RELIED_UNKNOWN_ATTENTION
     else:
