@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from shortcut_detect.interventions import intervene
+from shortcut_detect.interventions.stats import Estimate
 
 FAST = {"n_bootstrap": 500, "n_permutations": 500}
 
@@ -171,3 +172,36 @@ def test_bad_images_and_options_are_refused(shortcut_model, marker_data):
         intervene(shortcut_model, marker_data.images[:4], box, carriers=[True, False])
     with pytest.raises(ValueError, match="n_controls must be a positive integer"):
         intervene(shortcut_model, marker_data.images[:4], box, n_controls=0)
+
+
+def _estimate(value: float, low: float, high: float, p: float | None = None) -> Estimate:
+    return Estimate(value, low, high, n=100, p_value=p)
+
+
+def test_reliance_needs_the_region_itself_to_move_the_prediction():
+    # A control paste that lands on the object lowers the target class by itself; a region
+    # that changes nothing then "beats" the control. That is not reliance.
+    from shortcut_detect.interventions.core import FillResult, TransplantResult, _reading
+
+    no_change = _estimate(-0.004, -0.009, 0.001)
+    removal = FillResult(
+        "blur",
+        _estimate(0.0, 0.0, 0.0),
+        _estimate(0.0, 0.0, 0.0),
+        no_change,
+        _estimate(0.1, 0.05, 0.15),
+        _estimate(-0.1, -0.15, -0.05, p=1.0),
+        _estimate(0.0, 0.0, 0.0, p=1.0),
+        0.1,
+    )
+    beats_control = _estimate(0.08, 0.05, 0.11, p=0.001)
+    transplant = TransplantResult(
+        0, no_change, no_change, no_change, _estimate(-0.085, -0.12, -0.06), beats_control, 100
+    )
+    reading, relied, _ = _reading(removal, transplant, None, 0.05, 0.05, 2.0)
+    assert not relied and reading == "not relied on"
+    moves = TransplantResult(
+        0, no_change, no_change, _estimate(0.3, 0.25, 0.35), no_change, beats_control, 100
+    )
+    reading, relied, _ = _reading(removal, moves, None, 0.05, 0.05, 2.0)
+    assert relied and reading == "relied on"

@@ -581,16 +581,27 @@ def _transplant_result(
 
 
 def _reading(
-    effect: Estimate,
+    removal: FillResult,
     transplant: TransplantResult | None,
     attention: AttentionShare | None,
     min_effect: float,
     alpha: float,
     salient_enrichment: float,
 ) -> tuple[str, bool, bool | None]:
-    """The reading, whether the region is relied on, and whether it is salient."""
-    relied = is_significant(effect, min_effect, alpha) or (
-        transplant is not None and is_significant(transplant.effect, min_effect, alpha)
+    """The reading, whether the region is relied on, and whether it is salient.
+
+    Reliance needs the region's own change to point the shortcut's way (removing it lowers
+    the prediction's probability; transplanting it raises the carriers' class) as well as a
+    significant excess over the control: a control that lands on the object disturbs the
+    prediction by itself, and "the region changes less than the control" is not reliance.
+    """
+    effect = removal.effect
+    relied = (
+        is_significant(effect, min_effect, alpha) and removal.probability_drop.low > 0
+    ) or (
+        transplant is not None
+        and is_significant(transplant.effect, min_effect, alpha)
+        and transplant.shift.low > 0
     )
     salient = None
     if attention is not None and not np.isnan(attention.enrichment):
@@ -734,7 +745,7 @@ def intervene(
     attention = _attention(heatmaps, generator, setup.batch, setup.masks, setup.tested)
     effect = removal[chosen].effect
     reading, relied, salient = _reading(
-        effect, transplant, attention, min_effect, alpha, salient_enrichment
+        removal[chosen], transplant, attention, min_effect, alpha, salient_enrichment
     )
 
     rows, n_samples = setup.rows, setup.n_samples
