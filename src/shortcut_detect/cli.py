@@ -27,7 +27,7 @@ import shortcut_detect.app as app_module
 from shortcut_detect import __version__
 from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.audit.demo import run_demo
-from shortcut_detect.audit.interventions import run_intervention_stage
+from shortcut_detect.audit.interventions import try_intervention_stage
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.report import build_report
 from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
@@ -730,18 +730,16 @@ def cmd_report(args: argparse.Namespace) -> int:
             "the report covers the samples stored so far"
         )
     if loaded is not None and wants_interventions:
-        store.merge()
-        try:
-            run_intervention_stage(
-                store,
-                loaded,
-                n_samples=args.intervention_samples,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                num_workers=args.num_workers,
-            )
-        except (ValueError, RuntimeError) as error:
-            _log(f"note: the intervention stage failed and was skipped ({error})")
+        failure = try_intervention_stage(
+            store,
+            loaded,
+            n_samples=args.intervention_samples,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+        )
+        if failure:
+            _log(f"note: {failure}")
     summary, path = build_report(
         store,
         loaded=loaded if wants_embeddings else None,

@@ -384,6 +384,20 @@ def _discovery_notes(n_candidates: int) -> list[str]:
     return []
 
 
+def try_intervention_stage(store: AuditStore, loaded: Any, **options: Any) -> str | None:
+    """Merge the store and run :func:`run_intervention_stage` with ``options``.
+
+    Returns ``None``, or the note to show when the stage failed (the rest of the report is
+    still useful, so a failure here does not stop it).
+    """
+    store.merge()
+    try:
+        run_intervention_stage(store, loaded, **options)
+    except (ValueError, RuntimeError) as error:
+        return f"The intervention stage failed and was skipped: {error}"
+    return None
+
+
 def run_intervention_stage(
     store: AuditStore,
     loaded: Any,

@@ -22,7 +22,7 @@ import torch
 
 from shortcut_detect.analysis.maps import entropy, peak_locations
 from shortcut_detect.analysis.regions import attention_in_region
-from shortcut_detect.audit.interventions import run_intervention_stage
+from shortcut_detect.audit.interventions import try_intervention_stage
 from shortcut_detect.audit.store import (
     CONFIG_COPY,
     STORE_VERSION,
@@ -711,18 +711,16 @@ def _after_shard(
         run.notes.append(_shards_left_note(options, status["unfinished"], out))
         return run
     if options.intervention_samples > 0:
-        store.merge()
-        try:
-            run_intervention_stage(
-                store,
-                loaded,
-                n_samples=options.intervention_samples,
-                seed=options.seed,
-                batch_size=options.batch_size,
-                num_workers=options.num_workers,
-            )
-        except (ValueError, RuntimeError) as error:
-            run.notes.append(f"The intervention stage failed and was skipped: {error}")
+        failure = try_intervention_stage(
+            store,
+            loaded,
+            n_samples=options.intervention_samples,
+            seed=options.seed,
+            batch_size=options.batch_size,
+            num_workers=options.num_workers,
+        )
+        if failure:
+            run.notes.append(failure)
     if not options.report:
         run.notes.append(f"Store complete; build the report with `shortcut-detect report {out}`.")
     else:

@@ -596,9 +596,7 @@ def _reading(
     prediction by itself, and "the region changes less than the control" is not reliance.
     """
     effect = removal.effect
-    relied = (
-        is_significant(effect, min_effect, alpha) and removal.probability_drop.low > 0
-    ) or (
+    relied = (is_significant(effect, min_effect, alpha) and removal.probability_drop.low > 0) or (
         transplant is not None
         and is_significant(transplant.effect, min_effect, alpha)
         and transplant.shift.low > 0
