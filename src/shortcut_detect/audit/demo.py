@@ -48,7 +48,7 @@ def _run_demo(
     cache = demo_cache_dir()
     if not all((cache / f"{kind}_model_seed0.pt").exists() for kind in ("shortcut", "clean")):
         _LOG.info(
-            "Training the two demo models (first run only, about 30 s; cached in %s)...", cache
+            "Training the two demo models (first run only, about 25 s; cached in %s)...", cache
         )
     load_demo_models()
     _LOG.info("Writing %d test images and a manifest to %s ...", n_samples, out / "data")
