@@ -234,6 +234,28 @@ def test_explain_writes_overlays_and_top_predictions(demo_run, tmp_path, capsys,
     assert "1. " in capsys.readouterr().out
 
 
+def test_explain_writes_the_layers_strongest_channels(demo_run, tmp_path, capsys, shortcut_model):
+    from PIL import Image
+
+    from shortcut_detect.analysis.activations import activation_grid
+    from shortcut_detect.data.images import load_image
+    from shortcut_detect.models import load_model
+
+    out, _ = demo_run
+    image = out / "data" / "images" / "00003.png"
+    args = ["explain", str(image), "--model", "demo", "--out", str(tmp_path / "a")]
+    assert main([*args, "--activations", "4"]) == 0
+    item = json.loads((tmp_path / "a" / "explanations.json").read_text())["images"][0]
+    loaded = load_model("demo")
+    expected = activation_grid(shortcut_model, loaded.transform(load_image(image)), "features", 4)
+    assert item["activations"]["channels"] == expected.channels.tolist()
+    assert item["activations"]["layer"] == "features"
+    figure = np.asarray(Image.open(item["activations"]["figure"]).convert("L"), dtype=float)
+    assert figure.std() > 10  # a drawn figure, not a blank page
+    assert main([*args, "--activations", "-1"]) == 1
+    assert "--activations must be 0 (off) or more, got -1" in capsys.readouterr().err
+
+
 def test_explain_target_by_name_and_bad_target(demo_run, tmp_path, capsys):
     out, _ = demo_run
     image = str(out / "data" / "images" / "00000.png")

@@ -25,6 +25,7 @@ from PIL import Image
 
 import shortcut_detect.app as app_module
 from shortcut_detect import __version__
+from shortcut_detect.analysis.activations import activation_grid
 from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.audit.demo import run_demo
 from shortcut_detect.audit.interventions import try_intervention_stage
@@ -67,6 +68,7 @@ from shortcut_detect.models import (
     load_model,
 )
 from shortcut_detect.viz import overlay_heatmap
+from shortcut_detect.viz_embeddings import plot_activation_grid
 
 __all__ = ["as_flags", "build_parser", "main"]
 
@@ -492,6 +494,14 @@ def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=0, help="--method lime: seed of the perturbations (default 0)"
     )
     explain.add_argument(
+        "--activations",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write the layer's K strongest channels and their mean, without gradient "
+        "weighting, next to the heatmap (STEM_activations.png; default 0: off)",
+    )
+    explain.add_argument(
         "--out", default="explanations", metavar="DIR", help="default ./explanations"
     )
     explain.add_argument("--top-k", type=int, default=5, metavar="K", help="predictions to list")
@@ -779,6 +789,8 @@ def _layers_hint(spec: str) -> str:
 def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedModel, str | None]:
     """The model of ``explain`` and the layer to explain (``None`` for LIME, which needs no
     layer), checked before any work."""
+    if args.activations < 0:
+        raise CommandError(f"--activations must be 0 (off) or more, got {args.activations}")
     lime = args.method.lower() == LIME
     if lime and args.lime_samples < 2:
         raise CommandError(f"--lime-samples must be at least 2, got {args.lime_samples}")
@@ -935,6 +947,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         _print(f"{source}: explained class '{explained}'")
         for rank, item in enumerate(top, 1):
             _print(f"  {rank}. {item['class_name']:<24} {item['confidence']:7.2%}")
+    if args.activations:
+        _write_activations(args, loaded, layer, batch, images, heatmaps, inputs, results, out)
     exported = _export_nifti(out, inputs, heatmaps, results, args) if args.export_nifti else []
     (out / "explanations.json").write_text(
         json.dumps(
@@ -953,6 +967,34 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if exported:
         _print(f"NIfTI heatmaps aligned with their sources: {len(exported)} file(s).")
     return EXIT_OK
+
+
+def _write_activations(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    layer: str | None,
+    batch: torch.Tensor,
+    images: list[Any],
+    heatmaps: np.ndarray,
+    inputs: list[tuple[Path, str, str]],
+    results: list[dict[str, Any]],
+    out: Path,
+) -> None:
+    """``--activations K``: a figure of the layer's raw responses per image, and their
+    channels in the JSON."""
+    import matplotlib.pyplot as plt
+
+    layer = layer or loaded.default_layer
+    for i, (_, stem, _) in enumerate(inputs):
+        grid = activation_grid(
+            loaded.model, batch[i], layer, top_k=args.activations, device=loaded.device
+        )
+        target = out / f"{stem}_activations.png"
+        figure = plot_activation_grid(
+            grid, loaded.transform.display(images[i]), heatmap=heatmaps[i], save_path=target
+        )
+        plt.close(figure)
+        results[i]["activations"] = {"figure": str(target), **grid.to_dict()}
 
 
 class _Maps(NamedTuple):
