@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shortcut_detect.data.png_fast import PlainPng, read_plain_png
 from shortcut_detect.data.transforms import Preprocessing
 
 __all__ = [
@@ -772,19 +773,33 @@ class ImageRecordDataset(torch.utils.data.Dataset):
             return self.preprocessing.box_mask(value, size)
         return self.preprocessing.mask(load_image(value, max_pixels=self.max_pixels), size)
 
+    def _plain_png(self, path: str) -> PlainPng | None:
+        # Same pixels as Pillow's path at about half the cost (see data.png_fast).
+        size = self.preprocessing.unchanged_size()
+        if size is None or not path.lower().endswith(".png"):
+            return None
+        return read_plain_png(
+            path, size=size, max_pixels=self.max_pixels, channels=self.preprocessing.channels
+        )
+
     def __getitem__(self, position: int) -> dict[str, Any]:
         record = self.records[position]
         height, width = self.preprocessing.size
         item: dict[str, Any] = {"position": position, "ok": True, "error": "", "size": (0, 0)}
         mask = None
         try:
-            image = load_image(
-                record.path, max_pixels=self.max_pixels, window=self.preprocessing.window
-            )
-            item["size"] = image.size
-            item["image"] = self.preprocessing(image)
+            plain = self._plain_png(record.path)
+            if plain is not None:
+                item["size"] = plain.size
+                item["image"] = self.preprocessing.from_pixels(plain.pixels)
+            else:
+                image = load_image(
+                    record.path, max_pixels=self.max_pixels, window=self.preprocessing.window
+                )
+                item["size"] = image.size
+                item["image"] = self.preprocessing(image)
             try:
-                mask = self._mask(record, image.size)
+                mask = self._mask(record, item["size"])
             except ImageLoadError as error:
                 raise ImageLoadError(f"mask of {record.sample_id}: {error}") from error
         except ImageLoadError as error:

@@ -136,11 +136,26 @@ class Preprocessing:
             "nearest": InterpolationMode.NEAREST,
         }[name or self.interpolation]
 
+    def unchanged_size(self) -> tuple[int, int] | None:
+        """The ``(width, height)`` an image must have for :meth:`geometry` to leave it as is.
+
+        ``None`` when every image is resized (a centre crop after resizing the shorter side
+        to something other than the input's shorter side).
+        """
+        height, width = self.size
+        if self.crop and not self.native:
+            shorter = self.resize[0] if self.resize else min(self.size)
+            if shorter != min(height, width):
+                return None
+        return width, height
+
     def geometry(self, image: Any, *, nearest: bool = False) -> Any:
         """Resize (and crop) a PIL image to the model input size."""
         from torchvision.transforms import functional as TF
 
         mode = self._interpolation("nearest" if nearest else None)
+        if tuple(image.size) == self.unchanged_size():
+            return image  # resizing to the same size is a copy in Pillow
         if self.native:
             height, width = self.size
             if tuple(image.size) != (width, height):
@@ -165,7 +180,13 @@ class Preprocessing:
         """PIL image -> float tensor ``(C, H, W)`` ready for the model."""
         from torchvision.transforms import functional as TF
 
-        tensor = TF.pil_to_tensor(self.geometry(self.to_channels(image))).float().div_(255.0)
+        return self.from_pixels(TF.pil_to_tensor(self.geometry(self.to_channels(image))))
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels ``(C, H, W)`` already at the input geometry -> the model's input."""
+        from torchvision.transforms import functional as TF
+
+        tensor = pixels.float().div_(255.0)
         if self.mean is not None and self.std is not None:
             tensor = TF.normalize(tensor, list(self.mean), list(self.std))
         return tensor
