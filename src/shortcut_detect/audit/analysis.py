@@ -788,6 +788,8 @@ _SUMMARY_ENTRY_KEYS = (
     "location",
     "box",
     "confirmed",
+    "object_like",
+    "pattern_separation",
     "reading",
     "sentence",
     "effect",
@@ -810,7 +812,9 @@ def interventions(data: AuditData) -> SignalOutput:
 
     A confirmed reliance (removing the region changes predictions significantly more than
     removing a control region) is HIGH and primary; otherwise LOW, with each candidate's
-    reading. Regions found not relied on are listed in the metrics (``not_relied_on``), which
+    reading. A discovered region the model relies on but that holds no fixed pattern reads
+    as part of the object (``object_like``) and is not a shortcut. Regions found not relied
+    on are listed in the metrics (``not_relied_on``), which
     :func:`~shortcut_detect.audit.verdict.decide_verdict` uses to cap attention signals.
     """
     stored = load_interventions(data.store)
@@ -830,11 +834,13 @@ def interventions(data: AuditData) -> SignalOutput:
         {key: entry.get(key) for key in _SUMMARY_ENTRY_KEYS} for entry in stored["candidates"]
     ]
     confirmed = [entry for entry in entries if entry["confirmed"]]
-    rejected = [entry for entry in entries if not entry["confirmed"]]
+    object_like = [entry for entry in entries if entry.get("object_like")]
+    rejected = [entry for entry in entries if not entry["confirmed"] and entry not in object_like]
     metrics = {
         "n_samples": stored.get("n_samples"),
         "n_candidates": len(entries),
         "n_confirmed": len(confirmed),
+        "n_object_like": len(object_like),
         "tried": [f"{e['source']}: {e['location']}" for e in entries],
         "not_relied_on": [
             {"source": e["source"], "location": e["location"], "reading": e["reading"]}
@@ -849,7 +855,7 @@ def interventions(data: AuditData) -> SignalOutput:
         risk, location = Risk.LOW, None
         finding = (
             f"Tried {len(entries)} candidate region(s) on {stored.get('n_samples')} images; "
-            "none is relied on: " + " ".join(entry["sentence"] for entry in entries)
+            "none is a shortcut: " + " ".join(entry["sentence"] for entry in entries)
         )
     else:
         risk, location = Risk.LOW, None

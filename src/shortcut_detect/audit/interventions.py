@@ -365,6 +365,12 @@ def _discovered_entries(
             test.reading,
             list(candidate.box),
         )
+        # Relied on but without a fixed pattern: part of the object, not a shortcut.
+        entry.update(
+            confirmed=test.confirmed,
+            object_like=test.object_like,
+            pattern_separation=candidate.pattern_separation,
+        )
         entry["examples"] = examples(candidate.region, test.result, f"candidate{k}")
         entries.append(entry)
     return entries, len(candidates)
