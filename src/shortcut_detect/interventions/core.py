@@ -594,11 +594,14 @@ def _reading(
     the prediction's probability; transplanting it raises the carriers' class) as well as a
     significant excess over the control: a control that lands on the object disturbs the
     prediction by itself, and "the region changes less than the control" is not reliance.
+    Either test may show reliance, so with a transplant each is held to ``alpha / 2``
+    (Bonferroni): two looks at level ``alpha`` would double the false-alarm rate.
     """
     effect = removal.effect
-    relied = (is_significant(effect, min_effect, alpha) and removal.probability_drop.low > 0) or (
+    level = alpha / 2 if transplant is not None else alpha
+    relied = (is_significant(effect, min_effect, level) and removal.probability_drop.low > 0) or (
         transplant is not None
-        and is_significant(transplant.effect, min_effect, alpha)
+        and is_significant(transplant.effect, min_effect, level)
         and transplant.shift.low > 0
     )
     salient = None
@@ -687,7 +690,8 @@ def intervene(
         "Salient" means the region's attention share is at least this many times its
         area share.
     alpha:
-        Significance level of the one-sided sign-flip test of effect > 0.
+        Significance level of the one-sided sign-flip test of effect > 0 (split between
+        the removal and the transplant test when both run).
     n_bootstrap, n_permutations:
         Resamples for the 95% intervals and the p-values.
     batch_size:
