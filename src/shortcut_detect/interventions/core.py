@@ -594,15 +594,21 @@ def _reading(
     the prediction's probability; transplanting it raises the carriers' class) as well as a
     significant excess over the control: a control that lands on the object disturbs the
     prediction by itself, and "the region changes less than the control" is not reliance.
-    Either test may show reliance, so with a transplant each is held to ``alpha / 2``
-    (Bonferroni): two looks at level ``alpha`` would double the false-alarm rate.
+    The region's own change must also reach ``min_effect``: a control paste that moves
+    predictions the other way can make a small change look like a large excess. Either test
+    may show reliance, so with a transplant each is held to ``alpha / 2`` (Bonferroni): two
+    looks at level ``alpha`` would double the false-alarm rate.
     """
     effect = removal.effect
     level = alpha / 2 if transplant is not None else alpha
-    relied = (is_significant(effect, min_effect, level) and removal.probability_drop.low > 0) or (
+    drop = removal.probability_drop
+    relied = (
+        is_significant(effect, min_effect, level) and drop.low > 0 and drop.value >= min_effect
+    ) or (
         transplant is not None
         and is_significant(transplant.effect, min_effect, level)
         and transplant.shift.low > 0
+        and transplant.shift.value >= min_effect
     )
     salient = None
     if attention is not None and not np.isnan(attention.enrichment):
@@ -685,7 +691,8 @@ def intervene(
         own importance reads as reliance on the region.
     min_effect:
         Smallest effect (drop of the predicted class's probability beyond the control's)
-        that counts as reliance.
+        that counts as reliance; the region's own drop (or transplant shift) must reach it
+        too.
     salient_enrichment:
         "Salient" means the region's attention share is at least this many times its
         area share.
