@@ -466,7 +466,7 @@ def volume_preprocessing(
         )
     if preset == "imagenet":
         raise ValueError('preset="imagenet" is a 2-D recipe; give resize=D,H,W and mean=/std=')
-    notes: list[str] = []
+    notes: list[str] = list(base.notes) if base is not None else []
     depth = base.depth if base is not None else None
     size = tuple(base.size) if base is not None else None
     normalisation = (base.mean, base.std) if base is not None else (None, None)
