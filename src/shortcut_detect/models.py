@@ -797,12 +797,13 @@ def _unknown_spec(spec: str) -> ModelLoadError:
 
 def _build(
     spec: str,
-    weights: str | None,
+    weights: str | os.PathLike[str] | None,
     num_classes: int | None,
     trust: bool,
     spatial_dims: int | None = None,
     in_channels: int | None = None,
 ) -> _Built:
+    weights = None if weights is None else str(weights)
     text = spec.strip()
     if text.startswith("monai:"):
         return _build_monai(
@@ -912,14 +913,7 @@ def build_model(
     For what needs no input (listing a model's modules); :func:`load_model` gives a model
     ready to explain. Parameters and errors are those of :func:`load_model`.
     """
-    built = _build(
-        spec,
-        None if weights is None else str(weights),
-        num_classes,
-        trust_pickle,
-        spatial_dims,
-        in_channels,
-    )
+    built = _build(spec, weights, num_classes, trust_pickle, spatial_dims, in_channels)
     return built.model.eval()
 
 
@@ -982,14 +976,7 @@ def load_model(
     """
     resolved = resolve_device(device)
     names, num_classes = _class_names_option(classes, num_classes)
-    built = _build(
-        spec,
-        None if weights is None else str(weights),
-        num_classes,
-        trust_pickle,
-        spatial_dims,
-        in_channels,
-    )
+    built = _build(spec, weights, num_classes, trust_pickle, spatial_dims, in_channels)
     model = built.model.eval()
     model.to(resolved)
     channels = _in_channels(model)

@@ -112,7 +112,9 @@ def orthogonal_views(
     shape is resized onto it."""
     volume, heatmap = _check(volume, heatmap)
     point = peak_voxel(heatmap) if point is None else point
-    pairs = [_pair(volume, heatmap, plane, point[axis], alpha) for plane, axis in PLANE_AXES.items()]
+    pairs = [
+        _pair(volume, heatmap, plane, point[axis], alpha) for plane, axis in PLANE_AXES.items()
+    ]
     return VolumeView(_row([p[0] for p in pairs]), _row([p[1] for p in pairs]), point)
 
 
@@ -128,7 +130,9 @@ def volume_panel(
     indices = np.unique(np.linspace(depth - 1, 0, min(montage, depth)).round().astype(int))[::-1]
     pairs = [_pair(volume, heatmap, "axial", int(k), alpha) for k in indices]
     per_row = (len(pairs) + 1) // 2 if len(pairs) > 4 else len(pairs)
-    image_rows = [_row([p[0] for p in pairs[i : i + per_row]]) for i in range(0, len(pairs), per_row)]
+    image_rows = [
+        _row([p[0] for p in pairs[i : i + per_row]]) for i in range(0, len(pairs), per_row)
+    ]
     overlay_rows = [
         _row([p[1] for p in pairs[i : i + per_row]]) for i in range(0, len(pairs), per_row)
     ]

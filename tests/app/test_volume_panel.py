@@ -10,11 +10,11 @@ from torch import nn
 pytest.importorskip("nibabel")
 pytest.importorskip("gradio")
 
-from shortcut_detect.app import build_app, make_explorer  # noqa: E402
-from shortcut_detect.app.inputs import ExplorerInputError  # noqa: E402
-from shortcut_detect.app.volume_panel import VolumeSlicer  # noqa: E402
-from shortcut_detect.audit.pipeline import AuditOptions, run_audit  # noqa: E402
-from shortcut_detect.data.medical.synthetic import write_synthetic_nifti_set  # noqa: E402
+from shortcut_detect.app import build_app, make_explorer
+from shortcut_detect.app.inputs import ExplorerInputError
+from shortcut_detect.app.volume_panel import VolumeSlicer
+from shortcut_detect.audit.pipeline import AuditOptions, run_audit
+from shortcut_detect.data.medical.synthetic import write_synthetic_nifti_set
 
 
 def _bright_voxel_model() -> nn.Module:

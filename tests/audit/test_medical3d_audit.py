@@ -88,7 +88,9 @@ def volumes(tmp_path_factory):
     for name, evidence in (("shortcut", "marker"), ("clean", "lesion")):
         models[name] = root / f"{name}.pt"
         torch.save(_band_model(evidence), models[name])
-    return SimpleNamespace(root=root, test=test, models=models, manifest=_manifest(test, test.root / "m.csv"))
+    return SimpleNamespace(
+        root=root, test=test, models=models, manifest=_manifest(test, test.root / "m.csv")
+    )
 
 
 def _audit(volumes, name: str, out: Path):

@@ -132,7 +132,7 @@ def test_the_dataset_gives_volumes_masks_and_error_rows(tmp_path):
     assert batch["has_mask"].tolist() == [True, False, False]
     assert batch["mask"][0].any() and not batch["mask"][0].all()
     values = batch["image"][0]
-    assert 0.0 <= float(values.min()) and float(values.max()) <= 1.0
+    assert float(values.min()) >= 0.0 and float(values.max()) <= 1.0
 
 
 def test_volume_views_go_through_the_peak_in_viewer_orientation():

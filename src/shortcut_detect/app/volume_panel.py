@@ -108,7 +108,9 @@ class VolumeSlicer:
         factor = max(1, _ENLARGE_TO // max(picture.shape))
         image = np.uint8(rgb * 255 + 0.5)
         if factor > 1:
-            image, overlay = (np.kron(a, np.ones((factor, factor, 1), np.uint8)) for a in (image, overlay))
+            image, overlay = (
+                np.kron(a, np.ones((factor, factor, 1), np.uint8)) for a in (image, overlay)
+            )
         mark = " (heatmap peak)" if index == peak else ""
         caption = f"{sample_id}: {plane} slice {index + 1} of {count}{mark}"
         return SliceView(image, overlay, plane, index, count, caption)

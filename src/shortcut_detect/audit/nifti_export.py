@@ -148,8 +148,12 @@ def export_audit_nifti(directory: str | Path) -> Path:
         save_heatmap_nifti(slices.to_volume(maps), slices.volume.affine, target)
         spacing = _spacing(slices.volume)
         entries.extend(
-            {"sample_id": sid, "path": f"{file}#{plane}={index}", "nifti": str(target),
-             "pixel_spacing_mm": spacing}
+            {
+                "sample_id": sid,
+                "path": f"{file}#{plane}={index}",
+                "nifti": str(target),
+                "pixel_spacing_mm": spacing,
+            }
             for sid, index in members
         )
     index_path = folder / "index.json"

@@ -158,7 +158,6 @@ class _SampleImages:
             colours = apply_colormap(upsampled_raw(np.asarray(heatmap)[None], size)[0], "jet")
         return _png_uri(_fit(np.uint8(colours * 255 + 0.5)))
 
-
     def _volume_heat(self, heatmap: np.ndarray, diverging: bool) -> str:
         """A 3-D mean or difference map: its orthogonal slices through the largest value."""
         from shortcut_detect.cam.image import apply_colormap

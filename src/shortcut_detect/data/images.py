@@ -48,8 +48,8 @@ __all__ = [
     "mask_text",
     "parse_box",
     "read_image_set",
-    "slice_count",
     "series_samples",
+    "slice_count",
     "slice_reference",
     "volume_region",
     "volume_slices",
@@ -938,7 +938,6 @@ class ImageRecordDataset(torch.utils.data.Dataset):
             else torch.zeros(height, width, dtype=torch.bool)
         )
         return item
-
 
     def _get_volume(self, position: int, record: ImageRecord) -> dict[str, Any]:
         shape = self.preprocessing.input_shape

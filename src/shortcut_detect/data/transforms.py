@@ -372,7 +372,13 @@ def preprocessing_from_options(
         raise ValueError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     if spatial_dims == 3:
         return volume_preprocessing(
-            base=base, channels=channels, preset=preset, resize=resize, crop=crop, mean=mean, std=std
+            base=base,
+            channels=channels,
+            preset=preset,
+            resize=resize,
+            crop=crop,
+            mean=mean,
+            std=std,
         )
     recipe: dict[str, Any] = {}
     source = ""
