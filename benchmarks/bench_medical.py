@@ -51,8 +51,8 @@ def _audit_vs_engine(count: int, workers: int, rounds: int) -> None:
     import csv
 
     import torchvision
-    from bench_audit import _bench  # the PNG benchmark's measurement, on DICOM files
 
+    from bench_audit import _bench  # the PNG benchmark's measurement, on DICOM files
     from shortcut_detect.data.medical.synthetic import write_synthetic_dicom_set
 
     with tempfile.TemporaryDirectory() as tmp:
