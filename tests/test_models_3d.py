@@ -109,3 +109,15 @@ def test_layers_lists_the_3d_layers_with_their_shapes(capsys):
     assert status == 0
     assert "input 1x32x32x32" in output
     assert "features.conv0" in output and "64x16x16x16" in output
+
+
+def test_explain_sends_3d_models_to_the_audit(tmp_path, capsys):
+    path = tmp_path / "cnn3d.pt"
+    torch.save(SmallCNN(2, in_channels=1, width=4, spatial_dims=3), path)
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (16, 16)).save(image)
+    status = main(["explain", str(image), "--model", str(path), "--trust-pickle", "--resize", "8"])
+    assert status != 0
+    assert "audit the volumes instead" in capsys.readouterr().err

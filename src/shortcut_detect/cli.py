@@ -825,6 +825,12 @@ def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedMo
         except ValueError as error:
             raise CommandError(f"{error} (or lime)") from error
     loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(sources))
+    if loaded.spatial_dims == 3:
+        raise CommandError(
+            f"--model {args.model} takes volumes; explain shows 2-D images",
+            "audit the volumes instead (shortcut-detect audit --data D ... --export-nifti): "
+            "the report shows each volume's slices and the NIfTI files its 3-D heatmaps",
+        )
     if lime:
         if args.export_nifti and loaded.transform.crop:
             raise CommandError(
