@@ -145,7 +145,20 @@ def test_a_marker_cube_shortcut_is_flagged_by_the_region_and_group_tests(volumes
     assert signals["interventions"]["risk"] == "UNKNOWN"
     # The report shows each volume as orthogonal slices and a montage, image and overlay.
     html = (tmp_path / "shortcut" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 20
+    sizes = [_png_size(data) for data in re.findall(r"data:image/png;base64,([\w+/=]+)", html)]
+    # 24-voxel volumes: sagittal, coronal, axial (24 each, 2-pixel gaps) over two rows of an
+    # 8-slice axial montage: 4 * 24 + 3 * 2 = 102 wide, 24 + 2 + 2 * 24 + 2 = 76 high.
+    panel = (102, 76)
+    assert sizes.count(panel) >= 8 and sizes.count(panel) % 2 == 0  # image + overlay
+
+
+def _png_size(data: str) -> tuple[int, int]:
+    import base64
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(data))).size
 
 
 def test_a_model_that_reads_the_lesion_is_not_flagged_by_those_tests(volumes, tmp_path):
