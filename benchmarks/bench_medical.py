@@ -14,10 +14,16 @@ per CPU-second, so other jobs on a shared machine do not skew the figures):
 Target: reading + windowing at least 100 images/s per core, so decoding in 2 DataLoader
 workers stays far ahead of a Grad-CAM pass of a 224x224 ResNet-50 (~20 images/s on 2 cores).
 
+``--audit`` also measures the whole audit on DICOM files against the engine on the same
+model (torchvision resnet50, random weights, 224x224 crops of the 256x256 images), as
+``bench_audit.py`` does for PNG files. Target: the audit keeps at least 80% of the engine's
+images per second.
+
 Run::
 
     .venv/bin/python benchmarks/bench_medical.py            # 200 images, 5 rounds
     .venv/bin/python benchmarks/bench_medical.py --quick    # 50 images, 3 rounds
+    .venv/bin/python benchmarks/bench_medical.py --audit    # + audit vs engine, 64 DICOMs
 """
 
 from __future__ import annotations
@@ -40,14 +46,56 @@ def _rate(function, paths) -> float:
     return len(paths) / (time.process_time() - started)
 
 
+def _audit_vs_engine(count: int, workers: int, rounds: int) -> None:
+    """``run_audit`` on DICOM files against the engine on the decoded tensors (resnet50)."""
+    import csv
+
+    import torchvision
+
+    from bench_audit import _bench  # the PNG benchmark's measurement, on DICOM files
+    from shortcut_detect.data.medical.synthetic import write_synthetic_dicom_set
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        written = write_synthetic_dicom_set(work / "dicom", count, size=256, seed=1)
+        manifest = work / "dicom" / "manifest.csv"
+        with open(manifest, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label", "group", "mask"])
+            for path, label, marker in zip(written.paths, written.labels, written.marker):
+                relative = path.relative_to(written.root).as_posix()
+                group = "tag" if marker else "none"
+                writer.writerow([relative, written.class_names[label], group, "1,1,20,20"])
+        weights = work / "resnet50.pt"
+        torch.save(torchvision.models.resnet50(num_classes=2).state_dict(), weights)
+        _bench(
+            "DICOM 256x256 12-bit, resnet50 224",
+            "torchvision:resnet50",
+            str(weights),
+            manifest,
+            work,
+            16,
+            workers,
+            rounds,
+            {"preset": "imagenet"},
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--audit", action="store_true", help="also the audit vs the engine on DICOM files"
+    )
+    parser.add_argument("--audit-images", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if args.quick:
         args.images, args.rounds = 50, 3
+    if args.audit:
+        _audit_vs_engine(args.audit_images, args.workers, 1 if args.quick else 3)
     torch.set_num_threads(1)
 
     import pydicom

@@ -310,6 +310,7 @@ def test_app_help_documents_every_option(capsys):
         inspect.signature(make_explorer).parameters
     )
     accepted |= {"preset", "resize", "crop", "mean", "std", "max_upload_mb"}
+    accepted |= {"spatial_dims", "in_channels"}  # load_model options, like the preprocessing
     options = [a for a in _app_parser()._actions if a.option_strings and a.dest != "help"]
     assert len(options) >= 20
     for action in options:

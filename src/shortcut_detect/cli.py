@@ -29,6 +29,7 @@ from shortcut_detect.analysis.activations import activation_grid
 from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.audit.demo import run_demo
 from shortcut_detect.audit.interventions import try_intervention_stage
+from shortcut_detect.audit.nifti_export import export_audit_nifti
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.report import build_report
 from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
@@ -150,10 +151,12 @@ def _ints(text: str) -> list[int]:
         values = [int(v) for v in text.lower().replace("x", " ").replace(",", " ").split()]
     except ValueError as error:
         raise argparse.ArgumentTypeError(
-            f"expected a size like 224 or 224,192, got {text!r}"
+            f"expected a size like 224, 224,192 or 32,64,64 (3-D), got {text!r}"
         ) from error
-    if not 1 <= len(values) <= 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected a size like 224 or 224,192, got {text!r}")
+    if not 1 <= len(values) <= 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 224, 224,192 or 32,64,64 (3-D), got {text!r}"
+        )
     return values
 
 
@@ -212,6 +215,18 @@ def _model_options(required: bool = True) -> argparse.ArgumentParser:
     )
     group.add_argument("--num-classes", type=int, metavar="N", help="number of model outputs")
     group.add_argument(
+        "--spatial-dims",
+        type=int,
+        choices=(2, 3),
+        help="monai:NAME networks: 2-D or 3-D (default 3); 3-D models take volumes",
+    )
+    group.add_argument(
+        "--in-channels",
+        type=int,
+        metavar="C",
+        help="monai:NAME networks: input channels (default 1)",
+    )
+    group.add_argument(
         "--classes", metavar="FILE", help="class names in output order (one per line, or JSON)"
     )
     group.add_argument(
@@ -230,8 +245,8 @@ def _model_options(required: bool = True) -> argparse.ArgumentParser:
         "--resize",
         type=_ints,
         metavar="N",
-        help="resize images to N (or H,W); without it, a model with no known recipe gets each "
-        "image at its own size",
+        help="resize images to N (or H,W; for a 3-D model D,H,W or N for a cube); without it, "
+        "a 2-D model with no known recipe gets each image at its own size",
     )
     prep.add_argument(
         "--crop",
@@ -438,7 +453,7 @@ def _add_audit(commands: _Commands, common: argparse.ArgumentParser, max_pixels:
         help="only fill the store; analyse later with `shortcut-detect report DIR`",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    _medical_options(audit)
+    _medical_options(audit, export=True)
     _analysis_options(audit)
     _intervention_options(audit)
 
@@ -713,7 +728,17 @@ def cmd_audit(args: argparse.Namespace) -> int:
     # size from the data's file headers, and mixed sizes stop the run before it starts.
     loaded = model.load(image_size=_data_image_size(args))
     run = run_audit(_audit_options(args, model), loaded=loaded)
+    if args.export_nifti:
+        _export_audit_nifti(args.out)
     return _finish_run(run, args.fail_on_shortcut)
+
+
+def _export_audit_nifti(directory: str) -> None:
+    try:
+        index = export_audit_nifti(directory)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    _print(f"NIfTI heatmaps: {index.parent} (listed in {index.name})")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -800,6 +825,12 @@ def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedMo
         except ValueError as error:
             raise CommandError(f"{error} (or lime)") from error
     loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(sources))
+    if loaded.spatial_dims == 3:
+        raise CommandError(
+            f"--model {args.model} takes volumes; explain shows 2-D images",
+            "audit the volumes instead (shortcut-detect audit --data D ... --export-nifti): "
+            "the report shows each volume's slices and the NIfTI files its 3-D heatmaps",
+        )
     if lime:
         if args.export_nifti and loaded.transform.crop:
             raise CommandError(
@@ -1197,6 +1228,8 @@ _KNOWN_ERRORS = (
 _FLAG_PARAMETERS = (
     "weights",
     "num_classes",
+    "spatial_dims",
+    "in_channels",
     "classes",
     "trust_pickle",
     "device",

@@ -6,6 +6,10 @@ Accepted specs (:data:`MODEL_SPEC_FORMS`):
 * ``torchvision:NAME`` (``torchvision:resnet50``) with ``weights="DEFAULT"`` (or a weights
   name such as ``IMAGENET1K_V2``; needs the internet once) or a local weights file.
 * ``timm:NAME`` when timm is installed, same weights options.
+* ``monai:NAME`` (``monai:DenseNet121``) when MONAI is installed: a network of
+  ``monai.networks.nets`` built with ``spatial_dims``, ``in_channels`` and ``num_classes``;
+  trained weights as a file. 3-D networks (and torchvision's video models such as
+  ``torchvision:r3d_18``) take volumes ``(B, C, D, H, W)``.
 * ``package.module:factory``: a function of the user's code that returns the model; pass
   the trained weights as a file.
 * ``path/to/model.pt``: a TorchScript file, or a fully pickled model (only with
@@ -61,6 +65,8 @@ MODEL_SPEC_FORMS = (
     "demo | demo:shortcut | demo:clean (built-in demo models)",
     "torchvision:NAME, e.g. torchvision:resnet50 with weights=DEFAULT or weights=FILE",
     "timm:NAME, e.g. timm:resnet18 with weights=DEFAULT or weights=FILE",
+    "monai:NAME, e.g. monai:DenseNet121 with spatial_dims=3, in_channels=1, num_classes=2 "
+    "and weights=FILE (3-D: torchvision video models too, e.g. torchvision:r3d_18)",
     "package.module:factory (your code returns the model; run from its folder or set "
     "PYTHONPATH) with weights=FILE",
     "path/to/model.pt: a pickled full model (needs trust_pickle=True); a TorchScript file "
@@ -95,7 +101,7 @@ class LoadedModel:
         ``PIL.Image -> (C, H, W)`` float tensor; a :class:`Preprocessing`, which can also
         align masks and make display copies.
     input_size:
-        ``(height, width)`` of the model input.
+        ``(height, width)`` of the model input; ``(depth, height, width)`` for a 3-D model.
     in_channels:
         Channels the model expects (1 or 3).
     default_layer:
@@ -128,6 +134,11 @@ class LoadedModel:
     def is_torchscript(self) -> bool:
         """True for TorchScript modules (which cannot take the hooks Grad-CAM needs)."""
         return isinstance(self.model, torch.jit.ScriptModule)
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for image models, 3 for models that take volumes ``(B, C, D, H, W)``."""
+        return len(self.input_size)
 
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable description for reports."""
@@ -320,7 +331,11 @@ def _build_demo(variant: str, weights: str | None) -> _Built:
     )
 
 
-def _torchvision_base(weights_enum: Any) -> Preprocessing | None:
+# Frames per clip of torchvision's video classifiers (their Kinetics-400 recipe).
+VIDEO_CLIP_FRAMES = 16
+
+
+def _torchvision_base(weights_enum: Any, video: bool = False) -> Preprocessing | None:
     try:
         transform = weights_enum.transforms()
     except Exception:
@@ -332,6 +347,19 @@ def _torchvision_base(weights_enum: Any) -> Preprocessing | None:
     if crop is None or mean is None:
         return None
     interpolation = str(getattr(transform, "interpolation", "bilinear")).split(".")[-1].lower()
+    if video:
+        base = Preprocessing(
+            size=tuple(crop),
+            mean=tuple(mean),
+            std=tuple(std),
+            source=f"torchvision {weights_enum}",
+            depth=VIDEO_CLIP_FRAMES,
+        )
+        base.notes.append(
+            f"volumes are resized to {VIDEO_CLIP_FRAMES}x{crop[0]}x{crop[1]} (frames x height "
+            "x width of the video recipe, no centre crop)"
+        )
+        return base
     return Preprocessing(
         size=tuple(crop),
         resize=tuple(resize) if resize else None,
@@ -363,6 +391,7 @@ def _build_torchvision(
     except Exception:
         weights_enum_cls = None
     default_enum = getattr(weights_enum_cls, "DEFAULT", None) if weights_enum_cls else None
+    video = name in torchvision.models.list_models(module=torchvision.models.video)
     notes: list[str] = []
     if weights is not None and not _looks_like_file(weights):
         if weights_enum_cls is None:
@@ -395,7 +424,7 @@ def _build_torchvision(
         return _Built(
             model=model,
             weights=str(chosen),
-            base=_torchvision_base(chosen),
+            base=_torchvision_base(chosen, video),
             class_names=categories or None,
         )
     state = load_state_dict_file(weights, trust_pickle=trust) if weights else None
@@ -411,7 +440,7 @@ def _build_torchvision(
         _apply_state(model, state, str(weights))
     else:
         notes.append("no weights= given: the model has random weights")
-    base = _torchvision_base(default_enum) if default_enum is not None else None
+    base = _torchvision_base(default_enum, video) if default_enum is not None else None
     if base is not None:
         base.source = f"torchvision {default_enum} recipe (assumed)"
         notes.append(
@@ -558,6 +587,107 @@ def _accepts_num_classes(factory: Any) -> bool:
     )
 
 
+# The keyword each MONAI network uses for the spatial dimensions, input channels and classes
+# (in order of preference); the ResNet family takes them through **kwargs.
+_MONAI_KEYWORDS = {
+    "spatial_dims": ("spatial_dims", "dimensions"),
+    "in_channels": ("in_channels", "n_input_channels"),
+    "num_classes": ("out_channels", "num_classes", "classes"),
+}
+_MONAI_KWARGS_NAMES = {
+    "spatial_dims": "spatial_dims",
+    "in_channels": "n_input_channels",
+    "num_classes": "num_classes",
+}
+
+
+def _monai_arguments(factory: Any, values: dict[str, int]) -> dict[str, int]:
+    """``values`` under the keyword names ``factory`` takes."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    arguments = {}
+    for option, value in values.items():
+        keyword = next((k for k in _MONAI_KEYWORDS[option] if k in parameters), None)
+        if keyword is None and takes_kwargs:
+            keyword = _MONAI_KWARGS_NAMES[option]
+        if keyword is not None:
+            arguments[keyword] = value
+    return arguments
+
+
+def _build_monai(
+    name: str,
+    weights: str | None,
+    num_classes: int | None,
+    trust: bool,
+    spatial_dims: int | None,
+    in_channels: int | None,
+) -> _Built:
+    try:
+        # Imported here: MONAI is an optional, heavy package (seconds to import).
+        import monai.networks.nets as nets
+    except ImportError as error:
+        raise ModelLoadError(
+            "monai:... models need MONAI: pip install 'shortcut-detect[monai]'"
+        ) from error
+    factory = getattr(nets, name, None)
+    if not callable(factory) or name.startswith("_"):
+        import difflib
+
+        available = [n for n in dir(nets) if not n.startswith("_") and callable(getattr(nets, n))]
+        close = difflib.get_close_matches(name, available, n=5, cutoff=0.5)
+        raise ModelLoadError(
+            f"MONAI has no network {name!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+            + " (they are listed in monai.networks.nets)"
+        )
+    if weights == "DEFAULT":
+        raise ModelLoadError(
+            "monai:... networks take their trained weights as a file (weights=FILE); MONAI's "
+            "own pretrained downloads are not supported"
+        )
+    notes: list[str] = []
+    if spatial_dims is None:
+        spatial_dims = 3
+        notes.append("spatial_dims=3 assumed (a 3-D network); pass spatial_dims=2 for 2-D")
+    if spatial_dims not in (2, 3):
+        raise ModelLoadError(f"spatial_dims= must be 2 or 3, got {spatial_dims}")
+    if in_channels is None:
+        in_channels = 1
+        notes.append("in_channels=1 assumed (grayscale scans)")
+    state = load_state_dict_file(weights, trust_pickle=trust) if weights else None
+
+    def make(classes: int) -> nn.Module:
+        values = {"spatial_dims": spatial_dims, "in_channels": in_channels, "num_classes": classes}
+        try:
+            return factory(**_monai_arguments(factory, values))
+        except Exception as error:
+            raise ModelLoadError(
+                f"monai.networks.nets.{name} with {spatial_dims} spatial dims, {in_channels} "
+                f"input channel(s) and {classes} classes failed: {str(error).splitlines()[0]}. "
+                "Networks that "
+                "need more arguments can be built by your own factory "
+                "(model=package.module:factory)"
+            ) from error
+
+    model = make(num_classes or 2)
+    if state is not None:
+        inferred = _classes_in_state(model, state)
+        _check_class_count(inferred, num_classes, weights)
+        if num_classes is None and inferred is not None and inferred != 2:
+            model = make(inferred)
+            notes.append(f"{inferred} classes, read from the weights file")
+        _apply_state(model, state, str(weights))
+    else:
+        notes.append("no weights= given: the model has random weights")
+        if num_classes is None:
+            notes.append("num_classes=2 assumed")
+    return _Built(model=model, weights=str(weights) if weights else None, notes=notes)
+
+
 def _build_factory(spec: str, weights: str | None, num_classes: int | None, trust: bool) -> _Built:
     module_name, _, attribute = spec.partition(":")
     module = _import_user_module(spec, module_name)
@@ -665,8 +795,25 @@ def _unknown_spec(spec: str) -> ModelLoadError:
     return ModelLoadError(f"Unknown model spec {spec!r}. Accepted forms:\n  {forms}")
 
 
-def _build(spec: str, weights: str | None, num_classes: int | None, trust: bool) -> _Built:
+def _build(
+    spec: str,
+    weights: str | os.PathLike[str] | None,
+    num_classes: int | None,
+    trust: bool,
+    spatial_dims: int | None = None,
+    in_channels: int | None = None,
+) -> _Built:
+    weights = None if weights is None else str(weights)
     text = spec.strip()
+    if text.startswith("monai:"):
+        return _build_monai(
+            text.split(":", 1)[1], weights, num_classes, trust, spatial_dims, in_channels
+        )
+    if spatial_dims is not None or in_channels is not None:
+        raise ModelLoadError(
+            "spatial_dims= and in_channels= build monai:NAME networks; other models bring "
+            "their own (drop these options)"
+        )
     if text == "demo" or text.startswith("demo:"):
         return _build_demo(text.partition(":")[2], weights)
     if text.startswith("torchvision:"):
@@ -686,14 +833,25 @@ def _build(spec: str, weights: str | None, num_classes: int | None, trust: bool)
 # -- probing --------------------------------------------------------------------------------------
 
 
+def _first_conv(model: nn.Module) -> nn.Module | None:
+    return next(
+        (m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None
+    )
+
+
 def _in_channels(model: nn.Module) -> int:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return int(module.in_channels)
+    conv = _first_conv(model)
+    if conv is not None:
+        return int(conv.in_channels)
     for tensor in model.parameters():
         if tensor.ndim == 4:
             return int(tensor.shape[1])
     return 3
+
+
+def _model_spatial_dims(model: nn.Module) -> int:
+    """3 when the model's first convolution is 3-D (it takes volumes), else 2."""
+    return 3 if isinstance(_first_conv(model), nn.Conv3d) else 2
 
 
 def _count_outputs(model: nn.Module, example: torch.Tensor) -> int:
@@ -747,13 +905,15 @@ def build_model(
     weights: str | os.PathLike[str] | None = None,
     num_classes: int | None = None,
     trust_pickle: bool = False,
+    spatial_dims: int | None = None,
+    in_channels: int | None = None,
 ) -> nn.Module:
     """Only the module of a spec, in eval mode on the CPU: no preprocessing, no probing.
 
     For what needs no input (listing a model's modules); :func:`load_model` gives a model
     ready to explain. Parameters and errors are those of :func:`load_model`.
     """
-    built = _build(spec, None if weights is None else str(weights), num_classes, trust_pickle)
+    built = _build(spec, weights, num_classes, trust_pickle, spatial_dims, in_channels)
     return built.model.eval()
 
 
@@ -771,13 +931,15 @@ def load_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     image_size: tuple[int, int] | Callable[[], tuple[int, int]] | None = None,
+    spatial_dims: int | None = None,
+    in_channels: int | None = None,
 ) -> LoadedModel:
     """Load a model from a spec (see :data:`MODEL_SPEC_FORMS`) with its preprocessing.
 
     Parameters
     ----------
     spec:
-        ``demo[:shortcut|:clean]``, ``torchvision:NAME``, ``timm:NAME``,
+        ``demo[:shortcut|:clean]``, ``torchvision:NAME``, ``timm:NAME``, ``monai:NAME``,
         ``package.module:factory`` or a model file.
     weights:
         ``"DEFAULT"`` (or a torchvision weights name) for the published weights, or a state
@@ -814,10 +976,11 @@ def load_model(
     """
     resolved = resolve_device(device)
     names, num_classes = _class_names_option(classes, num_classes)
-    built = _build(spec, None if weights is None else str(weights), num_classes, trust_pickle)
+    built = _build(spec, weights, num_classes, trust_pickle, spatial_dims, in_channels)
     model = built.model.eval()
     model.to(resolved)
     channels = _in_channels(model)
+    dims = spatial_dims or _model_spatial_dims(model)
     try:
         transform = preprocessing_from_options(
             base=built.base,
@@ -828,12 +991,13 @@ def load_model(
             mean=mean,
             std=std,
             image_size=image_size,
+            spatial_dims=dims,
         )
     except InputSizeError as error:
         raise UnknownInputSizeError(str(error)) from error
     except ValueError as error:
         raise ModelLoadError(str(error)) from error
-    example = torch.zeros(1, transform.channels, *transform.size, device=resolved)
+    example = torch.zeros(1, transform.channels, *transform.input_shape, device=resolved)
     try:
         outputs = _count_outputs(model, example)
     except ModelLoadError:
@@ -860,7 +1024,7 @@ def load_model(
         spec=spec,
         class_names=list(class_names),
         transform=transform,
-        input_size=tuple(transform.size),
+        input_size=tuple(transform.input_shape),
         in_channels=transform.channels,
         default_layer=layer,
         num_classes=outputs,
@@ -893,6 +1057,8 @@ class ModelOptions:
     crop: list[int] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    spatial_dims: int | None = None
+    in_channels: int | None = None
 
     @classmethod
     def from_args(cls, args: Any) -> ModelOptions:
@@ -922,6 +1088,8 @@ class ModelOptions:
             weights=self.weights,
             num_classes=self.num_classes,
             trust_pickle=self.trust_pickle,
+            spatial_dims=self.spatial_dims,
+            in_channels=self.in_channels,
         )
 
 

@@ -140,9 +140,11 @@ def region_coverage(
         heatmaps are a layer's native 12x12 maps). Default: the heatmap grid.
     """
     grid = tuple(int(s) for s in grid)
-    if len(grid) != 2:
-        raise ValueError(f"Regions are defined on 2-D maps; got heatmaps with grid {grid}")
-    if is_box(region):
+    if len(grid) not in (2, 3):
+        raise ValueError(f"Regions are defined on 2-D or 3-D maps; got heatmaps with grid {grid}")
+    if len(grid) == 3:  # volumes: regions are voxel masks (boxes are drawn by the data layer)
+        masks = mask_stack(region, n_samples, 3, per="heatmap").astype(np.float64)
+    elif is_box(region):
         size = tuple(int(s) for s in (image_size or grid))
         hint = "" if image_size else "; pass image_size=(H, W) if the box is in image pixels"
         frame = f"{size[0]}x{size[1]} grid"
@@ -244,7 +246,8 @@ def attention_in_region(
     Parameters
     ----------
     heatmaps:
-        Non-negative ``(N, H, W)`` maps (or one ``(H, W)``), at any resolution.
+        Non-negative ``(N, H, W)`` maps (or one ``(H, W)``), at any resolution; volumes'
+        ``(N, D, H, W)`` maps take a mask region.
     region:
         A box ``(x0, y0, x1, y1)`` (pixels; ``x`` = column, ``y`` = row; ``x1`` and ``y1``
         **exclusive**, i.e. the box is ``mask[y0:y1, x0:x1]``), or a mask ``(H', W')`` for
@@ -278,8 +281,10 @@ def attention_in_region(
     if pointing_tolerance < 0:
         raise ValueError(f"pointing_tolerance must be >= 0, got {pointing_tolerance}")
     maps = as_heatmap_stack(heatmaps)
-    if maps.ndim != 3:
-        raise ValueError(f"heatmaps must be 2-D maps (N, H, W); got shape {maps.shape}")
+    if maps.ndim not in (3, 4):
+        raise ValueError(
+            f"heatmaps must be 2-D maps (N, H, W) or 3-D maps (N, D, H, W); got shape {maps.shape}"
+        )
     n_samples = len(maps)
     coverage = region_coverage(region, maps.shape[1:], n_samples, image_size=image_size)
 
@@ -299,7 +304,7 @@ def attention_in_region(
     if pointing_tolerance > 0:
         from scipy.ndimage import maximum_filter
 
-        size = (1, 2 * int(pointing_tolerance) + 1, 2 * int(pointing_tolerance) + 1)
+        size = (1,) + (2 * int(pointing_tolerance) + 1,) * (maps.ndim - 1)
         touched = maximum_filter(touched, size=size, mode="constant", cval=False)
     pointing_hits = valid & touched.reshape(n_samples, -1)[np.arange(n_samples), peaks]
 

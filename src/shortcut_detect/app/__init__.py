@@ -149,14 +149,25 @@ def make_explorer(
                 "need; give the architecture (torchvision:NAME or package.module:factory) and "
                 "the weights as a state dict."
             )
-        models = [explorer_model_from_loaded(loaded)]
+        if loaded.spatial_dims == 3:
+            if browser is None:
+                raise ExplorerInputError(
+                    f"--model {model} takes volumes; the explorer explains 2-D images. Audit "
+                    "the volumes (shortcut-detect audit) and open the audit with --audit DIR "
+                    "to browse their slices and heatmaps."
+                )
+            # A 3-D audit: its volumes are browsed in the audit tab (plane and slice); the
+            # explorer's own 2-D tabs keep the demo.
+            models, data, browser.source, layer = demo_explorer_models(), None, None, None
+        else:
+            models = [explorer_model_from_loaded(loaded)]
     if layer is not None:
         for explorer_model in models:
             explorer_model.default_layer = layer
     if data is not None:
         # Labels only caption the samples here, so the data's own names are kept.
         source = DataSource(data, group_column=group_column, max_pixels=max_pixels)
-    elif browser is not None:
+    elif browser is not None and browser.source is not None:
         source = browser.source
     else:
         source = DemoSource()

@@ -137,12 +137,15 @@ class AuditBrowser:
         options = {
             key: value
             for key, value in (config.get("load_options") or {}).items()
-            if key in ("preset", "resize", "crop", "mean", "std") and value is not None
+            if key in ("preset", "resize", "crop", "mean", "std", "spatial_dims", "in_channels")
+            and value is not None
         }
         model_spec = config.get("model")
         weights = config.get("weights")
         if model_spec and str(model_spec).startswith("demo"):
             weights = None  # the demo models bring their own weights
+        elif weights and Path(str(weights)).resolve() == Path(str(model_spec)).resolve():
+            weights = None  # a model file (pickled, TorchScript) holds its own weights
         return cls(
             root=Path(directory),
             records=records,

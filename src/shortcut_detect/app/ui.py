@@ -13,7 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr
 
-from shortcut_detect.app import callbacks, view_panels, views
+from shortcut_detect.app import callbacks, view_panels, views, volume_panel
 from shortcut_detect.app.audit_browser import ALL
 from shortcut_detect.app.explorer import (
     PREDICTED,
@@ -66,6 +66,7 @@ class _AuditTab:
     sample_id: gr.Textbox
     open: gr.Button
     embedding: view_panels.EmbeddingPanel | None = None
+    volume: volume_panel.VolumePanel | None = None
 
 
 @dataclass
@@ -720,6 +721,9 @@ def _wire_audit(demo: gr.Blocks, explorer: Explorer, page: _Page, audit: _AuditT
         points = views.EmbeddingPoints.load(explorer.audit.root)
         assert points is not None
         view_panels.wire_embedding_panel(audit.embedding, points, audit.sample_id, _guard)
+    if audit.volume is not None and explorer.audit is not None:
+        slicer = volume_panel.VolumeSlicer(explorer.audit.root)
+        volume_panel.wire_volume_panel(audit.volume, slicer, audit.sample_id, _guard)
 
 
 def _audit_tab(explorer: Explorer) -> _AuditTab:
@@ -756,9 +760,14 @@ def _audit_tab(explorer: Explorer) -> _AuditTab:
                 elem_id="audit-sample",
                 scale=3,
             )
-            open_button = gr.Button("Open in explorer", elem_id="audit-open", scale=1)
+            # The explorer works on 2-D images; a 3-D audit's volumes are shown below.
+            volumes = volume_panel.VolumeSlicer.is_volume_audit(browser.root)
+            open_button = gr.Button(
+                "Open in explorer", elem_id="audit-open", scale=1, visible=not volumes
+            )
+        volume = volume_panel.volume_panel() if volumes else None
     return _AuditTab(
-        sort_by, group, outcome, message, table, ids, sample_id, open_button, embedding
+        sort_by, group, outcome, message, table, ids, sample_id, open_button, embedding, volume
     )
 
 

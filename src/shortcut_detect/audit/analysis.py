@@ -496,6 +496,7 @@ def group_attention(data: AuditData) -> SignalOutput:
         sub_groups[keep].tolist(),
         n_permutations=data.n_permutations,
         seed=data.seed,
+        inputs="heatmaps",
     )
     order_groups = list(result.details.get("group_order", sorted(usable)))
     significance = result.details.get("significance_map")
@@ -551,18 +552,24 @@ def mask_location(centre_y: np.ndarray, centre_x: np.ndarray) -> str | None:
 
 
 def _rebuild_masks(
-    masks: np.ndarray, widths: np.ndarray, heights: np.ndarray, preprocessing: Any
+    masks: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    preprocessing: Any,
+    paths: np.ndarray | None = None,
 ) -> np.ndarray:
-    from shortcut_detect.data.images import load_image, mask_from_text
+    from shortcut_detect.data.images import load_image, mask_from_text, volume_region
 
-    out = np.zeros((len(masks), *preprocessing.size), dtype=np.float32)
+    out = np.zeros((len(masks), *preprocessing.input_shape), dtype=np.float32)
     for i, (text, width, height) in enumerate(zip(masks, widths, heights)):
         spec = mask_from_text(text)
         if spec is None or not width or not height:
             continue
         kind, value = spec
         try:
-            if kind == "box":
+            if preprocessing.is_3d and paths is not None:
+                out[i] = preprocessing.volume_mask(volume_region(spec, str(paths[i])))
+            elif kind == "box":
                 out[i] = preprocessing.box_mask(value, (int(width), int(height)))
             else:
                 out[i] = preprocessing.mask(load_image(value), (int(width), int(height)))
@@ -606,6 +613,7 @@ def mask_attention(data: AuditData) -> SignalOutput:
             data.columns["width"][sub],
             data.columns["height"][sub],
             data.preprocessing,
+            data.columns["path"][sub],
         )
         heatmaps = data.store.heatmaps([str(data.ids[i]) for i in sub])
         report = GradCAMMaskOverlapDetector().fit(heatmaps, rebuilt).get_report()

@@ -433,6 +433,11 @@ def run_intervention_stage(
     """
     if n_samples <= 0:
         return None
+    if getattr(loaded, "spatial_dims", 2) == 3:
+        raise ValueError(
+            "interventions (region swaps, noise, inpainting) are built for 2-D images; a 3-D "
+            "model's volumes are tested by the attention, group and SpRAy signals only"
+        )
     columns = ["sample_id", "path", "status", "label", "label_name", "group", "mask", "prediction"]
     table = store.table(columns)
     rows = [row for row in table.to_pylist() if row["status"] == "ok"]

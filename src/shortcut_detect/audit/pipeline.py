@@ -103,6 +103,8 @@ class AuditOptions:
     crop: list[int] | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
+    spatial_dims: int | None = None
+    in_channels: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool | None = None
@@ -311,13 +313,15 @@ def _mask_numbers(raw: np.ndarray, masks: torch.Tensor, flags: np.ndarray) -> di
     region = attention_in_region(raw[flags], region_masks)
     numbers["mask_attention"][flags] = region.fractions
     numbers["mask_pointing_hit"][flags] = region.pointing_hits
-    height, width = region_masks.shape[1:]
-    pixels = region_masks.sum(axis=(1, 2))
-    numbers["mask_area"][flags] = pixels / (height * width)
+    # Volumes (N, D, H, W): the centre is that of the mask's (H, W) projection.
+    height, width = region_masks.shape[-2:]
+    flat = region_masks.reshape(len(region_masks), -1, height, width).sum(axis=1)
+    pixels = flat.sum(axis=(1, 2))
+    numbers["mask_area"][flags] = pixels / region_masks[0].size
     # The centre of each mask's pixels, 0..1 from the top and from the left.
     with np.errstate(invalid="ignore", divide="ignore"):
-        rows = region_masks.sum(axis=2) @ np.arange(height) / pixels
-        cols = region_masks.sum(axis=1) @ np.arange(width) / pixels
+        rows = flat.sum(axis=2) @ np.arange(height) / pixels
+        cols = flat.sum(axis=1) @ np.arange(width) / pixels
     numbers["mask_center_y"][flags] = np.where(pixels > 0, (rows + 0.5) / height, np.nan)
     numbers["mask_center_x"][flags] = np.where(pixels > 0, (cols + 0.5) / width, np.nan)
     return numbers
@@ -354,16 +358,19 @@ def explain_batch(
     probabilities, target_scores = _probabilities(logits, targets)
     confidences = probabilities[np.arange(len(labels)), predictions]
     raw = np.maximum(np.asarray(explanation.raw_heatmaps, dtype=np.float32), 0.0)
-    if raw.ndim != 3:
+    if raw.ndim != images.ndim - 1:
         raise AuditError(
-            f"The target layer gives {raw.ndim - 1}-D maps; the audit handles 2-D image maps only"
+            f"The target layer gives {raw.ndim - 1}-D maps for {images.ndim - 2}-D inputs; "
+            "choose a layer with spatial outputs of the input's dimensions"
         )
-    count, height, width = raw.shape
+    count = len(raw)
+    height, width = raw.shape[-2:]
     cam_max = raw.reshape(count, -1).max(axis=1)
     scale = np.where(cam_max > 0, cam_max, 1.0)
-    stored = (raw / scale[:, None, None]).astype(np.float16)
+    stored = (raw / scale.reshape(-1, *([1] * (raw.ndim - 1)))).astype(np.float16)
 
-    peaks = peak_locations(raw)
+    # Volumes: peak_y/peak_x are the peak's row and column (its depth is in the map).
+    peaks = peak_locations(raw)[:, -2:]
     flags = has_mask.numpy().astype(bool)
     columns = {
         "confidence": confidences.tolist(),
@@ -530,6 +537,7 @@ def _read_data(options: AuditOptions, loaded: LoadedModel) -> tuple[ImageSet, li
         group_column=options.group_column,
         mask_column=options.mask_column,
         slices=options.slices,
+        volumes=loaded.spatial_dims == 3,
     )
     # len(class_names), not num_classes: a single-logit model has two classes.
     _check_labels(image_set, len(loaded.class_names))

@@ -85,6 +85,8 @@ class _SampleImages:
         from shortcut_detect.viz import overlay_heatmap
 
         row = self.rows[sample_id]
+        if self.preprocessing.is_3d:
+            return self._volume_tile(sample_id, row, score, score_name)
         try:
             image = load_image(row["path"], window=self.preprocessing.window)
             display = self.preprocessing.display(image)
@@ -107,10 +109,46 @@ class _SampleImages:
             "score_name": score_name,
         }
 
+    def _volume_tile(
+        self, sample_id: str, row: dict[str, Any], score: float | None, score_name: str
+    ) -> dict[str, Any]:
+        """A volume's tile: orthogonal slices through the heatmap's peak and an axial
+        montage, image and overlay side by side."""
+        from shortcut_detect.data.images import load_volume
+        from shortcut_detect.viz_volume import resize_volume, volume_panel
+
+        shape = self.preprocessing.input_shape
+        try:
+            volume = load_volume(row["path"], window=self.preprocessing.window)
+            display = volume.display()
+            if display.ndim == 4:
+                display = display.mean(axis=-1)
+            display = resize_volume(display, shape)
+        except Exception as error:  # the file moved since the run: say so in the tile
+            return {"id": sample_id, "error": str(error), "caption": sample_id}
+        heat = self.store.heatmaps([sample_id])[0]
+        panel = volume_panel(display, resize_volume(heat, shape))
+        pixels = 2 * TILE_PIXELS
+        return {
+            "id": sample_id,
+            "original": _png_uri(_fit(panel.image, pixels)),
+            "overlay": _png_uri(_fit(panel.overlay, pixels)),
+            "label": row.get("label_name"),
+            "prediction": row.get("prediction_name"),
+            "confidence": row.get("confidence"),
+            "group": row.get("group"),
+            "correct": row.get("correct"),
+            "score": score,
+            "score_name": score_name,
+            "peak_voxel": list(panel.point),
+        }
+
     def heat_only(self, heatmap: np.ndarray, diverging: bool = False) -> str:
         from shortcut_detect.cam.image import apply_colormap
         from shortcut_detect.gradcam import upsampled_raw
 
+        if np.asarray(heatmap).ndim == 3:
+            return self._volume_heat(np.asarray(heatmap, dtype=np.float64), diverging)
         size = self.preprocessing.size
         if diverging:
             scale = float(np.abs(heatmap).max()) or 1.0
@@ -119,6 +157,31 @@ class _SampleImages:
         else:
             colours = apply_colormap(upsampled_raw(np.asarray(heatmap)[None], size)[0], "jet")
         return _png_uri(_fit(np.uint8(colours * 255 + 0.5)))
+
+    def _volume_heat(self, heatmap: np.ndarray, diverging: bool) -> str:
+        """A 3-D mean or difference map: its orthogonal slices through the largest value."""
+        from shortcut_detect.cam.image import apply_colormap
+        from shortcut_detect.viz_volume import PLANE_AXES, peak_voxel, resize_volume, volume_slice
+
+        shape = self.preprocessing.input_shape
+        if diverging:
+            scale = float(np.abs(heatmap).max()) or 1.0
+            values, colormap = (heatmap / scale + 1.0) / 2.0, "RdBu_r"
+            point = peak_voxel(np.abs(resize_volume(heatmap, shape)))
+        else:
+            values, colormap = heatmap, "jet"
+            point = None
+        values = resize_volume(values, shape)
+        point = point or peak_voxel(values)
+        pictures = [
+            np.uint8(apply_colormap(volume_slice(values, plane, point[axis]), colormap) * 255 + 0.5)
+            for plane, axis in PLANE_AXES.items()
+        ]
+        height = max(p.shape[0] for p in pictures)
+        row = np.concatenate(
+            [np.pad(p, ((0, height - p.shape[0]), (0, 2), (0, 0))) for p in pictures], axis=1
+        )
+        return _png_uri(_fit(row, 2 * TILE_PIXELS))
 
 
 def _group_figure(analysis: Analysis, images: _SampleImages) -> dict[str, Any] | None:
@@ -181,7 +244,7 @@ def _spray_section(analysis: Analysis, images: _SampleImages) -> list[dict[str, 
                 "majority_group": cluster.get("majority_group"),
                 "group_purity": cluster.get("group_purity"),
                 "majority_label": cluster.get("majority_label"),
-                "mean_image": images.heat_only(mean_map) if mean_map.ndim == 2 else None,
+                "mean_image": images.heat_only(mean_map) if mean_map.ndim in (2, 3) else None,
                 "tiles": [images.tile(sid) for sid in members[:MAX_CLUSTER_TILES]],
             }
         )
@@ -300,7 +363,7 @@ def render_html(
         interventions=_intervention_section(summary, store),
         generated=time.strftime("%Y-%m-%d %H:%M"),
         # Small inputs are embedded at their own size and scaled up without smoothing.
-        px="px" if max(images.preprocessing.size) < 120 else "",
+        px="px" if max(images.preprocessing.size) < 120 and not images.preprocessing.is_3d else "",
     )
 
 

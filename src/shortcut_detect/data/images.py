@@ -43,13 +43,16 @@ __all__ = [
     "expand_slices",
     "is_medical_name",
     "load_image",
+    "load_volume",
     "make_loader",
     "mask_from_text",
     "mask_text",
     "parse_box",
     "read_image_set",
+    "series_samples",
     "slice_count",
     "slice_reference",
+    "volume_region",
     "volume_slices",
 ]
 
@@ -321,6 +324,107 @@ def expand_slices(image_set: ImageSet, plane: str) -> ImageSet:
     return replace(image_set, records=records, notes=notes)
 
 
+def series_samples(image_set: ImageSet) -> ImageSet:
+    """One record per DICOM series: the DICOM files of a folder become one sample whose path
+    is the folder (read with :func:`~shortcut_detect.data.medical.read_dicom_series`); other
+    files stay as they are. Manifest sets are returned unchanged (they name series folders)."""
+    if image_set.kind != "folder":
+        return image_set
+    records: list[ImageRecord] = []
+    series: dict[str, int] = {}
+    root = Path(image_set.source)
+    for record in image_set.records:
+        path = Path(record.path)
+        if path.name.lower().endswith((".nii", ".nii.gz")) or not (
+            is_medical_name(path) or _has_dicom_marker(path)
+        ):
+            records.append(replace(record, index=len(records)))
+            continue
+        folder = str(path.parent)
+        if folder in series:
+            continue
+        series[folder] = len(records)
+        sample_id = _relative(path.parent.resolve(), root.resolve())
+        records.append(replace(record, sample_id=sample_id, path=folder, index=len(records)))
+    notes = list(image_set.notes)
+    if series:
+        notes.append(f"{len(series)} DICOM series (one folder each) read as one volume each")
+    return replace(image_set, records=records, notes=notes)
+
+
+def load_volume(
+    path: str | os.PathLike[str], *, window: Any = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Any:
+    """A NIfTI volume, DICOM series folder or multi-frame DICOM volume for a 3-D model: a
+    :class:`~shortcut_detect.data.medical.MedicalImage` in the closest RAS+ voxel order
+    (``array[x, y, z]``, as MONAI's ``Orientation("RAS")``), so both formats give a model
+    the same layout.
+
+    Raises
+    ------
+    ImageLoadError
+        Unreadable, or not a 3-D volume with geometry (a 2-D image needs a 2-D model).
+    """
+    from shortcut_detect.data.medical import read_medical
+
+    image = read_medical(path, window="auto" if window is None else window, max_pixels=max_pixels)
+    if not image.is_volume or len(image.spatial_shape) != 3 or image.affine is None:
+        raise ImageLoadError(
+            f"{path}: {image.kind} of shape {image.spatial_shape} is not a 3-D volume with "
+            "slice positions; a 3-D model takes NIfTI volumes and DICOM series folders"
+        )
+    return image.canonical()
+
+
+def _voxel_axes(kind: str) -> tuple[int, int, int]:
+    """The array axes of a medical image's voxel x, y, z (a box's coordinates): NIfTI's
+    ``(i, j, k)``, DICOM's ``(column, row, slice)`` of its ``(slice, row, column)`` array."""
+    return (0, 1, 2) if kind == "nifti" else (2, 1, 0)
+
+
+def volume_region(
+    mask: tuple[str, Any], path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """A record's region of a volume as bool in the canonical voxel order of
+    :func:`load_volume`: a box ``x0,y0,z0,x1,y1,z1`` in the source's voxel indices (NIfTI
+    ``i, j, k``; DICOM column, row, slice; far corners exclusive) or a NIfTI mask file of the
+    volume's shape (non-zero = region).
+
+    Raises
+    ------
+    ImageLoadError
+        A 2-D box, a mask that is not a volume of the image's shape.
+    """
+    from shortcut_detect.data.medical import read_medical
+
+    image = read_medical(path, window="full", max_pixels=max_pixels)
+    kind, value = mask
+    if kind == "box":
+        if len(value) != 6:
+            raise ImageLoadError(
+                f"box {','.join(f'{v:g}' for v in value)} has 2-D corners; a volume's box is "
+                "x0,y0,z0,x1,y1,z1 in voxels"
+            )
+        region = np.zeros(image.spatial_shape, dtype=np.float32)
+        slices: list[slice] = [slice(None)] * 3
+        for coordinate, axis in enumerate(_voxel_axes(image.kind)):
+            low, high = value[coordinate], value[coordinate + 3]
+            slices[axis] = slice(max(0, math.floor(low)), max(0, math.ceil(high)))
+        region[tuple(slices)] = 1.0
+        source = replace(image, array=region, photometric="MONOCHROME2", is_volume=True)
+    else:
+        source = read_medical(value, window="full", max_pixels=max_pixels)
+        if source.spatial_shape != image.spatial_shape or source.affine is None:
+            raise ImageLoadError(
+                f"mask {value}: shape {source.spatial_shape} differs from the volume's "
+                f"{image.spatial_shape}; a volume's mask is a NIfTI file on the same voxels"
+            )
+        source = replace(
+            source, array=(source.array > 0).astype(np.float32), photometric="MONOCHROME2"
+        )
+    return source.canonical().array > 0.5
+
+
 # -- records --------------------------------------------------------------------------------
 
 
@@ -429,15 +533,20 @@ class ImageSet:
         return self.records[shard_index::num_shards]
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    """``"x0,y0,x1,y1"`` -> four floats (``ValueError`` with the reason otherwise)."""
+def parse_box(text: str) -> tuple[float, ...]:
+    """``"x0,y0,x1,y1"`` (an image) or ``"x0,y0,z0,x1,y1,z1"`` (a volume) -> four or six
+    floats (``ValueError`` with the reason otherwise)."""
     parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
-    if len(parts) != 4:
-        raise ValueError(f"a box is 'x0,y0,x1,y1', got {text!r}")
-    x0, y0, x1, y1 = (float(p) for p in parts)
-    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
-        raise ValueError(f"a box needs x1 > x0 and y1 > y0, got {text!r}")
-    return (x0, y0, x1, y1)
+    if len(parts) not in (4, 6):
+        raise ValueError(f"a box is 'x0,y0,x1,y1' (or 'x0,y0,z0,x1,y1,z1' in 3-D), got {text!r}")
+    values = tuple(float(p) for p in parts)
+    half = len(values) // 2
+    if not all(math.isfinite(v) for v in values) or any(
+        values[half + axis] <= values[axis] for axis in range(half)
+    ):
+        names = "x1 > x0, y1 > y0" + (" and z1 > z0" if half == 3 else "")
+        raise ValueError(f"a box needs {names}, got {text!r}")
+    return values
 
 
 def _unique_ids(relative_paths: Sequence[str]) -> list[str]:
@@ -680,6 +789,7 @@ def read_image_set(
     group_column: str | None = None,
     mask_column: str | None = None,
     slices: str | None = None,
+    volumes: bool = False,
 ) -> ImageSet:
     """List the samples of an image folder or a CSV/Parquet manifest.
 
@@ -697,6 +807,10 @@ def read_image_set(
         ``"axial"``, ``"coronal"`` or ``"sagittal"``: each 3-D NIfTI volume becomes one
         sample per slice of that plane (:func:`expand_slices`), for 2-D models. ``None``
         keeps one sample per file (a volume is then an error row naming this option).
+    volumes:
+        For 3-D models: in an image folder, the DICOM files of one folder are one sample
+        (a series, :func:`series_samples`); NIfTI files are one sample each. A manifest
+        names a series by its folder.
 
     Raises
     ------
@@ -729,6 +843,13 @@ def read_image_set(
             group_column=group_column,
             mask_column=mask_column,
         )
+    if volumes:
+        if slices is not None:
+            raise ManifestError(
+                "--slices cuts volumes into 2-D slices for a 2-D model; a 3-D model takes "
+                "whole volumes (drop --slices)"
+            )
+        return series_samples(image_set)
     if slices is None:
         return image_set
     try:
@@ -782,8 +903,25 @@ class ImageRecordDataset(torch.utils.data.Dataset):
             path, size=size, max_pixels=self.max_pixels, channels=self.preprocessing.channels
         )
 
+    def _volume_item(self, record: ImageRecord, item: dict[str, Any]) -> np.ndarray | None:
+        """Fill ``item`` with a volume's tensor; return its region at the input size."""
+        volume = load_volume(
+            record.path, window=self.preprocessing.window, max_pixels=self.max_pixels
+        )
+        item["size"] = tuple(volume.spatial_shape[1:][::-1])
+        item["image"] = self.preprocessing.volume(volume.display())
+        if record.mask is None:
+            return None
+        try:
+            region = volume_region(record.mask, record.path, max_pixels=self.max_pixels)
+        except ImageLoadError as error:
+            raise ImageLoadError(f"mask of {record.sample_id}: {error}") from error
+        return self.preprocessing.volume_mask(region)
+
     def __getitem__(self, position: int) -> dict[str, Any]:
         record = self.records[position]
+        if self.preprocessing.is_3d:
+            return self._get_volume(position, record)
         height, width = self.preprocessing.size
         item: dict[str, Any] = {"position": position, "ok": True, "error": "", "size": (0, 0)}
         mask = None
@@ -813,6 +951,25 @@ class ImageRecordDataset(torch.utils.data.Dataset):
             torch.from_numpy(mask)
             if mask is not None
             else torch.zeros(height, width, dtype=torch.bool)
+        )
+        return item
+
+    def _get_volume(self, position: int, record: ImageRecord) -> dict[str, Any]:
+        shape = self.preprocessing.input_shape
+        item: dict[str, Any] = {"position": position, "ok": True, "error": "", "size": (0, 0)}
+        mask = None
+        try:
+            mask = self._volume_item(record, item)
+        except ImageLoadError as error:
+            item.update(ok=False, error=str(error))
+        except Exception as error:  # one bad sample must not stop a long run
+            item.update(ok=False, error=f"{record.path}: {type(error).__name__}: {error}")
+        if not item["ok"]:
+            item["image"] = torch.zeros(self.preprocessing.channels, *shape)
+            mask = None
+        item["has_mask"] = mask is not None
+        item["mask"] = (
+            torch.from_numpy(mask) if mask is not None else torch.zeros(shape, dtype=torch.bool)
         )
         return item
 

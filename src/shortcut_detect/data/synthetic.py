@@ -192,25 +192,36 @@ def make_shortcut_dataset(
 class SmallCNN(nn.Module):
     """A small CNN for the synthetic data; ``features`` ends at a 12x12 map for 48x48 input.
 
-    Uses in-place ReLUs on purpose, like torchvision models.
+    ``spatial_dims=3`` makes the same network with 3-D layers, for volumes ``(B, C, D, H,
+    W)`` (the map is then a quarter of the volume along each axis). Uses in-place ReLUs on
+    purpose, like torchvision models.
     """
 
-    def __init__(self, num_classes: int = 2, in_channels: int = 3, width: int = 16) -> None:
+    def __init__(
+        self, num_classes: int = 2, in_channels: int = 3, width: int = 16, spatial_dims: int = 2
+    ) -> None:
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        conv, norm, pool, average = (
+            (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+            if spatial_dims == 2
+            else (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d)
+        )
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1),
-            nn.BatchNorm2d(width),
+            conv(in_channels, width, 3, padding=1),
+            norm(width),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1),
-            nn.BatchNorm2d(2 * width),
+            pool(2),
+            conv(width, 2 * width, 3, padding=1),
+            norm(2 * width),
             nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1),
-            nn.BatchNorm2d(4 * width),
+            pool(2),
+            conv(2 * width, 4 * width, 3, padding=1),
+            norm(4 * width),
             nn.ReLU(inplace=True),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.pool = average(1)
         self.classifier = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

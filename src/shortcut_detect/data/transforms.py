@@ -21,6 +21,7 @@ __all__ = [
     "InputSizeError",
     "Preprocessing",
     "preprocessing_from_options",
+    "volume_preprocessing",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,6 +82,10 @@ class Preprocessing:
         ``"full"`` or ``"CENTER,WIDTH"``, see
         :func:`~shortcut_detect.data.images.load_image`); ``None``: ``"auto"`` for medical
         files, the fixed 16-bit scaling for others.
+    depth:
+        For 3-D models (MONAI networks, video models): the first spatial size of the input,
+        which is then ``(C, depth, *size)``; volumes are resized (trilinear) to it, never
+        cropped. ``None`` for 2-D models.
     """
 
     size: tuple[int, int]
@@ -94,9 +99,19 @@ class Preprocessing:
     notes: list[str] = field(default_factory=list)
     native: bool = False
     window: str | None = None
+    depth: int | None = None
 
     def __post_init__(self) -> None:
         self.size = _pair(self.size)  # type: ignore[assignment]
+        if self.depth is not None:
+            self.depth = int(self.depth)
+            if self.depth < 1 or min(self.size) < 1:
+                raise ValueError(f"A 3-D input size must be positive, got {self.input_shape}")
+            if self.crop or self.native:
+                raise ValueError(
+                    "3-D inputs are resized to depth x height x width; centre crops and "
+                    "native sizes are for 2-D images only"
+                )
         if self.window is not None:
             self.window = window_text(self.window)
         self.resize = _pair(self.resize)
@@ -125,6 +140,52 @@ class Preprocessing:
             setattr(self, name, values)
         if self.std is not None and any(v <= 0 for v in self.std):
             raise ValueError(f"std= values must be positive, got {self.std}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Spatial size of the model input: ``(height, width)``, or ``(depth, height, width)``
+        for a 3-D model."""
+        return tuple(self.size) if self.depth is None else (self.depth, *self.size)
+
+    @property
+    def is_3d(self) -> bool:
+        """Whether the model takes volumes ``(C, D, H, W)``."""
+        return self.depth is not None
+
+    # -- volumes -----------------------------------------------------------------------------
+    def volume(self, array: np.ndarray) -> torch.Tensor:
+        """A volume in [0, 1], ``(D, H, W)`` or ``(D, H, W, 3)``, -> float ``(C, D, H, W)``
+        resized (trilinear) to :attr:`input_shape` and normalised."""
+        volume = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)
+        if volume.ndim == 4:  # RGB voxels
+            volume = volume.permute(3, 0, 1, 2)
+            if self.channels == 1:
+                volume = volume.mean(dim=0, keepdim=True)
+        elif volume.ndim == 3:
+            volume = volume.unsqueeze(0)
+        else:
+            raise ValueError(f"a volume needs 3 spatial axes, got shape {tuple(array.shape)}")
+        if tuple(volume.shape[1:]) != self.input_shape:
+            volume = torch.nn.functional.interpolate(
+                volume.unsqueeze(0), size=self.input_shape, mode="trilinear", align_corners=False
+            )[0]
+        if volume.shape[0] != self.channels:
+            volume = volume.expand(self.channels, *volume.shape[1:]).clone()
+        if self.mean is not None and self.std is not None:
+            mean = torch.tensor(self.mean).view(-1, 1, 1, 1)
+            std = torch.tensor(self.std).view(-1, 1, 1, 1)
+            volume = (volume - mean) / std
+        return volume
+
+    def volume_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A boolean ``(D, H, W)`` mask in the volume's voxels -> bool :attr:`input_shape`
+        (nearest neighbour, like the image it goes with)."""
+        tensor = torch.as_tensor(np.asarray(mask, dtype=np.float32))
+        if tuple(tensor.shape) != self.input_shape:
+            tensor = torch.nn.functional.interpolate(
+                tensor[None, None], size=self.input_shape, mode="nearest"
+            )[0, 0]
+        return tensor.numpy() > 0.5
 
     # -- geometry --------------------------------------------------------------------------
     def _interpolation(self, name: str | None = None) -> Any:
@@ -213,6 +274,11 @@ class Preprocessing:
         """A box ``(x0, y0, x1, y1)`` in source pixels -> bool ``(H, W)`` at the input geometry."""
         from PIL import Image, ImageDraw
 
+        if len(box) != 4:
+            raise ValueError(
+                f"box {','.join(f'{v:g}' for v in box)} has 3-D corners; a 2-D image's box is "
+                "x0,y0,x1,y1"
+            )
         width, height = original_size
         x0, y0, x1, y1 = (float(v) for v in box)
         canvas = Image.new("L", (int(width), int(height)), 0)
@@ -230,6 +296,9 @@ class Preprocessing:
         from PIL import Image
 
         Image.init()
+        if self.is_3d:
+            self.volume(np.zeros((2, 2, 2), dtype=np.float32))
+            return
         probe = Image.new("RGB", (8, 8))
         self(probe)
         self.box_mask((0, 0, 4, 4), (8, 8))
@@ -255,7 +324,9 @@ class Preprocessing:
     def describe(self) -> str:
         """One line, e.g. ``resize 256, centre-crop 224x224, ImageNet mean/std, RGB``."""
         height, width = self.size
-        if self.native:
+        if self.is_3d:
+            geometry = f"volumes resized to {self.depth}x{height}x{width} (trilinear)"
+        elif self.native:
             geometry = f"each image at its own size ({width}x{height}, no resizing)"
         elif self.crop:
             shorter = self.resize[0] if self.resize else min(self.size)
@@ -297,8 +368,13 @@ def preprocessing_from_options(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     image_size: tuple[int, int] | Callable[[], tuple[int, int]] | None = None,
+    spatial_dims: int = 2,
 ) -> Preprocessing:
     """Combine a model's known recipe (``base``) with user options (which win).
+
+    For a 3-D model (``spatial_dims=3``) the size is ``resize`` as ``(depth, height,
+    width)`` or one number for a cube (else the base recipe's); volumes are resized to it,
+    never cropped (see :func:`volume_preprocessing`).
 
     When neither ``base``, ``preset="imagenet"``, ``resize`` nor ``crop`` gives an input
     size but the normalisation is given (``mean``/``std``, or ``preset="none"``), images are
@@ -315,6 +391,16 @@ def preprocessing_from_options(
     """
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    if spatial_dims == 3:
+        return volume_preprocessing(
+            base=base,
+            channels=channels,
+            preset=preset,
+            resize=resize,
+            crop=crop,
+            mean=mean,
+            std=std,
+        )
     recipe: dict[str, Any] = {}
     source = ""
     if base is not None:
@@ -379,3 +465,77 @@ def preprocessing_from_options(
         source=source,
         native=native,
     )
+
+
+def volume_preprocessing(
+    *,
+    base: Preprocessing | None,
+    channels: int,
+    preset: str | None = None,
+    resize: Sequence[int] | int | None = None,
+    crop: Sequence[int] | int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Preprocessing:
+    """The recipe of a 3-D model: a ``(depth, height, width)`` resize and a normalisation.
+
+    Raises
+    ------
+    InputSizeError
+        Neither ``resize`` nor the base recipe gives the 3-D size.
+    ValueError
+        ``crop`` (3-D inputs are resized, not cropped), ``preset="imagenet"``, a ``resize``
+        of two numbers without a known depth, only one of ``mean`` and ``std``.
+    """
+    if crop is not None:
+        raise ValueError(
+            "crop= is for 2-D images; a 3-D model's volumes are resized to resize=D,H,W"
+        )
+    if preset == "imagenet":
+        raise ValueError('preset="imagenet" is a 2-D recipe; give resize=D,H,W and mean=/std=')
+    notes: list[str] = list(base.notes) if base is not None else []
+    depth = base.depth if base is not None else None
+    size = tuple(base.size) if base is not None else None
+    normalisation = (base.mean, base.std) if base is not None else (None, None)
+    source = base.source if base is not None else ""
+    if base is not None and base.crop:
+        notes.append(
+            f"the recipe's resize + centre crop is replaced by a resize to "
+            f"{depth}x{size[0]}x{size[1]} (volumes are resized in 3-D, not cropped)"
+        )
+    if resize is not None:
+        values = [int(resize)] if isinstance(resize, int) else [int(v) for v in resize]
+        if len(values) == 1:
+            values = values * 3
+        elif len(values) == 2:
+            if depth is None:
+                raise ValueError(
+                    f"resize={','.join(map(str, values))} gives height and width only; a 3-D "
+                    "model needs resize=D,H,W (or one number for a cube)"
+                )
+            values = [depth, *values]
+        elif len(values) != 3:
+            raise ValueError(f"resize= takes 1 or 3 numbers for a 3-D model, got {values}")
+        depth, size = values[0], (values[1], values[2])
+        source = f"{source} + --resize" if source else "command-line options"
+    if depth is None or size is None:
+        raise InputSizeError(
+            "The 3-D model's input size is not known: pass resize=D,H,W (depth, height, "
+            "width of the volumes it was trained on) or resize=N for an N-cube."
+        )
+    if preset == "none":
+        normalisation = (None, None)
+    if mean is not None or std is not None:
+        normalisation = (mean, std)
+    if (normalisation[0] is None) != (normalisation[1] is None):
+        raise ValueError("Give both mean= and std= (or neither)")
+    made = Preprocessing(
+        size=size,
+        mean=None if normalisation[0] is None else tuple(normalisation[0]),
+        std=None if normalisation[1] is None else tuple(normalisation[1]),
+        channels=channels,
+        source=source,
+        depth=depth,
+    )
+    made.notes.extend(notes)
+    return made

@@ -131,8 +131,8 @@ class GradCAMMaskOverlapDetector(BaseDetector):
                 generator, images, batch_size=batch_size, head=self.head, target=self.target
             )
         maps = as_heatmap_stack(heatmaps)
-        if maps.ndim != 3:
-            raise ValueError(f"heatmaps must be (N, H, W); got shape {maps.shape}")
+        if maps.ndim not in (3, 4):
+            raise ValueError(f"heatmaps must be (N, H, W) or (N, D, H, W); got shape {maps.shape}")
         if image_size is None and images is not None:
             image_size = tuple(np.shape(images)[-2:])
         region = attention_in_region(
@@ -159,7 +159,7 @@ class GradCAMMaskOverlapDetector(BaseDetector):
         """Attention share, dice, IoU, cosine and pointing per sample (NaN where invalid)."""
         coverage = region_coverage(masks, maps.shape[1:], len(maps), image_size=image_size)
         binary_masks = (coverage >= self.mask_threshold).astype(np.float64)
-        peaks = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
+        peaks = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, *([1] * (maps.ndim - 1)))
         scaled = np.divide(maps, peaks, out=np.zeros_like(maps), where=peaks > 0)
         overlap = overlap_per_sample(scaled, binary_masks, self.threshold, 0.5)
         cosine = overlap_per_sample(maps, coverage, self.threshold)["cosine"]

@@ -220,8 +220,8 @@ class SpRAyDetector(BaseDetector):
         if heatmaps is None:
             raise ValueError("SpRAyDetector.fit needs heatmaps (N, H, W)")
         maps = as_heatmap_stack(heatmaps, keep_float32=True)
-        if maps.ndim != 3:
-            raise ValueError(f"heatmaps must be (N, H, W); got shape {maps.shape}")
+        if maps.ndim not in (3, 4):
+            raise ValueError(f"heatmaps must be (N, H, W) or (N, D, H, W); got shape {maps.shape}")
         n_samples = len(maps)
         if n_samples < 4:
             raise ValueError(f"SpRAy needs at least 4 heatmaps to cluster, got {n_samples}")
@@ -232,6 +232,8 @@ class SpRAyDetector(BaseDetector):
         group_info = group_codes(group_labels, n_samples) if group_labels is not None else None
 
         downsample = tuple(int(side) for side in self.downsample)
+        if maps.ndim == 4:  # volumes: the first side for every axis
+            downsample = (downsample[0],) * 3
         grid = tuple(min(s, d) for s, d in zip(maps.shape[1:], downsample))
         small = np.concatenate(
             [area_resize(maps[i : i + CHUNK], grid) for i in range(0, n_samples, CHUNK)]
@@ -339,7 +341,7 @@ class SpRAyDetector(BaseDetector):
                 "concentration_area": nan_to_none(concentration[cluster]),
                 "entropy": nan_to_none(spread[cluster]),
                 "peak": tuple(int(v) for v in peaks[cluster]),
-                "peak_location": location_words(peaks[cluster], map_shape),
+                "peak_location": location_words(peaks[cluster][-2:], map_shape),
                 "mass_overlap_with_rest": (
                     nan_to_none(
                         mass_overlap(means_small[cluster][None], small[rest].mean(axis=0)[None])[0]
