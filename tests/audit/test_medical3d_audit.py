@@ -142,7 +142,12 @@ def test_a_marker_cube_shortcut_is_flagged_by_the_region_and_group_tests(volumes
     assert signals["mask_attention"]["risk"] == "HIGH"
     assert signals["group_attention"]["risk"] == "HIGH"
     assert run.summary["verdict"]["shortcut_suspected"] is True
-    assert signals["interventions"]["risk"] == "UNKNOWN"
+    # Removing the cube (the model's only evidence for "lesion") changes the predictions.
+    given = run.summary["interventions"][0]
+    assert given["source"] == "given mask" and given["confirmed"] is True
+    assert signals["interventions"]["risk"] == "HIGH"
+    examples = given["examples"]
+    assert examples and all((tmp_path / "shortcut" / e["removed"]).is_file() for e in examples)
     # The report shows each volume as orthogonal slices and a montage, image and overlay.
     html = (tmp_path / "shortcut" / "report.html").read_text()
     sizes = [_png_size(data) for data in re.findall(r"data:image/png;base64,([\w+/=]+)", html)]
@@ -166,6 +171,9 @@ def test_a_model_that_reads_the_lesion_is_not_flagged_by_those_tests(volumes, tm
     signals = _signals(run)
     assert signals["mask_attention"]["risk"] == "LOW"
     assert signals["group_attention"]["risk"] == "LOW"
+    given = run.summary["interventions"][0]
+    assert given["source"] == "given mask" and given["confirmed"] is False
+    assert signals["interventions"]["risk"] == "LOW"
 
 
 def test_audit_export_nifti_puts_each_heatmap_on_its_source_voxels(volumes, tmp_path, capsys):

@@ -49,6 +49,10 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 GIVEN_MASK = "given mask"
+VOLUME_NOTE = (
+    "Volumes: the mask column's regions are tested; discovery of candidate regions without "
+    "masks works on 2-D images only."
+)
 N_EXAMPLES = 3
 _RESAMPLES = 1000  # bootstrap resamples and sign-flip permutations per estimate
 _FILE_VERSION = 1
@@ -102,8 +106,17 @@ def _load_images(
 
 
 def _where(region: np.ndarray) -> str:
+    if region.ndim == 3:  # a volume: where it lies in the (H, W) plane, over all slices
+        region = region.any(axis=0)
     rows, cols = np.nonzero(region)
     return location_words((rows.mean(), cols.mean()), region.shape)
+
+
+def _central_slice(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The axial slice ``(C, H, W)`` through the middle of the mask (of the volume if empty)."""
+    depths = torch.nonzero(mask.reshape(mask.shape[0], -1).any(dim=1)).flatten()
+    middle = int(depths.float().mean().round()) if len(depths) else volume.shape[1] // 2
+    return volume[:, middle]
 
 
 def _entry(
@@ -191,7 +204,7 @@ def _examples(
         return []
     index = torch.from_numpy(chosen)
     mask = torch.from_numpy(
-        masks[chosen] if masks.ndim == 3 else np.repeat(masks[None], len(chosen), 0)
+        masks[chosen] if masks.ndim == images.ndim - 1 else np.repeat(masks[None], len(chosen), 0)
     )
     removed = apply_fill(images[index], mask, result.fill, torch.Generator().manual_seed(0))
     before = predict_probabilities(model, images[index], device=device)
@@ -199,7 +212,10 @@ def _examples(
     examples = []
     for k, position in enumerate(chosen):
         names = []
-        for kind, tensor in (("original", images[position]), ("removed", removed[k])):
+        pair = (("original", images[position]), ("removed", removed[k]))
+        if images.ndim == 5:  # volumes: the axial slice through the region
+            pair = tuple((kind, _central_slice(volume, mask[k])) for kind, volume in pair)
+        for kind, tensor in pair:
             name = f"{prefix}_{k}_{kind}.png"
             Image.fromarray(_to_uint8(tensor, preprocessing)).save(folder / name)
             names.append(f"{INTERVENTIONS_DIR}/{name}")
@@ -433,11 +449,6 @@ def run_intervention_stage(
     """
     if n_samples <= 0:
         return None
-    if getattr(loaded, "spatial_dims", 2) == 3:
-        raise ValueError(
-            "interventions (region swaps, noise, inpainting) are built for 2-D images; a 3-D "
-            "model's volumes are tested by the attention, group and SpRAy signals only"
-        )
     columns = ["sample_id", "path", "status", "label", "label_name", "group", "mask", "prediction"]
     table = store.table(columns)
     rows = [row for row in table.to_pylist() if row["status"] == "ok"]
@@ -467,15 +478,19 @@ def run_intervention_stage(
         "seed": seed,
     }
     given = _given_mask_entry(sample, loaded, examples, test_options)
-    discovered, n_candidates = _discovered_entries(
-        sample, loaded, examples, test_options, has_groups
-    )
+    if sample.images.ndim == 5:
+        discovered, notes = [], [VOLUME_NOTE]
+    else:
+        discovered, n_candidates = _discovered_entries(
+            sample, loaded, examples, test_options, has_groups
+        )
+        notes = _discovery_notes(n_candidates)
     output = to_jsonable(
         {
             "fingerprint": fingerprint,
             "n_samples": len(sample.rows),
             "candidates": ([given] if given is not None else []) + discovered,
-            "notes": _discovery_notes(n_candidates),
+            "notes": notes,
         }
     )
     write_json(folder / INTERVENTIONS_FILE, output)
