@@ -115,11 +115,11 @@ def _rows_in_chunks(out: Path) -> int:
     return sum(pq.read_metadata(p).num_rows for p in out.glob("shards/*/part-*.parquet"))
 
 
-def test_ray_run_gives_the_local_rows_heatmaps_and_verdict(ray_address, manifest, local_run, tmp_path):
+def test_ray_run_gives_the_local_rows_heatmaps_and_verdict(
+    ray_address, manifest, local_run, tmp_path
+):
     out = tmp_path / "audit"
-    run = run_audit(
-        _options(manifest, out, embedding_samples=120, executor="ray", ray_actors=2)
-    )
+    run = run_audit(_options(manifest, out, embedding_samples=120, executor="ray", ray_actors=2))
     assert run.processed == N_IMAGES + 2 and run.failed == 2
     reference = _rows(local_run.store)
     rows = _rows(run.store)

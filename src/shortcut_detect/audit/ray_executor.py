@@ -156,10 +156,7 @@ def plan_actors(resources: dict[str, float], actors: int | None = None) -> Actor
 
 def _record_json(records: Sequence[ImageRecord]) -> str:
     return json.dumps(
-        [
-            [r.sample_id, r.index, r.path, r.label, r.label_name, r.group, r.mask]
-            for r in records
-        ],
+        [[r.sample_id, r.index, r.path, r.label, r.label_name, r.group, r.mask] for r in records],
         default=json_default,
     )
 
@@ -398,7 +395,9 @@ def ray_embedder(
             },
             plan=plan,
         )
-        chunks = {int(item["chunk"]): pickle.loads(item["features"]) for item in dataset.iter_rows()}
+        chunks = {
+            int(item["chunk"]): pickle.loads(item["features"]) for item in dataset.iter_rows()
+        }
         return np.concatenate([chunks[k] for k in sorted(chunks)])
 
     return embed
