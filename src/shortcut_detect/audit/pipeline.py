@@ -598,13 +598,18 @@ def _explain_shard(
             counts.failed += failed
             progress.advance(len(records))
     except KeyboardInterrupt as interrupt:
-        writer.flush()
-        writer.wait()
-        raise AuditInterrupted(
-            f"Interrupted after {counts.processed} new samples; "
-            f"{len(writer.done_ids())} are stored. Run the same command again to continue."
-        ) from interrupt
+        raise _interrupted(writer, counts.processed) from interrupt
     return counts
+
+
+def _interrupted(writer: ShardWriter, processed: int) -> AuditInterrupted:
+    """Commit what is buffered; the error that tells how far the run got."""
+    writer.flush()
+    writer.wait()
+    return AuditInterrupted(
+        f"Interrupted after {processed} new samples; "
+        f"{len(writer.done_ids())} are stored. Run the same command again to continue."
+    )
 
 
 def _audit_shard(

@@ -38,9 +38,9 @@ import torch
 
 from shortcut_detect.audit.pipeline import (
     AuditError,
-    AuditInterrupted,
     AuditOptions,
     _batch_rows,
+    _interrupted,
     _make_generator,
     _ShardCounts,
     _update_cam_size,
@@ -190,6 +190,10 @@ def _decode_chunks(
     return {**batch, "decoded": np.array(decoded, dtype=object)}
 
 
+def _decoding_resources() -> dict[str, Any]:
+    return {"num_cpus": 1}
+
+
 def _portable(loaded: LoadedModel) -> LoadedModel:
     """``loaded`` with its model on the CPU, so that actors on any device can unpickle it."""
     if loaded.device.type == "cpu":
@@ -275,8 +279,10 @@ def _pipeline(
     decoded = dataset.map_batches(
         _decode_chunks,
         batch_size=1,
-        num_cpus=1,
         fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
+        # Given as a function, Ray Data does not fuse decoding into the actors (it would when
+        # both ask for one CPU), so decoding overlaps with the model passes.
+        ray_remote_args_fn=_decoding_resources,
     )
     return decoded.map_batches(
         actor_class,
@@ -357,12 +363,7 @@ def explain_on_ray(
             counts.failed += sum(row["status"] != "ok" for row in rows)
             progress.advance(len(rows))
     except KeyboardInterrupt as interrupt:
-        writer.flush()
-        writer.wait()
-        raise AuditInterrupted(
-            f"Interrupted after {counts.processed} new samples; "
-            f"{len(writer.done_ids())} are stored. Run the same command again to continue."
-        ) from interrupt
+        raise _interrupted(writer, counts.processed) from interrupt
     return counts
 
 
