@@ -14,9 +14,9 @@ Three measurements:
   Ray's workers are other processes and not counted.
 
 "Pass" is the rate over the whole shard (``DONE.json``: decoding, explaining, storing; for Ray
-also starting the actors and shipping the model to them); "steady" counts from the first
-committed batch to the end (every batch is committed on its own), i.e. once the actors (or the
-loader's workers) run: the rate a long audit approaches.
+also starting the actors and shipping the model to them). "Marginal" cancels the start-up: each
+audit also runs on the first half of the images, and the rate is the extra images over the
+extra time; it is the rate a long audit approaches.
 
 Run (on an otherwise idle machine)::
 
@@ -43,7 +43,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
 
-import pyarrow.parquet as pq
 import torch
 
 
@@ -90,18 +89,31 @@ def _audit(manifest: Path, out: Path, **options) -> dict:
         "intervention_samples": 0,
     }
     values.update(options)
-    values.setdefault("flush_rows", values["batch_size"])  # one commit per batch: timestamps
     started = time.perf_counter()
     run = run_audit(AuditOptions(**values))
     done = json.loads(next(out.glob("shards/*/DONE.json")).read_text())
     done["with_startup"] = run.processed / (time.perf_counter() - started)
     done["store_bytes"] = sum(p.stat().st_size for p in out.glob("shards/*/part-*"))
-    # After the first committed chunk: the rate once actors (or loader workers) are running.
-    parts = sorted(out.glob("shards/*/part-*.parquet"), key=lambda p: p.stat().st_mtime)
-    first_rows = pq.read_metadata(parts[0]).num_rows
-    span = next(out.glob("shards/*/DONE.json")).stat().st_mtime - parts[0].stat().st_mtime
-    done["steady"] = (done["processed"] - first_rows) / span if span > 0 else float("nan")
     return done
+
+
+def _half_manifest(manifest: Path) -> Path:
+    lines = manifest.read_text().splitlines()
+    half = manifest.with_name("manifest_half.csv")
+    rows = lines[1:]
+    half.write_text("\n".join([lines[0], *rows[: len(rows) // 2]]) + "\n")
+    return half
+
+
+def _rates(manifest: Path, half: Path, out: Path, **options) -> tuple[float, float, float]:
+    """Images/s over the whole pass, the marginal rate (start-up cancelled: the extra images of
+    the full set over the extra time) and the store's bytes per image."""
+    full_run = _audit(manifest, out, **options)
+    half_run = _audit(half, out, **options)
+    extra_images = full_run["processed"] - half_run["processed"]
+    extra_seconds = full_run["seconds"] - half_run["seconds"]
+    marginal = extra_images / extra_seconds if extra_seconds > 0 else float("nan")
+    return full_run["images_per_second"], marginal, full_run["store_bytes"] / full_run["processed"]
 
 
 def throughput(work: Path, quick: bool, rounds: int) -> None:
@@ -112,51 +124,61 @@ def throughput(work: Path, quick: bool, rounds: int) -> None:
     settings = [
         (
             "resnet18 224x224 (crop of 256)",
-            _write_png_set(work / "big", 32 if quick else 256, 256, seed=1),
-            {"model": "torchvision:resnet18", "weights": str(weights), "preset": "imagenet"},
+            _write_png_set(work / "big", 48 if quick else 512, 256, seed=1),
+            {
+                "model": "torchvision:resnet18",
+                "weights": str(weights),
+                "preset": "imagenet",
+                "batch_size": 16,
+            },
         ),
         (
             "demo SmallCNN 48x48",
-            _write_png_set(work / "small", 256 if quick else 2048, 48),
+            _write_png_set(work / "small", 256 if quick else 4096, 48),
             {"batch_size": 64},
         ),
     ]
     print(
-        "| setting | images | local: pass / steady | ray: pass / steady | ray / local "
-        "(steady) | store per image |"
+        "| setting | images | local: pass / marginal | ray: pass / marginal "
+        "| ray / local (marginal) | store per image |"
     )
     print("|---|---|---|---|---|---|")
     for name, manifest, options in settings:
-        rates: dict[tuple[str, str], list[float]] = {}
+        half = _half_manifest(manifest)
+        rates: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
         store = 0.0
         for _ in range(rounds):
             for executor in ("local", "ray"):
-                done = _audit(manifest, work / "audit", executor=executor, **options)
-                for key in ("images_per_second", "steady"):
-                    rates.setdefault((executor, key), []).append(done[key])
-                store = done["store_bytes"] / done["processed"]
-        median = {key: statistics.median(values) for key, values in rates.items()}
-        local, ray = (
-            f"{median[(k, 'images_per_second')]:.1f} / {median[(k, 'steady')]:.1f} img/s"
-            for k in ("local", "ray")
-        )
-        ratio = median[("ray", "steady")] / median[("local", "steady")]
+                *pair, store = _rates(manifest, half, work / "audit", executor=executor, **options)
+                rates[executor].append(tuple(pair))
+        median = {
+            key: [statistics.median(values) for values in zip(*pairs)]
+            for key, pairs in rates.items()
+        }
+        local, ray = (f"{median[k][0]:.1f} / {median[k][1]:.1f} img/s" for k in ("local", "ray"))
+        ratio = median["ray"][1] / median["local"][1]
         count = len(manifest.read_text().splitlines()) - 1
         print(f"| {name} | {count} | {local} | {ray} | {ratio:.0%} | {store:.0f} B |")
 
 
 def scaling(work: Path, quick: bool) -> None:
-    manifest = _write_png_set(work / "scaling", 64 if quick else 512, 48, seed=2)
-    print("| actors | wall time per image: pass / steady | images/s: pass / steady |")
+    manifest = _write_png_set(work / "scaling", 128 if quick else 1024, 48, seed=2)
+    half = _half_manifest(manifest)
+    print("| actors | wall time per image: pass / marginal | images/s: pass / marginal |")
     print("|---|---|---|")
     for actors in (1, 2, 4):
-        done = _audit(
-            manifest, work / "audit", executor="ray", ray_actors=actors, method="scorecam"
+        rate, marginal, _ = _rates(
+            manifest,
+            half,
+            work / "audit",
+            executor="ray",
+            ray_actors=actors,
+            method="scorecam",
+            batch_size=16,
         )
         print(
-            f"| {actors} | {1000 * done['seconds'] / done['processed']:.1f} ms / "
-            f"{1000 / done['steady']:.1f} ms | {done['images_per_second']:.1f} / "
-            f"{done['steady']:.1f} |"
+            f"| {actors} | {1000 / rate:.1f} ms / {1000 / marginal:.1f} ms "
+            f"| {rate:.1f} / {marginal:.1f} |"
         )
 
 

@@ -190,10 +190,6 @@ def _decode_chunks(
     return {**batch, "decoded": np.array(decoded, dtype=object)}
 
 
-def _decoding_resources() -> dict[str, Any]:
-    return {"num_cpus": 1}
-
-
 def _portable(loaded: LoadedModel) -> LoadedModel:
     """``loaded`` with its model on the CPU, so that actors on any device can unpickle it."""
     if loaded.device.type == "cpu":
@@ -280,9 +276,11 @@ def _pipeline(
         _decode_chunks,
         batch_size=1,
         fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
-        # Given as a function, Ray Data does not fuse decoding into the actors (it would when
-        # both ask for one CPU), so decoding overlaps with the model passes.
-        ray_remote_args_fn=_decoding_resources,
+        num_cpus=1,
+        # A decoding task lost with its worker or node is run again. Being unlike the actors'
+        # arguments, this also keeps Ray Data from fusing decoding into the actors (it does
+        # when both ask for one CPU), so that decoding overlaps with the model passes.
+        max_retries=3,
     )
     return decoded.map_batches(
         actor_class,
