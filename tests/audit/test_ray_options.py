@@ -15,13 +15,13 @@ from shortcut_detect.data.images import ImageRecord
 
 def test_plan_leaves_cpus_to_decoding_and_shares_gpus():
     two_cores = plan_actors({"CPU": 2.0})
-    assert (two_cores.actors, two_cores.cpus_per_actor, two_cores.threads_per_actor) == (1, 1, 1)
+    assert (two_cores.actors, two_cores.cpus_per_actor, two_cores.threads_per_actor) == (1, 1, 2)
     shared = plan_actors({"CPU": 2.0}, actors=4)
     assert (shared.actors, shared.cpus_per_actor, shared.threads_per_actor) == (4, 0.25, 1)
     big = plan_actors({"CPU": 64.0})
     assert (big.actors, big.cpus_per_actor) == (48, 1.0)
     threaded = plan_actors({"CPU": 64.0}, actors=4)
-    assert (threaded.cpus_per_actor, threaded.threads_per_actor) == (1.0, 12)
+    assert (threaded.cpus_per_actor, threaded.threads_per_actor) == (1.0, 16)
     gpus = plan_actors({"CPU": 16.0, "GPU": 4.0})
     assert (gpus.actors, gpus.gpus_per_actor) == (4, 1.0)
     assert plan_actors({"CPU": 16.0, "GPU": 2.0}, actors=8).gpus_per_actor == 0.25

@@ -134,7 +134,8 @@ def plan_actors(resources: dict[str, float], actors: int | None = None) -> Actor
 
     Without ``actors``: one per GPU, or on a CPU-only cluster one per CPU not left to decoding
     (a quarter of the CPUs, at least one). GPUs are shared evenly (fractional when there are
-    more actors than GPUs, at most one each); the CPUs not left to decoding are shared evenly.
+    more actors than GPUs, at most one each); the CPUs not left to decoding are shared evenly
+    as Ray reservations, while torch threads share all CPUs (the CPUs over the actors).
     """
     cpus = float(resources.get("CPU", 1.0))
     gpus = float(resources.get("GPU", 0.0))
@@ -147,7 +148,9 @@ def plan_actors(resources: dict[str, float], actors: int | None = None) -> Actor
     cpus_per_actor = min(1.0, model_cpus / actors)
     # Ray's scheduler works in hundredths of a CPU.
     cpus_per_actor = max(0.01, math.floor(cpus_per_actor * 100) / 100)
-    threads = max(1, int(model_cpus // actors)) if not gpus_per_actor else 1
+    # Like the local executor (torch threads on every core, decoding in between), an actor
+    # gets torch threads for its share of all the CPUs, not only of those it reserves.
+    threads = max(1, round(cpus / actors)) if not gpus_per_actor else 1
     return ActorPlan(actors, cpus_per_actor, gpus_per_actor, threads)
 
 
