@@ -193,6 +193,13 @@ def _decode_chunks(
     return {**batch, "decoded": np.array(decoded, dtype=object)}
 
 
+def _decoding_memory(preprocessing: Any, batch_size: int) -> int:
+    """Bytes a decoding task reserves: its worker plus a few copies of one decoded chunk."""
+    height, width = preprocessing.size
+    chunk = batch_size * preprocessing.channels * height * width * 4
+    return 256 * 2**20 + 4 * chunk
+
+
 def _portable(loaded: LoadedModel) -> LoadedModel:
     """``loaded`` with its model on the CPU, so that actors on any device can unpickle it."""
     if loaded.device.type == "cpu":
@@ -280,10 +287,10 @@ def _pipeline(
         batch_size=1,
         fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
         num_cpus=1,
-        # A decoding task lost with its worker or node is run again. Being unlike the actors'
-        # arguments, this also keeps Ray Data from fusing decoding into the actors (it does
-        # when both ask for one CPU), so that decoding overlaps with the model passes.
-        max_retries=3,
+        # Being unlike the actors' arguments, the memory reservation also keeps Ray Data from
+        # fusing decoding into the actors (it does when both ask for one CPU), so that
+        # decoding overlaps with the model passes.
+        memory=_decoding_memory(loaded.transform, batch_size),
     )
     return decoded.map_batches(
         actor_class,
