@@ -16,7 +16,7 @@ test:
 
 test-fast:
 	bash scripts/bootstrap.sh test
-	.venv/bin/python -m pytest -q -m "not slow and not browser"
+	.venv/bin/python -m pytest -q -m "not slow and not browser and not ray"
 
 lint:
 	.venv/bin/python -m ruff check src tests benchmarks

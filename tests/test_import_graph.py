@@ -148,3 +148,29 @@ def test_every_module_imports(module):
     if module.startswith(f"{PACKAGE}.app"):
         pytest.importorskip("gradio", reason="the web app needs the [app] extra")
     assert importlib.import_module(module).__name__ == module
+
+
+def _imported_roots(path: Path) -> set[str]:
+    """Top-level names of every package ``path`` imports, anywhere (functions included)."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_only_the_ray_executor_imports_ray_and_only_when_a_ray_run_starts():
+    import subprocess
+    import sys
+
+    importers = [name for name, path in MODULES.items() if "ray" in _imported_roots(path)]
+    assert importers == [f"{PACKAGE}.audit.ray_executor"]
+    code = (
+        "import sys, shortcut_detect, shortcut_detect.cli, shortcut_detect.audit.pipeline,"
+        " shortcut_detect.audit.ray_executor;"
+        "print('ray' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

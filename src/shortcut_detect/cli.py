@@ -31,6 +31,7 @@ from shortcut_detect.audit.demo import run_demo
 from shortcut_detect.audit.interventions import try_intervention_stage
 from shortcut_detect.audit.nifti_export import export_audit_nifti
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
+from shortcut_detect.audit.ray_executor import import_ray
 from shortcut_detect.audit.report import build_report
 from shortcut_detect.audit.store import AuditStore, StoreError, unfinished_shards_text
 from shortcut_detect.cam import explain_method
@@ -437,8 +438,19 @@ def _add_audit(commands: _Commands, common: argparse.ArgumentParser, max_pixels:
         metavar="N",
         help="image decoding processes (default 2; 0 decodes in the main process)",
     )
-    run.add_argument("--shard-index", type=int, default=0, metavar="I", help="this worker's shard")
-    run.add_argument("--num-shards", type=int, default=1, metavar="N", help="number of shards")
+    run.add_argument(
+        "--shard-index",
+        type=int,
+        metavar="I",
+        help="this worker's shard (default: $SLURM_ARRAY_TASK_ID in a SLURM job array, else 0)",
+    )
+    run.add_argument(
+        "--num-shards",
+        type=int,
+        metavar="N",
+        help="number of shards (default: $SLURM_ARRAY_TASK_COUNT in a job array, else 1)",
+    )
+    _executor_options(run)
     run.add_argument(
         "--flush-rows",
         type=int,
@@ -456,6 +468,47 @@ def _add_audit(commands: _Commands, common: argparse.ArgumentParser, max_pixels:
     _medical_options(audit, export=True)
     _analysis_options(audit)
     _intervention_options(audit)
+
+
+def _executor_options(run: argparse._ArgumentGroup) -> None:
+    run.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="where the model passes run: this process (default) or a Ray cluster "
+        "(needs the [ray] extra)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="with --executor ray: the cluster to join (host:port, or auto); default: start a "
+        "local Ray instance on this machine's cores",
+    )
+    run.add_argument(
+        "--ray-actors",
+        type=int,
+        metavar="N",
+        help="with --executor ray: model actors (default: one per GPU, else 3/4 of the CPUs)",
+    )
+
+
+def _shards(args: argparse.Namespace, environ: Any = os.environ) -> tuple[int, int]:
+    """``(shard_index, num_shards)``: as given, else from a SLURM job array, else ``(0, 1)``."""
+    task, count = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_ARRAY_TASK_COUNT")
+    from_slurm = task is not None and count is not None and args.num_shards is None
+    if from_slurm and args.shard_index is None:
+        try:
+            # Array indices may start above 0 (--array=1-8): count from the lowest.
+            return int(task) - int(environ.get("SLURM_ARRAY_TASK_MIN", 0)), int(count)
+        except ValueError as error:
+            raise CommandError(
+                f"SLURM_ARRAY_TASK_ID={task} / SLURM_ARRAY_TASK_COUNT={count} are not numbers",
+                "give --shard-index and --num-shards",
+            ) from error
+    return (
+        0 if args.shard_index is None else args.shard_index,
+        1 if args.num_shards is None else args.num_shards,
+    )
 
 
 def _intervention_options(parser: argparse.ArgumentParser) -> None:
@@ -665,6 +718,7 @@ def _data_image_size(args: argparse.Namespace) -> Callable[[], tuple[int, int]]:
 
 
 def _audit_options(args: argparse.Namespace, model: ModelOptions) -> AuditOptions:
+    shard_index, num_shards = _shards(args)
     return AuditOptions(
         model=model.spec,
         data=args.data,
@@ -678,8 +732,11 @@ def _audit_options(args: argparse.Namespace, model: ModelOptions) -> AuditOption
         mask_column=args.mask_column,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        shard_index=args.shard_index,
-        num_shards=args.num_shards,
+        shard_index=shard_index,
+        num_shards=num_shards,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_actors=args.ray_actors,
         flush_rows=args.flush_rows,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
         overwrite=args.overwrite,
@@ -726,8 +783,11 @@ def cmd_audit(args: argparse.Namespace) -> int:
     model = ModelOptions.from_args(args)
     # Loaded here, not in run_audit, so a model fed images at their own size learns that
     # size from the data's file headers, and mixed sizes stop the run before it starts.
+    options = _audit_options(args, model)
+    if options.executor == "ray":
+        import_ray()  # a missing extra fails before the model loads
     loaded = model.load(image_size=_data_image_size(args))
-    run = run_audit(_audit_options(args, model), loaded=loaded)
+    run = run_audit(options, loaded=loaded)
     if args.export_nifti:
         _export_audit_nifti(args.out)
     return _finish_run(run, args.fail_on_shortcut)
@@ -1245,6 +1305,9 @@ _FLAG_PARAMETERS = (
     "overwrite",
     "num_shards",
     "shard_index",
+    "executor",
+    "ray_address",
+    "ray_actors",
     "intervention_samples",
     "auth",
     "no_auth",

@@ -150,6 +150,8 @@ class AuditData:
     seed: int = 0
     batch_size: int = 32
     num_workers: int = 2
+    # (paths, preprocessing, batch_size) -> features; None: extract_audit_embeddings here
+    embedder: Callable[[list[str], Any, int], np.ndarray] | None = None
 
     @cached_property
     def ids(self) -> np.ndarray:
@@ -753,13 +755,17 @@ def embeddings(data: AuditData) -> SignalOutput:
     positions = positions[data.groups[positions] != "(none)"]
     try:
         _LOG.info("Embedding tests...")
-        features = extract_audit_embeddings(
-            data.loaded,
-            [str(data.columns["path"][i]) for i in positions],
-            data.preprocessing,
-            batch_size=data.batch_size,
-            num_workers=data.num_workers,
-        )
+        paths = [str(data.columns["path"][i]) for i in positions]
+        if data.embedder is not None:
+            features = data.embedder(paths, data.preprocessing, data.batch_size)
+        else:
+            features = extract_audit_embeddings(
+                data.loaded,
+                paths,
+                data.preprocessing,
+                batch_size=data.batch_size,
+                num_workers=data.num_workers,
+            )
         signal, report = embedding_tests(features, [str(data.groups[i]) for i in positions])
     except ImportError as error:
         reason = f"the embedding tests are not installed in this version ({error})"
@@ -1002,6 +1008,7 @@ def analyse_store(
     seed: int = 0,
     batch_size: int = 32,
     num_workers: int = 2,
+    embedder: Callable[[list[str], Any, int], np.ndarray] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Analysis:
     """Analyse an audit directory (see module docstring).
@@ -1021,6 +1028,9 @@ def analyse_store(
         At most this many images are re-read for the embedding tests (0 skips them).
     seed, batch_size, num_workers:
         Random seed of the subsampling and tests; batching of the embedding tests.
+    embedder:
+        ``(paths, preprocessing, batch_size) -> (n, d) features`` to use instead of extracting
+        the embeddings in this process (the Ray executor's actor pool).
     log:
         Deprecated: progress messages go to the ``shortcut_detect.audit.analysis`` logger;
         a callable given here receives them too.
@@ -1050,6 +1060,7 @@ def analyse_store(
             seed=seed,
             batch_size=batch_size,
             num_workers=num_workers,
+            embedder=embedder,
         )
         summary.update(_descriptive_sections(data, analysis))
         outputs = [output for function in SIGNALS.values() if (output := function(data))]

@@ -64,6 +64,7 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 TARGETS = ("predicted", "label")
+EXECUTORS = ("local", "ray")
 
 
 class AuditError(ValueError):
@@ -118,6 +119,10 @@ class AuditOptions:
     # medical images
     window: str | None = None
     slices: str | None = None
+    # where the model passes run: "local" (this process) or "ray" (a Ray cluster)
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_actors: int | None = None
 
     def model_options(self) -> ModelOptions:
         """The model part of these options (the fields named like :class:`ModelOptions`')."""
@@ -500,6 +505,25 @@ def _check_options(options: AuditOptions) -> None:
         raise AuditError(
             f"shard_index= must be in 0..{options.num_shards - 1}, got {options.shard_index}"
         )
+    _check_executor(options)
+
+
+def _check_executor(options: AuditOptions) -> None:
+    if options.executor not in EXECUTORS:
+        raise AuditError(
+            f"executor= must be one of {', '.join(EXECUTORS)}, got {options.executor!r}"
+        )
+    if options.ray_actors is not None and options.ray_actors < 1:
+        raise AuditError(f"ray_actors= must be at least 1, got {options.ray_actors}")
+    if options.executor == "ray":
+        _ray_executor().import_ray()  # before the model loads: a missing extra fails fast
+
+
+def _ray_executor() -> Any:
+    # Imported on demand: ray_executor imports this module, and only Ray runs need it.
+    from shortcut_detect.audit import ray_executor
+
+    return ray_executor
 
 
 def _make_generator(options: AuditOptions, loaded: LoadedModel) -> tuple[Any, str]:
@@ -582,13 +606,18 @@ def _explain_shard(
             counts.failed += failed
             progress.advance(len(records))
     except KeyboardInterrupt as interrupt:
-        writer.flush()
-        writer.wait()
-        raise AuditInterrupted(
-            f"Interrupted after {counts.processed} new samples; "
-            f"{len(writer.done_ids())} are stored. Run the same command again to continue."
-        ) from interrupt
+        raise _interrupted(writer, counts.processed) from interrupt
     return counts
+
+
+def _interrupted(writer: ShardWriter, processed: int) -> AuditInterrupted:
+    """Commit what is buffered; the error that tells how far the run got."""
+    writer.flush()
+    writer.wait()
+    return AuditInterrupted(
+        f"Interrupted after {processed} new samples; "
+        f"{len(writer.done_ids())} are stored. Run the same command again to continue."
+    )
 
 
 def _audit_shard(
@@ -620,8 +649,9 @@ def _audit_shard(
             )
         progress = ProgressBar(len(todo), "Auditing", enabled=options.progress, done=already)
         started = time.perf_counter()
+        explain = _ray_executor().explain_on_ray if options.executor == "ray" else _explain_shard
         with progress:
-            counts = _explain_shard(
+            counts = explain(
                 options,
                 loaded,
                 generator,
@@ -743,6 +773,9 @@ def _after_shard(
             seed=options.seed,
             num_workers=options.num_workers,
             batch_size=options.batch_size,
+            embedder=(
+                _ray_executor().ray_embedder(options, loaded) if options.executor == "ray" else None
+            ),
         )
     return run
 

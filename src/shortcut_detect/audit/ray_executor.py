@@ -1,0 +1,412 @@
+"""The audit's model passes on a Ray cluster (``executor="ray"``, ``--executor ray``).
+
+The driver keeps everything the local executor does: the record listing, the resume logic
+(the store's committed ids are skipped), the :class:`~shortcut_detect.audit.store.ShardWriter`
+and the analysis. Only the model passes move to Ray Data:
+
+- the records still to do are cut into chunks of ``batch_size`` (the local executor's
+  batches, so every image is explained in the same batch as it would be locally) and become a
+  dataset, one chunk per row;
+- CPU tasks decode each chunk (:class:`~shortcut_detect.data.images.ImageRecordDataset`:
+  unreadable and missing files become error rows, as locally);
+- an actor pool explains them (:class:`_ChunkExplainer`: model and CAM engine built once per
+  actor; ``num_gpus`` per actor, fractional allowed, when the cluster has GPUs). Ray replaces
+  an actor that dies and retries its chunk;
+- the driver streams each explained chunk into the store as it arrives (it never holds more
+  than the chunks in flight), dropping rows of sample ids it already stored, so a retried chunk
+  cannot write a row twice.
+
+The embedding pass of the analysis runs in an actor pool too (:func:`ray_embedder`). Ray is
+imported only inside these functions: ``import shortcut_detect`` and the local executor never
+load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from copy import deepcopy
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from shortcut_detect.audit.pipeline import (
+    AuditError,
+    AuditOptions,
+    _batch_rows,
+    _interrupted,
+    _make_generator,
+    _ShardCounts,
+    _update_cam_size,
+)
+from shortcut_detect.audit.store import ShardWriter
+from shortcut_detect.common.progress import ProgressBar
+from shortcut_detect.common.serialization import json_default
+from shortcut_detect.data.images import ImageRecord, ImageRecordDataset, collate_samples
+from shortcut_detect.models import LoadedModel
+
+__all__ = [
+    "RAY_INSTALL_HINT",
+    "ActorPlan",
+    "connect",
+    "explain_on_ray",
+    "import_ray",
+    "plan_actors",
+    "ray_embedder",
+]
+
+_LOG = logging.getLogger(__name__)
+RAY_INSTALL_HINT = "pip install 'shortcut-detect[ray]'"
+# Share of a cluster's CPUs (at least one) left to the decoding tasks.
+_DECODE_CPU_SHARE = 0.25
+
+
+def import_ray() -> Any:
+    """The ``ray`` module (with Ray Data); :class:`AuditError` naming the extra if missing."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as error:
+        raise AuditError(
+            f'executor="ray" needs Ray (Ray Data), which is not installed: {RAY_INSTALL_HINT}'
+        ) from error
+    return ray
+
+
+def connect(address: str | None) -> Any:
+    """Join the Ray cluster at ``address`` (``"auto"``: the one this machine belongs to), or
+    start a local instance with this machine's cores when ``address`` is ``None``.
+
+    A process already connected (a notebook, the tests) keeps its connection.
+    """
+    ray = import_ray()
+    # Ray Data's per-dataset INFO lines would drown the audit's own progress messages.
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.execution_options.preserve_order = False
+    if ray.is_initialized():
+        return ray
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    if address is None:
+        _LOG.info("Starting a local Ray instance with %d CPUs...", os.cpu_count() or 1)
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+    else:
+        _LOG.info("Joining the Ray cluster at %s...", address)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            raise AuditError(
+                f"Could not join the Ray cluster at ray_address={address} ({error}); start it "
+                "with `ray start --head` or give its address (host:6379, or auto)"
+            ) from error
+    return ray
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How the model passes use the cluster: actors and each one's resources."""
+
+    actors: int
+    cpus_per_actor: float
+    gpus_per_actor: float
+    threads_per_actor: int
+
+    def describe(self) -> str:
+        """``"2 actors (0.5 CPU, 1 torch thread each)"``."""
+        gpu = f", {self.gpus_per_actor:g} GPU" if self.gpus_per_actor else ""
+        threads = "thread" if self.threads_per_actor == 1 else "threads"
+        return (
+            f"{self.actors} actor{'s' if self.actors != 1 else ''} ({self.cpus_per_actor:g} CPU"
+            f"{gpu}, {self.threads_per_actor} torch {threads} each)"
+        )
+
+
+def plan_actors(resources: dict[str, float], actors: int | None = None) -> ActorPlan:
+    """Actors and per-actor resources for a cluster with ``resources`` (Ray's
+    ``cluster_resources()``: ``CPU``, ``GPU``).
+
+    Without ``actors``: one per GPU, or on a CPU-only cluster one per CPU not left to decoding
+    (a quarter of the CPUs, at least one). GPUs are shared evenly (fractional when there are
+    more actors than GPUs, at most one each); the CPUs not left to decoding are shared evenly
+    as Ray reservations, while torch threads share all CPUs (the CPUs over the actors).
+    """
+    cpus = float(resources.get("CPU", 1.0))
+    gpus = float(resources.get("GPU", 0.0))
+    model_cpus = max(cpus - max(1.0, cpus * _DECODE_CPU_SHARE), min(cpus, 0.5))
+    if actors is None:
+        actors = int(gpus) if gpus >= 1 else max(1, int(model_cpus))
+    if actors < 1:
+        raise AuditError(f"ray_actors= must be at least 1, got {actors}")
+    gpus_per_actor = min(1.0, gpus / actors) if gpus > 0 else 0.0
+    cpus_per_actor = min(1.0, model_cpus / actors)
+    # Ray's scheduler works in hundredths of a CPU.
+    cpus_per_actor = max(0.01, math.floor(cpus_per_actor * 100) / 100)
+    # Like the local executor (torch threads on every core, decoding in between), an actor
+    # gets torch threads for its share of all the CPUs, not only of those it reserves.
+    threads = max(1, round(cpus / actors)) if not gpus_per_actor else 1
+    return ActorPlan(actors, cpus_per_actor, gpus_per_actor, threads)
+
+
+# -- chunks: what travels between the driver, the decoding tasks and the actors -------------------
+
+
+def _record_json(records: Sequence[ImageRecord]) -> str:
+    return json.dumps(
+        [[r.sample_id, r.index, r.path, r.label, r.label_name, r.group, r.mask] for r in records],
+        default=json_default,
+    )
+
+
+def _records(text: str) -> list[ImageRecord]:
+    records = []
+    for sample_id, index, path, label, label_name, group, mask in json.loads(text):
+        if mask is not None:
+            kind, value = mask
+            mask = (kind, tuple(value) if kind == "box" else value)
+        records.append(ImageRecord(sample_id, index, path, label, label_name, group, mask))
+    return records
+
+
+def _chunk_items(records: Sequence[ImageRecord], batch_size: int) -> list[dict[str, Any]]:
+    return [
+        {"chunk": number, "records": _record_json(records[start : start + batch_size])}
+        for number, start in enumerate(range(0, len(records), batch_size))
+    ]
+
+
+def _decode_chunks(
+    batch: dict[str, np.ndarray], *, preprocessing: Any, max_pixels: int
+) -> dict[str, np.ndarray]:
+    """Ray task: decode each chunk's images (a bad file becomes ``ok=False``, not an error)."""
+    decoded = []
+    for text in batch["records"]:
+        dataset = ImageRecordDataset(_records(text), preprocessing, max_pixels=max_pixels)
+        items = collate_samples([dataset[i] for i in range(len(dataset))])
+        decoded.append(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    return {**batch, "decoded": np.array(decoded, dtype=object)}
+
+
+def _decoding_memory(preprocessing: Any, batch_size: int) -> int:
+    """Bytes a decoding task reserves: its worker plus a few copies of one decoded chunk."""
+    height, width = preprocessing.size
+    chunk = batch_size * preprocessing.channels * height * width * 4
+    return 256 * 2**20 + 4 * chunk
+
+
+def _portable(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with its model on the CPU, so that actors on any device can unpickle it."""
+    if loaded.device.type == "cpu":
+        return loaded
+    return replace(loaded, model=deepcopy(loaded.model).cpu(), device=torch.device("cpu"))
+
+
+def _on_actor_device(loaded: LoadedModel, threads: int) -> LoadedModel:
+    import ray
+
+    torch.set_num_threads(threads)
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        device = torch.device("cuda")
+        return replace(loaded, model=loaded.model.to(device), device=device)
+    return loaded
+
+
+class _ChunkExplainer:
+    """Ray actor: explains decoded chunks into store rows and heatmaps (model built once)."""
+
+    def __init__(
+        self, loaded: LoadedModel, options: AuditOptions, class_names: list[str], threads: int
+    ) -> None:
+        self.loaded = _on_actor_device(loaded, threads)
+        self.generator, _ = _make_generator(options, self.loaded)
+        self.class_names = class_names
+        self.target = options.target
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows_out, maps_out = [], []
+        for text, payload in zip(batch["records"], batch["decoded"]):
+            decoded = pickle.loads(payload)
+            rows, maps, _ = _batch_rows(
+                decoded, _records(text), self.generator, self.class_names, self.target
+            )
+            rows_out.append(json.dumps(rows, default=json_default))
+            maps_out.append(b"" if maps is None else pickle.dumps(maps, pickle.HIGHEST_PROTOCOL))
+        return {
+            "chunk": batch["chunk"],
+            "rows": np.array(rows_out, dtype=object),
+            "maps": np.array(maps_out, dtype=object),
+        }
+
+
+class _ChunkEmbedder:
+    """Ray actor: penultimate features of decoded chunks (model built once)."""
+
+    def __init__(self, loaded: LoadedModel, batch_size: int, threads: int) -> None:
+        self.loaded = _on_actor_device(loaded, threads)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from shortcut_detect.embeddings import extract_embeddings
+
+        features = []
+        for payload in batch["decoded"]:
+            images = pickle.loads(payload)["image"]
+            array = extract_embeddings(
+                self.loaded.model, None, images, self.batch_size, progress=False
+            )
+            features.append(pickle.dumps(array, pickle.HIGHEST_PROTOCOL))
+        return {"chunk": batch["chunk"], "features": np.array(features, dtype=object)}
+
+
+def _pipeline(
+    records: Sequence[ImageRecord],
+    loaded: LoadedModel,
+    *,
+    batch_size: int,
+    max_pixels: int,
+    actor_class: type,
+    constructor: dict[str, Any],
+    plan: ActorPlan,
+) -> Any:
+    """The Ray Data dataset: chunks -> decoding tasks -> actor pool of ``actor_class``."""
+    ray = import_ray()
+    items = _chunk_items(records, batch_size)
+    blocks = max(1, min(len(items), 4096))
+    try:
+        dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    except TypeError:  # Ray < 2.10
+        dataset = ray.data.from_items(items, parallelism=blocks)
+    decoded = dataset.map_batches(
+        _decode_chunks,
+        batch_size=1,
+        fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
+        num_cpus=1,
+        # Being unlike the actors' arguments, the memory reservation also keeps Ray Data from
+        # fusing decoding into the actors (it does when both ask for one CPU), so that
+        # decoding overlaps with the model passes.
+        memory=_decoding_memory(loaded.transform, batch_size),
+    )
+    return decoded.map_batches(
+        actor_class,
+        batch_size=1,
+        fn_constructor_kwargs=constructor,
+        compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        num_cpus=plan.cpus_per_actor,
+        num_gpus=plan.gpus_per_actor or None,
+    )
+
+
+# -- the explain pass -----------------------------------------------------------------------
+
+
+def _unseen(
+    rows: list[dict[str, Any]], maps: np.ndarray | None, seen: set[str]
+) -> tuple[list[dict[str, Any]], np.ndarray | None]:
+    """The rows (and their maps) of sample ids not yet stored; marks them stored."""
+    keep = [row["sample_id"] not in seen for row in rows]
+    seen.update(row["sample_id"] for row in rows)
+    if all(keep):
+        return rows, maps
+    with_map = np.array([row["heatmap_row"] != -1 for row in rows], dtype=bool)
+    kept_maps = None
+    if maps is not None:
+        kept_maps = maps[np.asarray(keep, dtype=bool)[with_map]]
+    return [row for row, flag in zip(rows, keep) if flag], kept_maps
+
+
+def _explained_chunks(dataset: Any) -> Iterator[tuple[list[dict[str, Any]], np.ndarray | None]]:
+    for item in dataset.iter_rows():
+        maps = pickle.loads(item["maps"]) if len(item["maps"]) else None
+        yield json.loads(item["rows"]), maps
+
+
+def explain_on_ray(
+    options: AuditOptions,
+    loaded: LoadedModel,
+    generator: Any,
+    todo: list[ImageRecord],
+    writer: ShardWriter,
+    progress: ProgressBar,
+    class_names: list[str],
+    cam_size_known: bool,
+) -> _ShardCounts:
+    """Explain and store every record of ``todo`` on Ray (the local ``_explain_shard``'s
+    counterpart; ``generator`` is the driver's, unused: each actor builds its own)."""
+    del generator
+    counts = _ShardCounts()
+    if not todo:
+        return counts
+    ray = connect(options.ray_address)
+    plan = plan_actors(ray.cluster_resources(), options.ray_actors)
+    _LOG.info("Explaining on Ray: %s.", plan.describe())
+    dataset = _pipeline(
+        todo,
+        loaded,
+        batch_size=options.batch_size,
+        max_pixels=options.max_pixels,
+        actor_class=_ChunkExplainer,
+        constructor={
+            "loaded": _portable(loaded),
+            "options": options,
+            "class_names": class_names,
+            "threads": plan.threads_per_actor,
+        },
+        plan=plan,
+    )
+    seen = writer.done_ids()
+    try:
+        for rows, maps in _explained_chunks(dataset):
+            rows, maps = _unseen(rows, maps, seen)
+            if maps is not None and len(maps) and not cam_size_known:
+                _update_cam_size(writer.root, maps.shape[1:])
+                cam_size_known = True
+            writer.add(rows, maps)
+            counts.processed += len(rows)
+            counts.failed += sum(row["status"] != "ok" for row in rows)
+            progress.advance(len(rows))
+    except KeyboardInterrupt as interrupt:
+        raise _interrupted(writer, counts.processed) from interrupt
+    return counts
+
+
+# -- the embedding pass -------------------------------------------------------------------------
+
+
+def ray_embedder(
+    options: AuditOptions, loaded: LoadedModel
+) -> Callable[[list[str], Any, int], np.ndarray]:
+    """An ``embedder`` for :func:`~shortcut_detect.audit.analysis.analyse_store` that extracts
+    the features in an actor pool of the cluster ``options`` name."""
+
+    def embed(paths: list[str], preprocessing: Any, batch_size: int) -> np.ndarray:
+        ray = connect(options.ray_address)
+        plan = plan_actors(ray.cluster_resources(), options.ray_actors)
+        records = [
+            ImageRecord(sample_id=str(i), index=i, path=p, label=-1, label_name="")
+            for i, p in enumerate(paths)
+        ]
+        dataset = _pipeline(
+            records,
+            replace(loaded, transform=preprocessing),
+            batch_size=batch_size,
+            max_pixels=options.max_pixels,
+            actor_class=_ChunkEmbedder,
+            constructor={
+                "loaded": _portable(loaded),
+                "batch_size": batch_size,
+                "threads": plan.threads_per_actor,
+            },
+            plan=plan,
+        )
+        chunks = {
+            int(item["chunk"]): pickle.loads(item["features"]) for item in dataset.iter_rows()
+        }
+        return np.concatenate([chunks[k] for k in sorted(chunks)])
+
+    return embed

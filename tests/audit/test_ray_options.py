@@ -1,0 +1,113 @@
+"""The Ray executor's options without a cluster: actor planning, SLURM job arrays, Ray missing."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pytest
+
+from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
+from shortcut_detect.audit.ray_executor import _records, _unseen, plan_actors
+from shortcut_detect.cli import CommandError, _shards, main
+from shortcut_detect.data.images import ImageRecord
+
+
+def test_plan_leaves_cpus_to_decoding_and_shares_gpus():
+    two_cores = plan_actors({"CPU": 2.0})
+    assert (two_cores.actors, two_cores.cpus_per_actor, two_cores.threads_per_actor) == (1, 1, 2)
+    shared = plan_actors({"CPU": 2.0}, actors=4)
+    assert (shared.actors, shared.cpus_per_actor, shared.threads_per_actor) == (4, 0.25, 1)
+    big = plan_actors({"CPU": 64.0})
+    assert (big.actors, big.cpus_per_actor) == (48, 1.0)
+    threaded = plan_actors({"CPU": 64.0}, actors=4)
+    assert (threaded.cpus_per_actor, threaded.threads_per_actor) == (1.0, 16)
+    gpus = plan_actors({"CPU": 16.0, "GPU": 4.0})
+    assert (gpus.actors, gpus.gpus_per_actor) == (4, 1.0)
+    assert plan_actors({"CPU": 16.0, "GPU": 2.0}, actors=8).gpus_per_actor == 0.25
+    assert (
+        "8 actors (1 CPU, 0.25 GPU, 1 torch thread each)"
+        in plan_actors({"CPU": 16.0, "GPU": 2.0}, actors=8).describe()
+    )
+    with pytest.raises(AuditError, match="ray_actors= must be at least 1, got 0"):
+        plan_actors({"CPU": 2.0}, actors=0)
+
+
+def test_records_survive_the_trip_to_the_workers():
+    from shortcut_detect.audit.ray_executor import _record_json
+
+    records = [
+        ImageRecord("a.png", 0, "/d/a.png", 1, "cat", "site1", ("box", (0.123456789, 2, 3, 4))),
+        ImageRecord("b.png", 1, "/d/b.png", -1, "", None, ("file", "/d/b_mask.png")),
+        ImageRecord("c.png", 2, "/d/c.png", 0, "dog"),
+    ]
+    assert _records(_record_json(records)) == records
+
+
+def test_rows_of_stored_ids_are_dropped_with_their_maps():
+    import numpy as np
+
+    rows = [
+        {"sample_id": "a", "heatmap_row": 0},
+        {"sample_id": "b", "heatmap_row": -1},
+        {"sample_id": "c", "heatmap_row": 1},
+        {"sample_id": "d", "heatmap_row": 2},
+    ]
+    maps = np.arange(3, dtype=np.float16)[:, None, None]
+    seen = {"c"}
+    kept, kept_maps = _unseen(rows, maps, seen)
+    assert [row["sample_id"] for row in kept] == ["a", "b", "d"]
+    assert kept_maps[:, 0, 0].tolist() == [0.0, 2.0]
+    assert seen == {"a", "b", "c", "d"}
+    again, again_maps = _unseen(rows, maps, seen)
+    assert again == [] and len(again_maps) == 0
+
+
+def _args(shard_index=None, num_shards=None):
+    return argparse.Namespace(shard_index=shard_index, num_shards=num_shards)
+
+
+def test_shards_come_from_a_slurm_job_array_unless_given():
+    array = {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_COUNT": "8"}
+    assert _shards(_args(), array) == (5, 8)
+    assert _shards(_args(), {**array, "SLURM_ARRAY_TASK_MIN": "1"}) == (4, 8)
+    assert _shards(_args(2, 4), array) == (2, 4)
+    assert _shards(_args(), {}) == (0, 1)
+    assert _shards(_args(), {"SLURM_ARRAY_TASK_ID": "3"}) == (0, 1)  # not an array
+    with pytest.raises(CommandError, match="SLURM_ARRAY_TASK_ID=x"):
+        _shards(_args(), {"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "8"})
+
+
+@pytest.fixture
+def ray_hidden(monkeypatch):
+    """Ray as if not installed (``import ray`` raises ImportError)."""
+    for name in [n for n in sys.modules if n == "ray" or n.startswith("ray.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "ray.data", None)
+
+
+def test_without_ray_the_command_fails_with_one_line_naming_the_extra(ray_hidden, tmp_path, capsys):
+    data, out = str(tmp_path), str(tmp_path / "o")
+    status = main(["audit", "--model", "demo", "--data", data, "--out", out, "--executor", "ray"])
+    error = capsys.readouterr().err.strip().splitlines()
+    assert status == 1
+    assert error == [
+        "error: --executor ray needs Ray (Ray Data), which is not installed: "
+        "pip install 'shortcut-detect[ray]'"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_without_ray_the_library_raises_before_loading_anything(ray_hidden, tmp_path):
+    options = AuditOptions(
+        model="no-such-model", data=str(tmp_path), out=str(tmp_path / "o"), executor="ray"
+    )
+    with pytest.raises(AuditError, match=r"shortcut-detect\[ray\]"):
+        run_audit(options)
+
+
+def test_unknown_executor_is_refused(tmp_path):
+    options = AuditOptions(model="demo", data=str(tmp_path), out=str(tmp_path), executor="dask")
+    with pytest.raises(AuditError, match="executor= must be one of local, ray, got 'dask'"):
+        run_audit(options)
