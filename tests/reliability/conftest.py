@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gc
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,22 @@ import pytest
 FILE_PAYLOADS = ('<img src=x onerror="window.__pwned=1">', "<svg onload=window.__pwned=2>")
 LABEL_PAYLOADS = ("<script>window.__pwned=3</script>", '"><img src=x onerror=window.__pwned=4>')
 GROUP_PAYLOADS = ("<script>document.title='pwned'</script>", "<b onmouseover=window.__pwned=5>g")
+
+
+def _rss_mb() -> float:
+    gc.collect()
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS line in /proc/self/status")
+
+
+@pytest.fixture(scope="session")
+def rss_mb():
+    """A function: this process's resident memory in MB (after a garbage collection)."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("reads resident memory from /proc")
+    return _rss_mb
 
 
 @pytest.fixture(scope="session")

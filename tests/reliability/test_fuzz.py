@@ -309,8 +309,8 @@ class _FaultyNet(nn.Module):
         out = self.fc(torch.relu(self.conv(x)).mean(dim=(2, 3)))
         nan = (code - FAULTS["nan"]).abs().lt(0.01)[:, None]
         inf = (code - FAULTS["inf"]).abs().lt(0.01)[:, None]
-        out = torch.where(nan, out * float("nan"), out)
-        out = torch.where(inf, out + float("inf"), out)
+        # masked_fill, not torch.where: where's gradient turns the other rows NaN too
+        out = out.masked_fill(nan, float("nan")).masked_fill(inf, float("inf"))
         if self.shape == "3d":
             return out[:, :, None].expand(-1, -1, 2)
         if self.shape == "short":
@@ -326,6 +326,7 @@ GENERATOR = GradCAMHeatmapGenerator(NET, "conv")
 @given(
     faults=st.lists(st.sampled_from(list(FAULTS)), min_size=1, max_size=5),
     unreadable=st.lists(st.booleans(), min_size=5, max_size=5),
+    # "3d": (batch, classes, 2) logits, which the generator reduces to (batch, classes)
     shape=st.sampled_from(["ok"] * 8 + ["3d", "short"]),
 )
 def test_model_failures_become_row_errors_or_a_refusal(faults, unreadable, shape):
@@ -347,12 +348,14 @@ def test_model_failures_become_row_errors_or_a_refusal(faults, unreadable, shape
         )
     except AuditError as error:
         readable = [f for f, bad in zip(faults, unreadable) if not bad]
-        assert shape != "ok" or len(set(readable)) == 1, error
+        assert shape == "short" or "ok" not in readable, error
         assert "model" in str(error)
         return
     finally:
         NET.shape = "ok"
-    assert shape == "ok" or all(unreadable[:count])
+    if shape == "short":  # refused above, or (mixed with other failures) only error rows
+        assert all(row["status"] == "error" for row in rows) and maps is None
+        return
     assert [row["sample_id"] for row in rows] == [r.sample_id for r in records]
     expected_ok = [f == "ok" and not bad for f, bad in zip(faults, unreadable)]
     assert [row["status"] == "ok" for row in rows] == expected_ok

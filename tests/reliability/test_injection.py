@@ -71,7 +71,7 @@ def test_the_audit_browser_shows_payloads_as_text(browser, hostile_audit, payloa
         page.get_by_role("tab", name="Audit results").click()
         page.wait_for_selector("#audit-table [data-testid=cell-0-0]")
         table = page.inner_text("#audit-table")
-        assert "onerror" in table and payloads["groups"][0] in table
+        assert "onerror" in table and any(group in table for group in payloads["groups"])
         cell = page.locator("#audit-table [data-testid=cell-0-0]")
         cell.click()
         page.click("#audit-open")

@@ -1,7 +1,7 @@
 """Kill anywhere: an audit SIGKILLed again and again, rerun each time, ends as an uninterrupted one.
 
-The same ``shortcut-detect audit`` command (320 demo images plus two unreadable files, chunks of
-8 rows, so 41 commits, then the intervention stage, the merge and the report) is killed at
+The same ``shortcut-detect audit`` command (240 demo images plus two unreadable files, chunks of
+8 rows, so 31 commits, then the intervention stage, the merge and the report) is killed at
 named points (``SHORTCUT_DETECT_FAULT``, see :mod:`shortcut_detect.common.faults`: inside an
 atomic write, between a chunk's heatmaps and its rows, after a commit, before the shard is
 marked finished, between the merged heatmaps and rows, before the analysis, between
@@ -31,7 +31,7 @@ import pytest
 from shortcut_detect.audit.store import AuditStore
 
 KILL_POINTS = int(os.environ.get("SHORTCUT_DETECT_KILL_POINTS", "30"))
-N_SAMPLES = max(320, 11 * KILL_POINTS)
+N_SAMPLES = max(240, 8 * KILL_POINTS)
 FLUSH_ROWS = 8
 RUNNER = Path(__file__).with_name("fork_runner.py")
 SHARD = "shards/shard-00000-of-00001"
@@ -220,3 +220,24 @@ def test_an_audit_killed_anywhere_ends_as_an_uninterrupted_one(tmp_path, manifes
     assert (out / "report.html").stat().st_size > 10_000
     leftovers = [p.name for p in out.rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
+
+
+def test_a_malformed_fault_spec_is_refused(monkeypatch):
+    from shortcut_detect.common.faults import fault_point
+
+    monkeypatch.setenv("SHORTCUT_DETECT_FAULT", "commit.rows")
+    with pytest.raises(ValueError, match="expected STAGE:N"):
+        fault_point("commit.rows")
+
+
+def test_a_folder_left_by_a_run_killed_in_its_first_write_starts_afresh(tmp_path):
+    from shortcut_detect.audit.store import _HOST, clear_unstarted_run
+
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    partial = tmp_path / f"audit.copy.json.tmp-{_HOST}-{dead}"
+    partial.write_text('{"store_ver')
+    assert clear_unstarted_run(tmp_path) is True and list(tmp_path.iterdir()) == []
+    partial.write_text('{"store_ver')
+    (tmp_path / "notes.txt").write_text("a user's file")
+    assert clear_unstarted_run(tmp_path) is False  # anything else: not ours to remove
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([partial.name, "notes.txt"])

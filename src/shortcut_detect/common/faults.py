@@ -38,7 +38,7 @@ def _parse(text: str) -> dict[str, int]:
 
 
 def fault_point(stage: str) -> None:
-    """SIGKILL this process when ``SHORTCUT_DETECT_FAULT`` asks for it at this visit of ``stage``."""
+    """SIGKILL this process if ``SHORTCUT_DETECT_FAULT`` asks for it at this visit of ``stage``."""
     text = os.environ.get(FAULT_ENV)
     if not text:
         return
