@@ -149,7 +149,7 @@ def test_a_second_slow_request_is_refused_while_gradient_methods_go_on(hostile_a
     from shortcut_detect.app.inputs import ExplorerInputError
 
     explorer = make_explorer(audit=hostile_audit)
-    selection = explorer.select_sample(explorer.sample_ids[0])
+    selection = explorer.select_sample(explorer.sample_ids()[0])
     assert explorer._slow_gate.acquire(blocking=False)  # another user's ScoreCAM is running
     try:
         with pytest.raises(ExplorerInputError, match="Another scorecam computation is running"):
