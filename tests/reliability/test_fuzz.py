@@ -2,7 +2,7 @@
 
 Each generated case must end in a clear per-row error or a clear refusal (an exception of the
 documented type, whose message names the culprit), never in a crash and never in a wrong row.
-Seeded (``derandomize=True``): CI sees the same cases every time. CI runs about 11,000 cases;
+Seeded (``derandomize=True``): CI sees the same cases every time. CI runs about 10,600 cases;
 ``SHORTCUT_DETECT_FUZZ_SCALE=10`` runs ten times as many. The count is printed (``-s``) and
 checked by the last test.
 """
@@ -37,6 +37,13 @@ from shortcut_detect.data.images import (
 )
 from shortcut_detect.data.transforms import Preprocessing
 from shortcut_detect.gradcam import GradCAMHeatmapGenerator
+
+pytestmark = [
+    # What Pillow says about the broken files it is fed, and about saving the test images.
+    pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Truncated File Read:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Saving I mode images as PNG:DeprecationWarning"),
+]
 
 SCALE = float(os.environ.get("SHORTCUT_DETECT_FUZZ_SCALE", "1"))
 CASES = {"count": 0}
@@ -81,7 +88,7 @@ boxes = st.one_of(
 )  # fmt: skip
 
 
-@_settings(2200)
+@_settings(1500)
 @given(
     rows=st.lists(st.tuples(cell_paths, labels, labels, boxes), min_size=1, max_size=6),
     class_names=st.sampled_from([None, ["cat", "dog"], ["0", "1", "2"]]),
@@ -137,7 +144,7 @@ def test_a_huge_manifest_is_read_whole():
 # -- boxes and masks -------------------------------------------------------------------------
 
 
-@_settings(3500)
+@_settings(5000)
 @given(text=st.one_of(st.text(max_size=30), boxes))
 def test_box_text_parses_to_a_valid_box_or_a_value_error(text):
     _case()
@@ -160,7 +167,7 @@ _IMAGE = TMP / "plain.png"
 Image.fromarray(np.full((30, 40, 3), 128, np.uint8)).save(_IMAGE)
 
 
-@_settings(1200)
+@_settings(1500)
 @given(box=st.tuples(*[st.floats(-100, 100, allow_subnormal=False)] * 4))
 def test_a_box_gives_a_mask_of_the_input_size_or_a_row_error(box):
     _case()
@@ -181,7 +188,7 @@ def test_a_box_gives_a_mask_of_the_input_size_or_a_row_error(box):
         assert columns[-1] <= math.ceil(min(x1, 40) * 16 / 40) + 1
 
 
-@_settings(500)
+@_settings(400)
 @given(width=st.integers(1, 90), height=st.integers(1, 90), value=st.integers(0, 255))
 def test_a_mask_file_of_another_size_is_stretched_or_refused(width, height, value):
     _case()
@@ -233,7 +240,7 @@ def _encode(mode: str, fmt: str, width: int, height: int, frames: int, seed: int
     return buffer.getvalue()
 
 
-@_settings(2200)
+@_settings(1400)
 @given(
     mode=st.sampled_from(MODES),
     fmt=st.sampled_from(list(FORMATS)),
@@ -322,7 +329,7 @@ NET = _FaultyNet().eval()
 GENERATOR = GradCAMHeatmapGenerator(NET, "conv")
 
 
-@_settings(1200)
+@_settings(800)
 @given(
     faults=st.lists(st.sampled_from(list(FAULTS)), min_size=1, max_size=5),
     unreadable=st.lists(st.booleans(), min_size=5, max_size=5),
@@ -376,6 +383,7 @@ def test_model_failures_become_row_errors_or_a_refusal(faults, unreadable, shape
 def test_the_fuzz_suites_ran_enough_cases(request):
     ran = CASES["count"]
     sys.stderr.write(f"fuzz: {ran} generated cases\n")
-    if len(request.session.items) < 8:
+    suites = [item for item in request.session.items if item.module is request.module]
+    if len(suites) < 9:
         pytest.skip("only part of the fuzz suites ran")
     assert ran >= MINIMUM_CASES

@@ -148,7 +148,8 @@ def _kill_until_done(runner: _Runner, command: list[str], out: Path) -> list[str
     explain_turn = finish_turn = 0
     shard_done = False  # once finished, a rerun killed early can remove DONE.json again
     for _ in range(40 * KILL_POINTS):  # a bound, never reached when the audit progresses
-        shard_done = shard_done or (out / SHARD / "DONE.json").is_file()
+        done = (out / SHARD / "DONE.json").is_file() or "shard.done:1" in killed
+        shard_done = shard_done or done
         if not shard_done:
             point = EXPLAIN_POINTS[explain_turn % len(EXPLAIN_POINTS)]
             explain_turn += 1

@@ -160,3 +160,27 @@ def test_a_second_slow_request_is_refused_while_gradient_methods_go_on(hostile_a
         explorer._slow_gate.release()
     (result,) = explorer.explain(selection, method="scorecam")
     assert result.method == "scorecam" and np.isfinite(result.heatmap).all()
+
+
+def test_an_upload_request_naming_a_server_file_is_refused(served, hostile_audit, tmp_path):
+    import json
+
+    running, _ = served
+    outside = next((hostile_audit.parent / "data" / "images").iterdir())
+    base = running.url.rstrip("/") + "/gradio_api/call/pick_upload"
+    for name in ("/etc/passwd", str(outside), "../../../../etc/hostname"):
+        body = json.dumps({"data": [{"path": name, "meta": {"_type": "gradio.FileData"}}]})
+        request = urllib.request.Request(
+            base, data=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            event = json.loads(response.read())["event_id"]
+        with urllib.request.urlopen(f"{base}/{event}", timeout=60) as response:
+            stream = response.read().decode()
+        assert stream.startswith("event: error") and "not uploaded by a user" in stream, stream
+    # And behind Gradio's check, the callback refuses a path outside the upload folder.
+    from shortcut_detect.app.callbacks import choose_upload
+
+    picked = choose_upload(running.explorer, outside, upload_folder=tmp_path)
+    assert picked.status.startswith("**Error:**")
+    assert "outside the allowed directory" in picked.status
