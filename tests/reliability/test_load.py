@@ -29,7 +29,7 @@ from shortcut_detect.audit.store import AuditStore
 LOAD_SECONDS = float(os.environ.get("SHORTCUT_DETECT_LOAD_SECONDS", "60"))
 SESSIONS = 8
 P95_BOUND_S = 10.0  # on a 2-core CI runner shared with the clients
-RSS_BOUND_MB = 100.0
+RSS_BOUND_MB = 150.0  # caches fill after the warm-up too (measured +60..+85 MB in 60 s)
 LAYERS = ("features", "features.6", "features.3")
 METHODS = ("gradcam", "hirescam", "layercam", "xgradcam", "gradcam++")
 
