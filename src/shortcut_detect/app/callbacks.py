@@ -24,7 +24,7 @@ from shortcut_detect.app.explorer import (
     Selection,
     render_views,
 )
-from shortcut_detect.app.inputs import ExplorerInputError
+from shortcut_detect.app.inputs import ExplorerInputError, resolve_inside
 from shortcut_detect.app.sources import Sample, thumbnail
 
 __all__ = [
@@ -162,11 +162,19 @@ def open_sample(explorer: Explorer, sample_id: str | None) -> Picked:
     return _picked(explorer, selection, "test image")
 
 
-def choose_upload(explorer: Explorer, path: str | Path | None) -> Picked:
-    """An uploaded file: any non-image, oversized or undecodable file gives a message."""
+def choose_upload(
+    explorer: Explorer, path: str | Path | None, upload_folder: str | Path | None = None
+) -> Picked:
+    """An uploaded file: any non-image, oversized or undecodable file gives a message.
+
+    With ``upload_folder`` (where the web server stores uploads) a path outside it is
+    refused: a crafted request could otherwise name any file of the server as an upload.
+    """
     if path is None or str(path) == "":
         return Picked(None, None, "Upload cleared. " + NO_SELECTION)
     try:
+        if upload_folder is not None:
+            path = resolve_inside(upload_folder, path)
         selection = explorer.select_upload(path)
     except ExplorerInputError as error:
         return Picked(None, None, error_message(str(error)))

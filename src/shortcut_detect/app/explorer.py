@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -70,6 +70,8 @@ PREDICTED = "predicted"
 """Value of the class picker that explains each image's predicted class."""
 
 LIME = "lime"
+# Methods that run many forward passes per image (perturbations of the input or channels).
+SLOW_METHODS = frozenset({"scorecam", "ablationcam", "shapleycam", "sscam", "iscam"})
 """Method key of LIME in the method picker (computed by :mod:`shortcut_detect.app.views`)."""
 
 _CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -439,6 +441,9 @@ class Explorer:
         self.computations = 0  # heatmap computations actually run (cache misses)
         self.audit: AuditBrowser | None = None  # set when an audit is browsed
         self.default_method = "gradcam"
+        # One perturbation-method computation at a time: it holds the model for many forward
+        # passes, so others' Grad-CAM waits for at most one of them, never for a queue.
+        self._slow_gate = threading.Semaphore(1)
 
     # -- models, layers, methods, classes -------------------------------------------------
     @property
@@ -608,18 +613,41 @@ class Explorer:
         keys = [(model.name, image_key, layer, method, index) for index in indices]
         results = {key: self._cached(key) for key in keys}
         if any(result is None for result in results.values()):
-            with model.lock:
-                # Another request may have computed some while this one waited.
-                results = {key: self._cached(key) for key in keys}
-                missing = [key for key, result in results.items() if result is None]
-                if missing:
-                    fresh = self._compute(
-                        model, selection, tensor, layer, method, [key[-1] for key in missing]
-                    )
-                    for key, computed in zip(missing, fresh):
-                        self._cache.put(key, computed)
-                        results[key] = computed
+            slow = method in SLOW_METHODS
+            if slow and not self._slow_gate.acquire(blocking=False):
+                raise ExplorerInputError(
+                    f"Another {method} computation is running (it takes many forward passes); "
+                    "try again in a moment, or use a gradient method such as gradcam."
+                )
+            try:
+                results = self._compute_missing(model, selection, tensor, layer, method, keys)
+            finally:
+                if slow:
+                    self._slow_gate.release()
         return [results[key] for key in keys]  # type: ignore[misc]
+
+    def _compute_missing(
+        self,
+        model: ExplorerModel,
+        selection: Selection,
+        tensor: torch.Tensor,
+        layer: str,
+        method: str,
+        keys: list[tuple[Any, ...]],
+    ) -> dict[tuple[Any, ...], HeatmapResult | None]:
+        """The results of ``keys``, computed under the model's lock where not cached."""
+        with model.lock:
+            # Another request may have computed some while this one waited.
+            results = {key: self._cached(key) for key in keys}
+            missing = [key for key, result in results.items() if result is None]
+            if missing:
+                fresh = self._compute(
+                    model, selection, tensor, layer, method, [key[-1] for key in missing]
+                )
+                for key, computed in zip(missing, fresh):
+                    self._cache.put(key, computed)
+                    results[key] = computed
+        return results
 
     def remember(
         self, model: ExplorerModel, key: Hashable, compute: Callable[[], HeatmapResult]

@@ -362,7 +362,8 @@ def _wire_explorer(demo: gr.Blocks, explorer: Explorer, page: _Page) -> None:
     @_guard
     def pick_upload(path: str | None) -> tuple[Any, ...]:
         # The upload box is emptied again so that the next file can be dropped at once.
-        return (*callbacks.choose_upload(explorer, path), *_CLEARED, None)
+        picked = callbacks.choose_upload(explorer, path, controls.upload.GRADIO_CACHE)
+        return (*picked, *_CLEARED, None)
 
     @_guard
     def change_model(name: str) -> tuple[Any, ...]:

@@ -28,6 +28,7 @@ from shortcut_detect.audit.store import (
     STORE_VERSION,
     AuditStore,
     ShardWriter,
+    clear_unstarted_run,
     close_inherited_locks,
     read_config,
     remove_stray_temp_files,
@@ -69,6 +70,10 @@ EXECUTORS = ("local", "ray")
 
 class AuditError(ValueError):
     """The audit cannot run as asked (the message says what to change)."""
+
+
+class ModelOutputError(ValueError):
+    """The model failed on, or gave unusable output for, some images of a batch."""
 
 
 class AuditInterrupted(KeyboardInterrupt):
@@ -278,7 +283,7 @@ def _prepare_directory(out: Path, config: dict[str, Any], overwrite: bool) -> No
                 f"{'; '.join(running)}. Stop that run first."
             )
         shutil.rmtree(out)
-    elif out.is_dir() and any(out.iterdir()):
+    elif out.is_dir() and any(out.iterdir()) and not clear_unstarted_run(out):
         if not overwrite:
             raise AuditError(
                 f'out="{out}" is a non-empty directory that is not an audit; give a new or '
@@ -360,6 +365,13 @@ def explain_batch(
     targets = explanation.target_indices.astype(np.int64)
     # numpy, not torch: on a busy CPU torch's thread pool makes tiny ops cost milliseconds.
     logits = explanation.head_output.float().numpy().astype(np.float64)
+    if logits.ndim not in (1, 2) or len(logits) != len(records):
+        raise AuditError(
+            f"The model's output has shape {tuple(logits.shape)} for a batch of {len(records)} "
+            "images; the audit needs one logit per class per image, (batch, classes)"
+        )
+    if not np.isfinite(logits).all():
+        raise ModelOutputError("the model's output is not finite (NaN or inf logits)")
     probabilities, target_scores = _probabilities(logits, targets)
     confidences = probabilities[np.arange(len(labels)), predictions]
     raw = np.maximum(np.asarray(explanation.raw_heatmaps, dtype=np.float32), 0.0)
@@ -454,23 +466,75 @@ def _batch_rows(
     if not ok.all():  # only then copy the readable part out of the batch
         selected = torch.from_numpy(np.flatnonzero(ok))
         images, masks, has_mask, sizes = (t[selected] for t in (images, masks, has_mask, sizes))
-    result = explain_batch(
-        generator,
-        images,
-        [r for r, flag in zip(records, ok) if flag],
-        masks,
-        has_mask,
-        class_names,
-        target,
-        [tuple(size) for size in sizes.tolist()],
-    )
+    readable = [r for r, flag in zip(records, ok) if flag]
+    arguments = (images, masks, has_mask, [tuple(size) for size in sizes.tolist()])
+    try:
+        result = explain_batch(generator, arguments[0], readable, *arguments[1:3], class_names,
+                               target, arguments[3])  # fmt: skip
+    except AuditError:
+        raise
+    except Exception:  # some image makes the model fail: find which, one by one
+        result, model_errors = _explain_one_by_one(
+            generator, readable, arguments, class_names, target
+        )
+        errors = iter(model_errors)
+        batch_errors = [
+            error if not flag else next(errors) for error, flag in zip(batch["error"], ok)
+        ]
+        ok = np.array([not error for error in batch_errors])
+        batch = {**batch, "error": batch_errors}
     explained = iter(result.rows)
     # rows with maps keep their order, matching `maps`
     rows = [
         next(explained) if flag else failed_row(record, error)
         for record, flag, error in zip(records, ok, batch["error"])
     ]
-    return rows, result.maps, int((~ok).sum())
+    return rows, (result.maps if result.rows else None), int((~ok).sum())
+
+
+def _explain_one_by_one(
+    generator: Any,
+    records: list[ImageRecord],
+    arguments: tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]],
+    class_names: list[str],
+    target: str,
+) -> tuple[BatchResult, list[str]]:
+    """Explain a batch the model failed on image by image: the rows and maps of the images
+    that work, and for each image ``""`` or why the model failed on it.
+
+    Raises :class:`AuditError` when it fails on every image in the same way (a broken model,
+    not a bad image)."""
+    images, masks, has_mask, sizes = arguments
+    rows: list[dict[str, Any]] = []
+    maps: list[np.ndarray] = []
+    errors: list[str] = []
+    reasons: list[str] = []
+    for i, record in enumerate(records):
+        one = slice(i, i + 1)
+        try:
+            result = explain_batch(generator, images[one], [record], masks[one], has_mask[one],
+                                   class_names, target, sizes[one])  # fmt: skip
+        except AuditError:
+            raise
+        except Exception as error:  # reported in the image's row
+            reasons.append(_error_text(error))
+            errors.append(f"{record.path}: the model failed on this image ({reasons[-1]})")
+            continue
+        rows.extend(result.rows)
+        maps.append(result.maps)
+        errors.append("")
+    if not rows and len(set(reasons)) == 1:
+        raise AuditError(
+            f"The model fails on every image of a batch in the same way ({reasons[0]}); check "
+            "the model, its weights and the preprocessing"
+        )
+    stored = np.concatenate(maps) if maps else np.zeros((0, 1, 1), dtype=np.float16)
+    return BatchResult(rows=rows, maps=stored), errors
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 # -- the run -----------------------------------------------------------------------------------

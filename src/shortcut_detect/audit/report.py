@@ -22,7 +22,8 @@ from shortcut_detect.audit.embedding_view import (
     map_points,
 )
 from shortcut_detect.audit.html import format_number, format_percent, render
-from shortcut_detect.audit.store import AuditStore, write_json, write_text
+from shortcut_detect.audit.store import INTERVENTIONS_DIR, AuditStore, write_json, write_text
+from shortcut_detect.common.faults import fault_point
 from shortcut_detect.common.logs import forward_log
 from shortcut_detect.common.serialization import to_jsonable
 
@@ -308,6 +309,17 @@ def _rows_of(store: AuditStore, ids: set[str]) -> dict[str, dict[str, Any]]:
     return {row["sample_id"]: row for row in wanted.to_pylist()}
 
 
+def _stage_file(store: AuditStore, name: Any) -> Path | None:
+    """The intervention stage's picture ``name`` (relative to the audit folder), only when it
+    is a file inside the stage's folder once links are followed: whatever a tampered
+    ``interventions.json`` names, the report embeds no other file."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        return None
+    folder = (store.root / INTERVENTIONS_DIR).resolve()
+    path = (store.root / name).resolve()
+    return path if folder in path.parents and path.is_file() else None
+
+
 def _intervention_section(
     summary: dict[str, Any], store: AuditStore
 ) -> list[dict[str, Any]] | None:
@@ -320,8 +332,9 @@ def _intervention_section(
     for entry in summary.get("interventions", []):
         pairs = []
         for example in entry.get("examples") or []:
-            original, removed = store.root / example["original"], store.root / example["removed"]
-            if original.is_file() and removed.is_file():
+            original = _stage_file(store, example.get("original"))
+            removed = _stage_file(store, example.get("removed"))
+            if original is not None and removed is not None:
                 pairs.append(
                     example | {"original": _file_uri(original), "removed": _file_uri(removed)}
                 )
@@ -398,6 +411,7 @@ def build_report(
     """
     with forward_log(log, deprecated="build_report(log=...)"):
         store.merge()
+        fault_point("report.analysis")
         analysis = analyse_store(store, loaded=loaded, **analysis_options)
     target = Path(out) if out is not None else store.root
     summary = to_jsonable(analysis.summary)
@@ -407,6 +421,7 @@ def build_report(
         write_json(target / EMBEDDING_MAP_FILE, points)
         summary["files"]["embedding_map"] = EMBEDDING_MAP_FILE
     write_json(target / "summary.json", summary)
+    fault_point("report.summary")
     html = render_html(summary, analysis, store)
     report = target / "report.html"
     write_text(report, html)

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from shortcut_detect.common.faults import fault_point
 from shortcut_detect.common.serialization import json_default
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "DiskFullError",
     "ShardWriter",
     "StoreError",
+    "clear_unstarted_run",
     "close_inherited_locks",
     "load_interventions",
     "read_config",
@@ -153,6 +155,7 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        fault_point("write")
         os.replace(partial, path)
     except BaseException as error:
         partial.unlink(missing_ok=True)
@@ -258,6 +261,24 @@ def remove_stray_temp_files(root: str | os.PathLike[str]) -> int:
     if removed:
         _LOG.warning("Removed %d temporary file(s) a killed run left in %s.", removed, root)
     return removed
+
+
+def clear_unstarted_run(root: str | os.PathLike[str]) -> bool:
+    """Remove what a run killed while writing its first configuration left in ``root`` (only
+    the temporary files of ``audit.json`` and its copy); ``True`` when that was all there was,
+    so that ``root`` can start afresh. Any other file leaves ``root`` untouched."""
+    root = Path(root)
+    entries = list(root.iterdir())
+    config_names = (f"{CONFIG_FILE}.tmp-", f"{CONFIG_COPY}.tmp-")
+    if not entries or not all(
+        path.is_file() and path.name.startswith(config_names) and _is_stray_temp(path)
+        for path in entries
+    ):
+        return False
+    for path in entries:
+        path.unlink(missing_ok=True)
+    _LOG.warning("Removed the unfinished run configuration a killed run left in %s.", root)
+    return True
 
 
 def _lock_holder(path: Path) -> str:
@@ -534,13 +555,16 @@ class ShardWriter:
         columns["shard"] = [self.shard_index] * len(rows)
         if any(with_map):
             _save_npy(self.directory / f"{stem}.npy", np.concatenate(maps, axis=0))
+            fault_point("commit.heatmaps")
         _write_parquet(self.directory / f"{stem}.parquet", pa.table(columns, schema=schema))
+        fault_point("commit.rows")
         self.written += len(rows)
 
     def finish(self, info: dict[str, Any] | None = None) -> None:
         """Flush and mark the shard complete."""
         self.flush()
         self.wait()
+        fault_point("shard.done")
         write_json(
             self.directory / "DONE.json",
             {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {})},
@@ -796,6 +820,7 @@ class AuditStore:
             part = with_map[start : start + 8192]
             maps[start : start + len(part)] = self.heatmaps(part)
         _save_npy(merged / "heatmaps.npy", maps)
+        fault_point("merge.heatmaps")
         new_rows: list[int] = []
         new_files: list[str | None] = []
         position = 0
@@ -819,6 +844,7 @@ class AuditStore:
             pa.array(new_files, pa.string()),
         )
         _write_parquet(merged / "results.parquet", table)
+        fault_point("merge.rows")
         write_json(merged / "sources.json", sources)
         self._index = None
         return merged

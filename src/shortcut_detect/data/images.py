@@ -539,7 +539,12 @@ def parse_box(text: str) -> tuple[float, ...]:
     parts = [p for p in text.replace(";", ",").replace(" ", ",").split(",") if p]
     if len(parts) not in (4, 6):
         raise ValueError(f"a box is 'x0,y0,x1,y1' (or 'x0,y0,z0,x1,y1,z1' in 3-D), got {text!r}")
-    values = tuple(float(p) for p in parts)
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(
+            f"a box is numbers 'x0,y0,x1,y1' (or 'x0,y0,z0,x1,y1,z1'), got {text!r}"
+        ) from None
     half = len(values) // 2
     if not all(math.isfinite(v) for v in values) or any(
         values[half + axis] <= values[axis] for axis in range(half)
@@ -666,6 +671,8 @@ def _read_table(path: Path) -> Any:
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.string() for name in names},
+                # Only an empty cell is missing: "NA", "None" or "nan" are labels and names.
+                null_values=[""],
                 strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
             ),
@@ -890,9 +897,24 @@ class ImageRecordDataset(torch.utils.data.Dataset):
         if record.mask is None:
             return None
         kind, value = record.mask
+        width, height = size
         if kind == "box":
+            x0, y0, x1, y1 = value
+            if x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
+                raise ImageLoadError(
+                    f"the box {mask_text(record.mask)[4:]} lies outside the {width}x{height} "
+                    "image (boxes are x0,y0,x1,y1 in the image's pixels)"
+                )
             return self.preprocessing.box_mask(value, size)
-        return self.preprocessing.mask(load_image(value, max_pixels=self.max_pixels), size)
+        mask_image = load_image(value, max_pixels=self.max_pixels)
+        mask_width, mask_height = mask_image.size
+        # Another size is stretched to the image; another shape is another image's mask.
+        if abs(mask_width * height - mask_height * width) > 0.02 * width * mask_height:
+            raise ImageLoadError(
+                f"{value} is {mask_width}x{mask_height} but the image is {width}x{height}, "
+                "another aspect ratio: is it this image's mask?"
+            )
+        return self.preprocessing.mask(mask_image, size)
 
     def _plain_png(self, path: str) -> PlainPng | None:
         # Same pixels as Pillow's path at about half the cost (see data.png_fast).

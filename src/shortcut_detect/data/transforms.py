@@ -283,8 +283,10 @@ class Preprocessing:
         x0, y0, x1, y1 = (float(v) for v in box)
         canvas = Image.new("L", (int(width), int(height)), 0)
         if x1 > x0 and y1 > y0:
-            # x1/y1 are exclusive; PIL's rectangle includes its far corner.
-            ImageDraw.Draw(canvas).rectangle([x0, y0, x1 - 1, y1 - 1], fill=255)
+            # x1/y1 are exclusive; PIL's rectangle includes its far corner (and refuses a
+            # far corner before the near one, which a box under a pixel wide would give).
+            corners = [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)]
+            ImageDraw.Draw(canvas).rectangle(corners, fill=255)
         return np.asarray(self.geometry(canvas, nearest=True)) > 127
 
     def warm_up(self) -> None:

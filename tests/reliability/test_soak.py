@@ -2,7 +2,8 @@
 
 CI runs a short setting; a longer one is chosen with environment variables::
 
-    SHORTCUT_DETECT_SOAK_EXPLAIN=10000 SHORTCUT_DETECT_SOAK_CYCLES=1000 pytest tests/test_soak.py
+    SHORTCUT_DETECT_SOAK_EXPLAIN=10000 SHORTCUT_DETECT_SOAK_CYCLES=1000 \
+        pytest tests/reliability/test_soak.py
 
 (explain calls through the Grad-CAM generator, and create / call / close cycles of every
 CAM class). Checked after the run: no hook left on any module, the model's parameters,
@@ -12,10 +13,8 @@ resident memory grown by less than ``RSS_BOUND_MB`` after a warm-up of 10 % of t
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,18 +26,6 @@ from shortcut_detect.gradcam import GradCAMHeatmapGenerator
 EXPLAIN_CALLS = int(os.environ.get("SHORTCUT_DETECT_SOAK_EXPLAIN", "200"))
 CREATE_CLOSE_CYCLES = int(os.environ.get("SHORTCUT_DETECT_SOAK_CYCLES", "2"))
 RSS_BOUND_MB = 50.0
-
-pytestmark = pytest.mark.skipif(
-    not Path("/proc/self/status").exists(), reason="reads resident memory from /proc"
-)
-
-
-def _rss_mb() -> float:
-    gc.collect()
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS line in /proc/self/status")
 
 
 class _Net(nn.Module):
@@ -86,18 +73,18 @@ def _model() -> nn.Module:
     return model
 
 
-def test_many_explain_calls_leave_no_trace():
+def test_many_explain_calls_leave_no_trace(rss_mb):
     model, images = _model(), torch.rand(4, 3, 16, 16)
     before = _state(model)
     warm_up = max(1, EXPLAIN_CALLS // 10)
     generator = GradCAMHeatmapGenerator(model, "act")
     for _ in range(warm_up):
         generator.explain(images)
-    start = _rss_mb()
+    start = rss_mb()
     for _ in range(EXPLAIN_CALLS - warm_up):
         (explanation,) = generator.explain(images)
         assert explanation.raw_heatmaps.shape == (4, 16, 16)
-    grown = _rss_mb() - start
+    grown = rss_mb() - start
     generator.close()
     _assert_untouched(model, before)
     sys.stderr.write(f"soak: {EXPLAIN_CALLS} explain calls, RSS +{grown:.1f} MB\n")
@@ -112,7 +99,7 @@ def _make(name: str, model: nn.Module) -> sc.BaseCAM:
 
 
 @pytest.mark.filterwarnings("ignore:FullGrad ignores target_layers:UserWarning")
-def test_create_close_cycles_of_every_cam_class_leave_no_trace():
+def test_create_close_cycles_of_every_cam_class_leave_no_trace(rss_mb):
     names = sorted({**sc.METHODS, **sc.MORE_METHODS})
     model, images = _model(), torch.rand(2, 3, 16, 16)
     targets = [sc.ClassifierOutputTarget(1), sc.ClassifierOutputTarget(2)]
@@ -120,14 +107,14 @@ def test_create_close_cycles_of_every_cam_class_leave_no_trace():
     for name in names:  # warm-up: one cycle of each
         with _make(name, model) as cam:
             cam(images, targets=targets)
-    start = _rss_mb()
+    start = rss_mb()
     for _ in range(CREATE_CLOSE_CYCLES):
         for name in names:
             cam = _make(name, model)
             assert cam(images, targets=targets).shape == (2, 16, 16), name
             cam.close()
             del cam
-    grown = _rss_mb() - start
+    grown = rss_mb() - start
     _assert_untouched(model, before)
     sys.stderr.write(
         f"soak: {CREATE_CLOSE_CYCLES} cycles x {len(names)} CAM classes, RSS +{grown:.1f} MB\n"
