@@ -347,14 +347,17 @@ class SmoothGradCAMpp(BaseCAM):
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         inputs, clean = self.capture_for(input_tensor, targets, need_gradients=False)
-        sample_targets = clean.score_fns[0].targets
+        clean_scores = clean.score_fns[0]
+        sample_targets = clean_scores.targets
         scale = torch.full(inputs.shape, self.std)
         noise = torch.cat(
             [torch.normal(torch.zeros_like(scale), scale) for _ in range(self.num_samples)]
         )
         noisy = inputs.repeat(self.num_samples, *([1] * (inputs.ndim - 1))) + noise.to(inputs)
         capture = self.engine.capture(
-            noisy, [TargetScores(sample_targets * self.num_samples)], need_gradients=True
+            noisy,
+            [TargetScores(sample_targets * self.num_samples, clean_scores.select)],
+            need_gradients=True,
         )
         batch = inputs.shape[0]
         maps = []
