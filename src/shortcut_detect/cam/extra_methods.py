@@ -18,7 +18,9 @@ from torch import nn
 from shortcut_detect.cam.base import (
     BaseCAM,
     GradCAM,
+    centred_positions,
     eigen_projection,
+    principal_direction,
     require_gradients,
     spatial_mean,
 )
@@ -231,15 +233,13 @@ class SegEigenCAM(BaseCAM):
         **context: Any,
     ) -> torch.Tensor:
         weighted = require_gradients(self, gradients).abs() * activations
-        batch, channels = weighted.shape[:2]
-        points = torch.nan_to_num(weighted.detach().double(), nan=0.0)
-        points = points.reshape(batch, channels, -1).transpose(1, 2)
-        centred = points - points.mean(dim=1, keepdim=True)
-        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        projection = (centred @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)
+        centred = centred_positions(weighted)
+        projection = (centred @ principal_direction(centred).unsqueeze(-1)).squeeze(-1)
         flip = projection.min(dim=1).values.abs() > projection.max(dim=1).values.abs()
         projection = torch.where(flip[:, None], -projection, projection)
-        return projection.to(activations.dtype).reshape(batch, *activations.shape[2:])
+        return projection.to(activations.dtype).reshape(
+            activations.shape[0], *activations.shape[2:]
+        )
 
 
 class CAM(BaseCAM):
