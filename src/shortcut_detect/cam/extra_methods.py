@@ -35,6 +35,7 @@ from shortcut_detect.cam.engine import (
 from shortcut_detect.cam.layers import LayerSpec, resolve_layer
 from shortcut_detect.cam.methods import GradCAMPlusPlus
 from shortcut_detect.cam.targets import ClassifierOutputTarget, FinerWeightedTarget
+from shortcut_detect.common.validation import positive_int, positive_number
 
 __all__ = [
     "CAM",
@@ -333,12 +334,8 @@ class SmoothGradCAMpp(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, **kwargs)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std!r}")
-        self.num_samples = num_samples
-        self.std = float(std)
+        self.num_samples = positive_int("num_samples", num_samples)
+        self.std = positive_number("std", std)
 
     def forward(
         self,

@@ -30,16 +30,11 @@ from torch import nn
 from shortcut_detect.cam.base import BaseCAM, eigen_projection
 from shortcut_detect.cam.engine import CAMEngine, Capture, ReshapeTransform
 from shortcut_detect.cam.layers import LayerSpec
+from shortcut_detect.common.validation import positive_int
 
-__all__ = ["AblationCAM", "ScoreCAM", "channel_layout"]
+__all__ = ["AblationCAM", "PerturbationCAM", "ScoreCAM", "channel_layout"]
 
 _UPSAMPLE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _scores_match(new: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -124,7 +119,59 @@ class _InferenceCopy:
         return self._run
 
 
-class ScoreCAM(BaseCAM):
+class PerturbationCAM(BaseCAM):
+    """Base of the gradient-free methods that re-run the model on perturbed copies of the input.
+
+    Validates ``batch_size`` (perturbed copies per forward pass), requires the input batch
+    in :meth:`channel_weights` and runs the copies on the fast model copy when
+    ``accelerate`` is set.
+
+    Parameters
+    ----------
+    model, target_layers, reshape_transform, device:
+        As for :class:`~shortcut_detect.cam.base.BaseCAM`.
+    batch_size:
+        Perturbed copies per forward pass.
+    accelerate:
+        Run the perturbed copies on a BatchNorm-folded copy of the model (checked against
+        the original on every call). ``False`` uses the model as is.
+    """
+
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: LayerSpec | Sequence[LayerSpec],
+        reshape_transform: ReshapeTransform | None = None,
+        batch_size: int = 16,
+        accelerate: bool = True,
+        device: str | torch.device | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model, target_layers, reshape_transform, device=device, **kwargs)
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.accelerate = bool(accelerate)
+        self._inference_copy = _InferenceCopy()
+
+    def require_inputs(self, inputs: torch.Tensor | None) -> torch.Tensor:
+        """The input batch the copies are made of, or a clear error when it is missing."""
+        if inputs is None:
+            raise ValueError(
+                f"{type(self).__name__} needs the input batch: call layer_maps(..., inputs=batch)"
+            )
+        return inputs
+
+    def perturbed_runner(
+        self, capture: Capture, inputs: torch.Tensor, score_fn: Callable[[Any], torch.Tensor]
+    ) -> Callable[[torch.Tensor], Any]:
+        """Forward function for the perturbed copies: the fast copy's when it may be used."""
+        if self.accelerate:
+            return self._inference_copy.runner(self.engine, capture, inputs, score_fn)
+        return self.engine.run
+
+
+class ScoreCAM(PerturbationCAM):
     """Score-CAM (Wang et al. 2020): each channel weighted by the score of the image it masks.
 
     The weight of channel ``k`` is the softmax, over channels, of the target score of the
@@ -142,23 +189,6 @@ class ScoreCAM(BaseCAM):
         (checked against the original on every call). ``False`` uses the model as is.
     """
 
-    uses_gradients = False
-
-    def __init__(
-        self,
-        model: nn.Module,
-        target_layers: LayerSpec | Sequence[LayerSpec],
-        reshape_transform: ReshapeTransform | None = None,
-        batch_size: int = 16,
-        accelerate: bool = True,
-        device: str | torch.device | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model, target_layers, reshape_transform, device=device, **kwargs)
-        self.batch_size = _positive_int("batch_size", batch_size)
-        self.accelerate = bool(accelerate)
-        self._inference_copy = _InferenceCopy()
-
     def channel_weights(
         self,
         activations: torch.Tensor,
@@ -169,13 +199,9 @@ class ScoreCAM(BaseCAM):
         inputs: torch.Tensor | None = None,
         **context: Any,
     ) -> torch.Tensor:
-        if inputs is None:
-            raise ValueError("ScoreCAM needs the input batch: call layer_maps(..., inputs=batch)")
+        inputs = self.require_inputs(inputs)
         score_fn = capture.score_fns[score_index]
-        if self.accelerate:
-            run = self._inference_copy.runner(self.engine, capture, inputs, score_fn)
-        else:
-            run = self.engine.run
+        run = self.perturbed_runner(capture, inputs, score_fn)
         zero_output: list[Any] = []
         weights = [
             torch.softmax(
@@ -281,7 +307,7 @@ def channel_layout(
     )
 
 
-class AblationCAM(BaseCAM):
+class AblationCAM(PerturbationCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): weight = relative score drop when a channel is zeroed.
 
     ``w_k = (y - y_k) / y`` where ``y`` is the target score and ``y_k`` the score with
@@ -309,8 +335,6 @@ class AblationCAM(BaseCAM):
         others get weight 0.
     """
 
-    uses_gradients = False
-
     def __init__(
         self,
         model: nn.Module,
@@ -322,7 +346,16 @@ class AblationCAM(BaseCAM):
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, target_layers, reshape_transform, device=device, **kwargs)
+        # The ablated copies are made inside the model (run_replacing), not on a fast copy.
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform,
+            batch_size=batch_size,
+            accelerate=False,
+            device=device,
+            **kwargs,
+        )
         if ablation_layer is not None:
             warnings.warn(
                 "AblationCAM ignores ablation_layer: channels are set to zero in the target "
@@ -330,7 +363,6 @@ class AblationCAM(BaseCAM):
                 UserWarning,
                 stacklevel=2,
             )
-        self.batch_size = _positive_int("batch_size", batch_size)
         if not 0 < ratio_channels_to_ablate <= 1:
             raise ValueError(
                 f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}"
@@ -373,10 +405,7 @@ class AblationCAM(BaseCAM):
         inputs: torch.Tensor | None = None,
         **context: Any,
     ) -> torch.Tensor:
-        if inputs is None:
-            raise ValueError(
-                "AblationCAM needs the input batch: call layer_maps(..., inputs=batch)"
-            )
+        inputs = self.require_inputs(inputs)
         score_fn = capture.score_fns[score_index]
         original = score_fn(capture.outputs).detach().float().cpu().reshape(-1)
         batch, channels = activations.shape[:2]
