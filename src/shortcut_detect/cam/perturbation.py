@@ -122,9 +122,9 @@ class _InferenceCopy:
 class PerturbationCAM(BaseCAM):
     """Base of the gradient-free methods that re-run the model on perturbed copies of the input.
 
-    Validates ``batch_size`` (perturbed copies per forward pass), requires the input batch
-    in :meth:`channel_weights` and runs the copies on the fast model copy when
-    ``accelerate`` is set.
+    Validates ``batch_size`` (perturbed copies per forward pass) and requires the input
+    batch in :meth:`channel_weights`; subclasses define :meth:`perturbed_weights` and run
+    their copies through :meth:`perturbed_runner` (the fast model copy when ``accelerate``).
 
     Parameters
     ----------
@@ -154,13 +154,38 @@ class PerturbationCAM(BaseCAM):
         self.accelerate = bool(accelerate)
         self._inference_copy = _InferenceCopy()
 
-    def require_inputs(self, inputs: torch.Tensor | None) -> torch.Tensor:
-        """The input batch the copies are made of, or a clear error when it is missing."""
+    def channel_weights(
+        self,
+        activations: torch.Tensor,
+        gradients: torch.Tensor | None,
+        *,
+        capture: Capture,
+        score_index: int = 0,
+        layer_index: int = 0,
+        inputs: torch.Tensor | None = None,
+        **context: Any,
+    ) -> torch.Tensor:
         if inputs is None:
             raise ValueError(
                 f"{type(self).__name__} needs the input batch: call layer_maps(..., inputs=batch)"
             )
-        return inputs
+        score_fn = capture.score_fns[score_index]
+        return self.perturbed_weights(activations, inputs, capture, score_fn, layer_index)
+
+    def perturbed_weights(
+        self,
+        activations: torch.Tensor,
+        inputs: torch.Tensor,
+        capture: Capture,
+        score_fn: Any,
+        layer_index: int,
+    ) -> torch.Tensor:
+        """``(B, C)`` weights from the scores of perturbed copies of ``inputs``.
+
+        ``score_fn`` scores outputs for the call's targets (with ``for_sample``);
+        ``layer_index`` is the target layer ``activations`` come from.
+        """
+        raise NotImplementedError
 
     def perturbed_runner(
         self, capture: Capture, inputs: torch.Tensor, score_fn: Callable[[Any], torch.Tensor]
@@ -189,18 +214,14 @@ class ScoreCAM(PerturbationCAM):
         (checked against the original on every call). ``False`` uses the model as is.
     """
 
-    def channel_weights(
+    def perturbed_weights(
         self,
         activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        *,
+        inputs: torch.Tensor,
         capture: Capture,
-        score_index: int = 0,
-        inputs: torch.Tensor | None = None,
-        **context: Any,
+        score_fn: Any,
+        layer_index: int,
     ) -> torch.Tensor:
-        inputs = self.require_inputs(inputs)
-        score_fn = capture.score_fns[score_index]
         run = self.perturbed_runner(capture, inputs, score_fn)
         zero_output: list[Any] = []
         weights = [
@@ -394,19 +415,14 @@ class AblationCAM(PerturbationCAM):
         chosen = torch.cat([order.flip(0)[:count], order[:count]])
         return torch.unique(chosen)
 
-    def channel_weights(
+    def perturbed_weights(
         self,
         activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        *,
+        inputs: torch.Tensor,
         capture: Capture,
-        score_index: int = 0,
-        layer_index: int = 0,
-        inputs: torch.Tensor | None = None,
-        **context: Any,
+        score_fn: Any,
+        layer_index: int,
     ) -> torch.Tensor:
-        inputs = self.require_inputs(inputs)
-        score_fn = capture.score_fns[score_index]
         original = score_fn(capture.outputs).detach().float().cpu().reshape(-1)
         batch, channels = activations.shape[:2]
         weights = torch.zeros(batch, channels)

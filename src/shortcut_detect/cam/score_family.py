@@ -81,18 +81,14 @@ class _SmoothedScoreCAM(PerturbationCAM):
         samples = type(self).default_samples if num_samples is None else num_samples
         self.num_samples = positive_int("num_samples", samples)
 
-    def channel_weights(
+    def perturbed_weights(
         self,
         activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        *,
+        inputs: torch.Tensor,
         capture: Capture,
-        score_index: int = 0,
-        inputs: torch.Tensor | None = None,
-        **context: Any,
+        score_fn: Any,
+        layer_index: int,
     ) -> torch.Tensor:
-        inputs = self.require_inputs(inputs)
-        score_fn = capture.score_fns[score_index]
         run = self.perturbed_runner(capture, inputs, score_fn)
         masks = _scaled_masks(activations, inputs.shape[2:]).to(inputs.dtype)
 
