@@ -6,8 +6,9 @@ Both run under ``torch.inference_mode`` and batch their extra forward passes
 * ScoreCAM: a channel that is constant over the layer gives an all-zero mask, so all
   such channels share one forward pass of a zero image; channels whose normalised maps
   are identical share one masked forward pass. The masked passes run on a copy of the
-  model with BatchNorm folded into the convolutions and channels-last memory, checked
-  against the original model's scores on the call's own inputs before use.
+  model with BatchNorm folded into the convolutions (on oneDNN tensors on CPU where every
+  operation supports them, else in channels-last memory), checked against the original
+  model's scores on the call's own inputs before use.
 * AblationCAM: the layers before the target layer run once per chunk of ablated
   channels (on the one sample) instead of once per channel; only the layers after it
   see the ablated copies. Checked against the unablated score on the first chunk; a
@@ -303,8 +304,9 @@ class ScoreCAM(PerturbationCAM):
     batch_size:
         Masked images per forward pass (pytorch-grad-cam's default, 16).
     accelerate:
-        Run the masked passes on a BatchNorm-folded, channels-last copy of the model
-        (checked against the original on every call). ``False`` uses the model as is.
+        Run the masked passes on a BatchNorm-folded copy of the model (convolutions on
+        oneDNN tensors on CPU, else channels-last memory; checked against the original on
+        every call). ``False`` uses the model as is.
     """
 
     def perturbed_weights(

@@ -156,8 +156,8 @@ class SSCAM(_SmoothedScoreCAM):
     std:
         Standard deviation of the noise (torchcam's default, 2.0).
     accelerate:
-        Run the masked passes on a BatchNorm-folded, channels-last copy of the model
-        (checked against the original on every call), as ScoreCAM does.
+        Run the masked passes on a BatchNorm-folded copy of the model (oneDNN or
+        channels-last; checked against the original on every call), as ScoreCAM does.
     """
 
     default_samples = 35
