@@ -1,17 +1,20 @@
 """Speed of the issue-#15 methods against the library that defines each one.
 
-torchvision model with random weights (default resnet18), target ``layer4``, CPU, one
-class per sample. Each call (object set-up, maps, clean-up) is timed in interleaved rounds
-in one process; the table shows the median seconds per call and our speed-up
-(reference time / our time). pytorch-grad-cam methods are compared with pytorch-grad-cam
-1.5.x, CAM, SmoothGradCAMpp, SSCAM and ISCAM with torchcam (whose maps are taken at layer
-resolution, then resized like ours). SSCAM and ISCAM use torchcam's defaults (35 and 10
-steps) unless ``--samples`` says otherwise. DeepFeatureFactorization is timed with
-16 components against pytorch-grad-cam's.
+torchvision ResNet with random weights (``--model resnet18`` or ``resnet50``), target
+``layer4``, CPU, one class per sample. Each call (object set-up, maps, clean-up) is timed in
+interleaved rounds in one process; the table shows the median seconds per call and our
+speed-up (reference time / our time). pytorch-grad-cam methods are compared with
+pytorch-grad-cam 1.5.x, CAM, SmoothGradCAMpp, SSCAM and ISCAM with torchcam (whose maps are
+taken at layer resolution, then resized like ours). SSCAM and ISCAM run ``--samples`` steps
+(default 2: a 512-channel layer already takes ~1000 masked passes per step and image);
+``--default-steps`` uses torchcam's defaults instead (35 and 10 steps; minutes per call).
+DeepFeatureFactorization is timed with 16 components against pytorch-grad-cam's.
 
 Usage::
 
     .venv/bin/python benchmarks/bench_more_methods.py --model resnet18 --size 224 --batch 2
+    .venv/bin/python benchmarks/bench_more_methods.py --methods SSCAM,ISCAM --batch 1 \
+        --rounds 2 --model resnet50 --default-steps
     .venv/bin/python benchmarks/bench_more_methods.py --quick   # a tiny smoke run
 """
 
@@ -120,7 +123,7 @@ def _time(fn: Callable[[], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", default="resnet18")
+    parser.add_argument("--model", default="resnet18", choices=("resnet18", "resnet50"))
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
@@ -129,15 +132,19 @@ def main() -> None:
         default="FullGrad,ShapleyCAM,FinerCAM,FEM,KPCA_CAM,SegEigenCAM,RandomCAM,RefineCAM,"
         "CAM,SmoothGradCAMpp,SSCAM,ISCAM,DeepFeatureFactorization",
     )
-    parser.add_argument(
-        "--samples", type=int, default=None, help="SSCAM/ISCAM steps (default torchcam's)"
+    steps = parser.add_mutually_exclusive_group()
+    steps.add_argument("--samples", type=int, default=2, help="SSCAM/ISCAM steps (default 2)")
+    steps.add_argument(
+        "--default-steps",
+        action="store_true",
+        help="SSCAM/ISCAM with torchcam's default steps (35 and 10)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="smoke run: 64x64, batch 1, 1 round, 2 steps"
-    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64x64, batch 1, 1 round")
     args = parser.parse_args()
+    if args.default_steps:
+        args.samples = None
     if args.quick:
-        args.size, args.batch, args.rounds, args.samples = 64, 1, 1, 2
+        args.size, args.batch, args.rounds = 64, 1, 1
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.model)().eval()
@@ -148,7 +155,11 @@ def main() -> None:
     print(
         f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.rounds} rounds, "
         f"{torch.get_num_threads()} threads"
-        + (f", SSCAM/ISCAM {args.samples} steps" if args.samples else "")
+        + (
+            f", SSCAM/ISCAM {args.samples} steps"
+            if args.samples
+            else ", SSCAM/ISCAM torchcam's default steps (35/10)"
+        )
     )
     print("| method | reference | ours (s) | reference (s) | speed-up |")
     print("|---|---|---|---|---|")

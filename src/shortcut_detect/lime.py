@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from shortcut_detect.cam.engine import prepare_inputs
-from shortcut_detect.cam.perturbation import _positive_int
 from shortcut_detect.common.device import resolve_device
 from shortcut_detect.common.modes import eval_mode
 from shortcut_detect.common.serialization import to_jsonable
+from shortcut_detect.common.validation import positive_int
 from shortcut_detect.gradcam import DEFAULT_HEAD_MAPPINGS, class_probabilities, select_head
 
 __all__ = ["LimeExplanation", "explain_lime", "slic_superpixels"]
@@ -299,12 +299,12 @@ def explain_lime(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    num_samples = _positive_int("num_samples", num_samples)
+    num_samples = positive_int("num_samples", num_samples)
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
-    batch_size = _positive_int("batch_size", batch_size)
-    num_top = _positive_int("num_top", num_top)
-    n_segments = _positive_int("n_segments", n_segments)
+    batch_size = positive_int("batch_size", batch_size)
+    num_top = positive_int("num_top", num_top)
+    n_segments = positive_int("n_segments", n_segments)
     if not kernel_width > 0 or not ridge_alpha >= 0:
         raise ValueError(
             f"kernel_width must be positive and ridge_alpha non-negative, got {kernel_width} "

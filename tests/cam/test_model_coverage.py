@@ -127,6 +127,30 @@ def test_hugging_face_style_outputs_need_no_wrapper(style, method):
     assert np.abs(expected).max() > 0
 
 
+NEWER_METHODS = {
+    "SmoothGradCAMpp": (sc.SmoothGradCAMpp, {}),
+    "SSCAM": (sc.SSCAM, {"num_samples": 3}),
+    "ISCAM": (sc.ISCAM, {"num_samples": 3}),
+    "ShapleyCAM": (sc.ShapleyCAM, {}),
+    "SegEigenCAM": (sc.SegEigenCAM, {}),
+}
+
+
+@pytest.mark.parametrize("style", ["object", "dict", "tuple"])
+@pytest.mark.parametrize("name", list(NEWER_METHODS))
+def test_newer_methods_read_hugging_face_style_outputs(style, name):
+    method, kwargs = NEWER_METHODS[name]
+    plain, wrapped = _Classifier("tensor").eval(), _Classifier(style).eval()
+    inputs = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    targets = [sc.ClassifierOutputTarget(1), sc.ClassifierOutputTarget(4)]
+    torch.manual_seed(3)  # the noise of the stochastic methods
+    expected = method(plain, ["features"], **kwargs)(inputs, targets)
+    torch.manual_seed(3)
+    with method(wrapped, ["features"], **kwargs) as cam:
+        np.testing.assert_allclose(cam(inputs, targets), expected, atol=1e-5)
+    assert np.abs(expected).max() > 0
+
+
 def test_outputs_without_class_scores_are_refused():
     class Detections(nn.Module):
         def __init__(self) -> None:

@@ -148,6 +148,24 @@ def test_fem_weights_by_hand():
     torch.testing.assert_close(weights, torch.tensor([[0.25, 0.5]]))
 
 
+@pytest.mark.parametrize("positions, channels", [(49, 512), (300, 16), (8, 8)])
+def test_principal_direction_is_the_first_right_singular_vector(positions, channels):
+    from shortcut_detect.cam.base import principal_direction
+
+    generator = torch.Generator().manual_seed(positions)
+    scales = torch.linspace(3, 0.1, channels, dtype=torch.float64)  # a clear top component
+    matrix = torch.randn(2, positions, channels, generator=generator, dtype=torch.float64) * scales
+    direction = principal_direction(matrix)
+    reference = torch.linalg.svd(matrix, full_matrices=False).Vh[:, 0, :]
+    alignment = (direction * reference).sum(dim=1).abs()
+    torch.testing.assert_close(alignment, torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(direction.norm(dim=1), torch.ones(2, dtype=torch.float64))
+    zeros = torch.zeros(1, positions, channels, dtype=torch.float64)
+    assert torch.equal(
+        zeros @ principal_direction(zeros).unsqueeze(-1), torch.zeros(1, positions, 1)
+    )
+
+
 def test_random_cam_seeded_and_needs_no_backward(zoo):
     zm = zoo("resnet18")
     layer = [zm.layer(zm.model)]

@@ -160,3 +160,14 @@ def test_invalid_settings_are_refused():
         sc.SSCAM(model, "features", std=-1)
     with pytest.raises(ValueError, match="gradients"):
         sc.SSCAM(model, "features", uses_gradients=True)
+
+
+@pytest.mark.parametrize("method", [sc.ScoreCAM, sc.AblationCAM, sc.SSCAM, sc.ISCAM])
+def test_perturbation_methods_ask_for_the_input_batch(method):
+    model = _Probe()
+    x = torch.rand(1, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    cam = method(model, "features")
+    _, capture = cam.capture_for(x, [sc.ClassifierOutputTarget(0)])
+    with pytest.raises(ValueError, match=f"{method.__name__} needs the input batch"):
+        cam.layer_maps(capture)
+    assert cam.layer_maps(capture, inputs=x)[0].shape == (1, 5, 5)

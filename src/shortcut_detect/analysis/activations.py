@@ -13,8 +13,8 @@ from torch import nn
 
 from shortcut_detect.cam.engine import prepare_inputs, upsample
 from shortcut_detect.cam.layers import LayerSpec, default_layer, resolve_layer
-from shortcut_detect.cam.perturbation import _positive_int
 from shortcut_detect.common.device import resolve_device
+from shortcut_detect.common.validation import positive_int
 from shortcut_detect.gradcam import get_activation_maps
 
 __all__ = ["ActivationGrid", "activation_grid"]
@@ -94,7 +94,7 @@ def activation_grid(
         For transformer layers, turns tokens into ``(B, C, h, w)`` (see
         :mod:`shortcut_detect.cam.reshape`).
     """
-    top_k = _positive_int("top_k", top_k)
+    top_k = positive_int("top_k", top_k)
     device = resolve_device(device, model)
     batch = prepare_inputs(image, device, spatial_dims=2)
     if batch.shape[0] != 1:

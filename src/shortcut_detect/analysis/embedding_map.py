@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from shortcut_detect.cam.perturbation import _positive_int
 from shortcut_detect.common.serialization import nan_to_none, to_jsonable
+from shortcut_detect.common.validation import positive_int
 
 __all__ = [
     "EmbeddingMap",
@@ -203,17 +203,17 @@ def embedding_map(
     data = _check_embeddings(embeddings)
     resolved = _resolve_method(method)
     if max_points is not None:
-        max_points = _positive_int("max_points", max_points)
+        max_points = positive_int("max_points", max_points)
         if max_points < 3:
             raise ValueError(f"max_points must be at least 3, got {max_points}")
     if pca_dims is not None:
-        pca_dims = _positive_int("pca_dims", pca_dims)
+        pca_dims = positive_int("pca_dims", pca_dims)
     if not perplexity > 0:
         raise ValueError(f"perplexity must be positive, got {perplexity}")
-    n_neighbors = _positive_int("n_neighbors", n_neighbors)
-    max_iter = _positive_int("max_iter", max_iter)
+    n_neighbors = positive_int("n_neighbors", n_neighbors)
+    max_iter = positive_int("max_iter", max_iter)
     if n_threads is not None:
-        n_threads = _positive_int("n_threads", n_threads)
+        n_threads = positive_int("n_threads", n_threads)
     if resolved == "tsne" and max_iter < 250:
         raise ValueError(f"max_iter must be at least 250 for t-SNE, got {max_iter}")
     if resolved == "umap" and importlib.util.find_spec("umap") is None:
@@ -466,8 +466,8 @@ def describe_embedding_map(
     group_name:
         What the groups are called in the sentence (``"groups"``, ``"hospitals"``).
     """
-    n_neighbors = _positive_int("n_neighbors", n_neighbors)
-    n_permutations = _positive_int("n_permutations", n_permutations)
+    n_neighbors = positive_int("n_neighbors", n_neighbors)
+    n_permutations = positive_int("n_permutations", n_permutations)
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if isinstance(coords, EmbeddingMap):

@@ -30,12 +30,44 @@ from shortcut_detect.cam.engine import (
 from shortcut_detect.cam.layers import LayerSpec
 from shortcut_detect.cam.targets import ClassifierOutputTarget
 
-__all__ = ["BaseCAM", "GradCAM", "eigen_projection", "require_gradients", "spatial_mean"]
+__all__ = [
+    "BaseCAM",
+    "GradCAM",
+    "centred_positions",
+    "eigen_projection",
+    "principal_direction",
+    "require_gradients",
+    "spatial_mean",
+]
 
 
 def spatial_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over every spatial axis of ``(B, C, *spatial)``: ``(B, C)``."""
     return tensor.flatten(2).mean(dim=2)
+
+
+def centred_positions(weighted: torch.Tensor) -> torch.Tensor:
+    """``(B, C, *spatial)`` as float64 ``(B, positions, C)`` rows, centred per channel (NaN: 0)."""
+    batch, channels = weighted.shape[:2]
+    points = torch.nan_to_num(weighted.detach().to(torch.float64), nan=0.0)
+    points = points.reshape(batch, channels, -1).transpose(1, 2)
+    return points - points.mean(dim=1, keepdim=True)
+
+
+def principal_direction(centred: torch.Tensor) -> torch.Tensor:
+    """First right-singular vector of each ``(positions, C)`` matrix: ``(B, C)``, unit length.
+
+    Found as the top eigenvector of the smaller Gram matrix (``C x C``, or ``positions x
+    positions`` mapped back through the matrix), which costs a fraction of a full SVD
+    (e.g. 49 x 49 instead of an SVD of 49 x 512 for a ResNet's last layer). The sign is
+    arbitrary, as an SVD's; a matrix of zeros gives a zero projection either way.
+    """
+    positions, channels = centred.shape[1:]
+    if channels <= positions:
+        return torch.linalg.eigh(centred.mT @ centred).eigenvectors[..., -1]
+    top = torch.linalg.eigh(centred @ centred.mT).eigenvectors[..., -1:]
+    direction = (centred.mT @ top).squeeze(-1)
+    return direction / direction.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
 
 def eigen_projection(weighted: torch.Tensor) -> torch.Tensor:
@@ -50,16 +82,11 @@ def eigen_projection(weighted: torch.Tensor) -> torch.Tensor:
     keeps whatever sign LAPACK returns, so its EigenCAM map is either ours or the map of
     the opposite direction.
     """
-    batch, channels = weighted.shape[:2]
-    spatial = weighted.shape[2:]
-    points = torch.nan_to_num(weighted.detach().to(torch.float64), nan=0.0)
-    points = points.reshape(batch, channels, -1).transpose(1, 2)  # (B, positions, C)
-    centred = points - points.mean(dim=1, keepdim=True)
-    _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-    direction = vh[:, 0, :]  # (B, C)
+    centred = centred_positions(weighted)  # (B, positions, C)
+    direction = principal_direction(centred)
     sign = torch.where(direction.sum(dim=1) < 0, -1.0, 1.0).to(direction)
     projection = (centred @ (direction * sign[:, None]).unsqueeze(-1)).squeeze(-1)
-    return projection.to(weighted.dtype).reshape(batch, *spatial)
+    return projection.to(weighted.dtype).reshape(weighted.shape[0], *weighted.shape[2:])
 
 
 class BaseCAM:

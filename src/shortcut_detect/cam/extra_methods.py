@@ -18,7 +18,9 @@ from torch import nn
 from shortcut_detect.cam.base import (
     BaseCAM,
     GradCAM,
+    centred_positions,
     eigen_projection,
+    principal_direction,
     require_gradients,
     spatial_mean,
 )
@@ -33,6 +35,7 @@ from shortcut_detect.cam.engine import (
 from shortcut_detect.cam.layers import LayerSpec, resolve_layer
 from shortcut_detect.cam.methods import GradCAMPlusPlus
 from shortcut_detect.cam.targets import ClassifierOutputTarget, FinerWeightedTarget
+from shortcut_detect.common.validation import positive_int, positive_number
 
 __all__ = [
     "CAM",
@@ -231,15 +234,13 @@ class SegEigenCAM(BaseCAM):
         **context: Any,
     ) -> torch.Tensor:
         weighted = require_gradients(self, gradients).abs() * activations
-        batch, channels = weighted.shape[:2]
-        points = torch.nan_to_num(weighted.detach().double(), nan=0.0)
-        points = points.reshape(batch, channels, -1).transpose(1, 2)
-        centred = points - points.mean(dim=1, keepdim=True)
-        _, _, vh = torch.linalg.svd(centred, full_matrices=False)
-        projection = (centred @ vh[:, 0, :].unsqueeze(-1)).squeeze(-1)
+        centred = centred_positions(weighted)
+        projection = (centred @ principal_direction(centred).unsqueeze(-1)).squeeze(-1)
         flip = projection.min(dim=1).values.abs() > projection.max(dim=1).values.abs()
         projection = torch.where(flip[:, None], -projection, projection)
-        return projection.to(activations.dtype).reshape(batch, *activations.shape[2:])
+        return projection.to(activations.dtype).reshape(
+            activations.shape[0], *activations.shape[2:]
+        )
 
 
 class CAM(BaseCAM):
@@ -333,12 +334,8 @@ class SmoothGradCAMpp(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, **kwargs)
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        if not std > 0:
-            raise ValueError(f"std must be positive, got {std!r}")
-        self.num_samples = num_samples
-        self.std = float(std)
+        self.num_samples = positive_int("num_samples", num_samples)
+        self.std = positive_number("std", std)
 
     def forward(
         self,
@@ -347,14 +344,17 @@ class SmoothGradCAMpp(BaseCAM):
         eigen_smooth: bool = False,
     ) -> np.ndarray:
         inputs, clean = self.capture_for(input_tensor, targets, need_gradients=False)
-        sample_targets = clean.score_fns[0].targets
+        clean_scores = clean.score_fns[0]
+        sample_targets = clean_scores.targets
         scale = torch.full(inputs.shape, self.std)
         noise = torch.cat(
             [torch.normal(torch.zeros_like(scale), scale) for _ in range(self.num_samples)]
         )
         noisy = inputs.repeat(self.num_samples, *([1] * (inputs.ndim - 1))) + noise.to(inputs)
         capture = self.engine.capture(
-            noisy, [TargetScores(sample_targets * self.num_samples)], need_gradients=True
+            noisy,
+            [TargetScores(sample_targets * self.num_samples, clean_scores.select)],
+            need_gradients=True,
         )
         batch = inputs.shape[0]
         maps = []

@@ -25,6 +25,7 @@ from shortcut_detect.cam.engine import (
     upsample,
 )
 from shortcut_detect.cam.layers import LayerSpec
+from shortcut_detect.common.validation import positive_int
 
 __all__ = [
     "DeepFeatureFactorization",
@@ -56,10 +57,7 @@ def deep_feature_factorization(
         raise ImportError(
             "DeepFeatureFactorization needs scikit-learn: pip install 'shortcut-detect[analysis]'"
         ) from error
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)):
-        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
-    if n_components < 1:
-        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+    n_components = positive_int("n_components", n_components)
     activations = np.asarray(activations)
     if activations.ndim < 3:
         raise ValueError(

@@ -6,8 +6,9 @@ Both run under ``torch.inference_mode`` and batch their extra forward passes
 * ScoreCAM: a channel that is constant over the layer gives an all-zero mask, so all
   such channels share one forward pass of a zero image; channels whose normalised maps
   are identical share one masked forward pass. The masked passes run on a copy of the
-  model with BatchNorm folded into the convolutions and channels-last memory, checked
-  against the original model's scores on the call's own inputs before use.
+  model with BatchNorm folded into the convolutions (on oneDNN tensors on CPU where every
+  operation supports them, else in channels-last memory), checked against the original
+  model's scores on the call's own inputs before use.
 * AblationCAM: the layers before the target layer run once per chunk of ablated
   channels (on the one sample) instead of once per channel; only the layers after it
   see the ablated copies. Checked against the unablated score on the first chunk; a
@@ -16,7 +17,9 @@ Both run under ``torch.inference_mode`` and batch their extra forward passes
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -30,16 +33,11 @@ from torch import nn
 from shortcut_detect.cam.base import BaseCAM, eigen_projection
 from shortcut_detect.cam.engine import CAMEngine, Capture, ReshapeTransform
 from shortcut_detect.cam.layers import LayerSpec
+from shortcut_detect.common.validation import positive_int
 
-__all__ = ["AblationCAM", "ScoreCAM", "channel_layout"]
+__all__ = ["AblationCAM", "PerturbationCAM", "ScoreCAM", "channel_layout"]
 
 _UPSAMPLE_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _scores_match(new: torch.Tensor, reference: torch.Tensor) -> bool:
@@ -50,17 +48,91 @@ def _scores_match(new: torch.Tensor, reference: torch.Tensor) -> bool:
     return bool(torch.allclose(new, reference, rtol=1e-4, atol=1e-4 * scale))
 
 
-class _InferenceCopy:
-    """A BatchNorm-folded, channels-last copy of a model for many inference passes.
+class _MkldnnConv2d(nn.Module):
+    """A 2-D convolution on oneDNN tensors with its weight reordered once (inference only)."""
 
-    Rebuilt when the model's parameters, buffers or modules change; validated against
-    the original model's scores on every call, and not used when it disagrees.
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        padding, stride, dilation, groups = self.geometry
+        weight = conv.weight.detach().contiguous().to_mkldnn()
+        self.weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight, padding, stride, dilation, groups
+        )
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        self.bias = bias.detach().contiguous().to_mkldnn()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        padding, stride, dilation, groups = self.geometry
+        return torch.mkldnn_convolution(
+            inputs, self.weight, self.bias, padding, stride, dilation, groups
+        )
+
+
+class _DenseLinear(nn.Module):
+    """A linear layer that takes oneDNN or dense inputs and returns a dense tensor."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.linear(inputs.to_dense() if inputs.is_mkldnn else inputs)
+
+
+def _mkldnn_model(folded: nn.Module) -> nn.Module | None:
+    """A copy of a (BatchNorm-folded) model whose 2-D convolutions run on oneDNN tensors.
+
+    Activations stay in oneDNN's blocked layout between layers, which saves the layout
+    conversions of every convolution (most of the gain at small images). ``None`` when
+    oneDNN is unavailable or a convolution or parameter does not qualify; a model with
+    an operation oneDNN tensors do not support fails on its first run and is not used.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return None
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in folded.parameters()):
+        return None
+    convolutions = [m for m in folded.modules() if isinstance(m, nn.Conv2d)]
+    if not convolutions or any(
+        isinstance(m.padding, str) or m.padding_mode != "zeros" for m in convolutions
+    ):
+        return None
+    duplicate = copy.deepcopy(folded)
+    for name, module in list(duplicate.named_modules()):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            parent, _, leaf = name.rpartition(".")
+            owner = duplicate.get_submodule(parent) if parent else duplicate
+            fast = _MkldnnConv2d(module) if isinstance(module, nn.Conv2d) else _DenseLinear(module)
+            setattr(owner, leaf, fast)
+    return duplicate
+
+
+def _dense(output: Any) -> Any:
+    """Every oneDNN tensor of a (nested) output as a dense tensor."""
+    if isinstance(output, torch.Tensor):
+        return output.to_dense() if output.is_mkldnn else output
+    if isinstance(output, dict):
+        return {key: _dense(value) for key, value in output.items()}
+    if isinstance(output, (list, tuple)):
+        return type(output)(_dense(value) for value in output)
+    return output
+
+
+class _InferenceCopy:
+    """Fast copies of a model for many inference passes, with BatchNorm folded.
+
+    Two variants, tried in this order: 2-D convolutions on oneDNN tensors (CPU), and
+    channels-last memory. Rebuilt when the model's parameters, buffers or modules change;
+    each variant is validated against the original model's scores on every call, and one
+    that disagrees (or fails) is dropped.
     """
 
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
-        self._model: nn.Module | None = None
-        self._channels_last = False
+        self._variants: list[tuple[str, Callable[[torch.Tensor], Any]]] = []
+        self.used: str | None = None
+        """The variant the last call used: ``"onednn"``, ``"channels_last"``, ``"folded"`` or
+        ``None`` (the original model)."""
 
     @staticmethod
     def _fingerprint(model: nn.Module) -> tuple[Any, ...]:
@@ -70,7 +142,7 @@ class _InferenceCopy:
             tuple((id(t), t._version, t.dtype, t.device) for t in tensors),
         )
 
-    def _build(self, model: nn.Module, spatial_dims: int) -> None:
+    def _build(self, model: nn.Module, inputs: torch.Tensor) -> None:
         from torch.fx.experimental.optimization import fuse
 
         duplicate = copy.deepcopy(model).eval()  # the original's modes stay untouched
@@ -79,22 +151,25 @@ class _InferenceCopy:
                 warnings.simplefilter("ignore")
                 folded = fuse(duplicate, inplace=True)
         except Exception:
-            folded = copy.deepcopy(model).eval()  # not traceable: unfolded, still channels-last
+            folded = copy.deepcopy(model).eval()  # not traceable: unfolded
         folded.eval()
         for param in folded.parameters():
             param.requires_grad_(False)
-        has_conv2d = any(isinstance(m, nn.Conv2d) for m in folded.modules())
-        self._channels_last = spatial_dims == 2 and has_conv2d
-        if self._channels_last:
+        self._variants = []
+        images = inputs.ndim == 4 and any(isinstance(m, nn.Conv2d) for m in folded.modules())
+        if images and inputs.device.type == "cpu":
+            try:
+                mkldnn = _mkldnn_model(folded)
+            except Exception:
+                mkldnn = None
+            if mkldnn is not None:
+                self._variants.append(("onednn", _forward_on(mkldnn, lambda x: x.to_mkldnn())))
+        if images:
             folded = folded.to(memory_format=torch.channels_last)
-        self._model = folded
-
-    def _run(self, inputs: torch.Tensor) -> Any:
-        assert self._model is not None
-        if self._channels_last:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            return self._model(inputs)
+            layout = lambda x: x.contiguous(memory_format=torch.channels_last)  # noqa: E731
+            self._variants.append(("channels_last", _forward_on(folded, layout)))
+        else:
+            self._variants.append(("folded", _forward_on(folded, lambda x: x)))
 
     def runner(
         self,
@@ -103,43 +178,57 @@ class _InferenceCopy:
         inputs: torch.Tensor,
         score_fn: Callable[[Any], torch.Tensor],
     ) -> Callable[[torch.Tensor], Any]:
-        """The fast copy's forward if it reproduces ``capture``'s scores, else the engine's."""
+        """The first fast variant that reproduces ``capture``'s scores, else the engine's run."""
         key = self._fingerprint(engine.model)
         if key != self._key:
-            self._model = None
             self._key = key
             try:
-                self._build(engine.model, inputs.ndim - 2)
+                self._build(engine.model, inputs)
             except Exception:
-                self._model = None
-        if self._model is None:
-            return engine.run
-        try:
-            matches = _scores_match(score_fn(self._run(inputs)), score_fn(capture.outputs))
-        except Exception:
-            matches = False
-        if not matches:
-            self._model = None
-            return engine.run
-        return self._run
+                self._variants = []
+        reference = score_fn(capture.outputs)
+        for name, forward in list(self._variants):
+            try:
+                # torch.fx prints the failing line of a traced forward; the failure is expected
+                with contextlib.redirect_stderr(io.StringIO()):
+                    if _scores_match(score_fn(forward(inputs)), reference):
+                        self.used = name
+                        return forward
+            except Exception:
+                pass
+            self._variants.remove((name, forward))
+        self.used = None
+        return engine.run
 
 
-class ScoreCAM(BaseCAM):
-    """Score-CAM (Wang et al. 2020): each channel weighted by the score of the image it masks.
+def _forward_on(
+    model: nn.Module, layout: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[torch.Tensor], Any]:
+    """Inference forward of ``model`` on inputs converted by ``layout``, dense outputs."""
 
-    The weight of channel ``k`` is the softmax, over channels, of the target score of the
-    input multiplied by channel ``k``'s activation, upsampled (bilinear, corners aligned)
-    and min-max scaled to [0, 1], as in pytorch-grad-cam.
+    def forward(inputs: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            return _dense(model(layout(inputs)))
+
+    return forward
+
+
+class PerturbationCAM(BaseCAM):
+    """Base of the gradient-free methods that re-run the model on perturbed copies of the input.
+
+    Validates ``batch_size`` (perturbed copies per forward pass) and requires the input
+    batch in :meth:`channel_weights`; subclasses define :meth:`perturbed_weights` and run
+    their copies through :meth:`perturbed_runner` (the fast model copy when ``accelerate``).
 
     Parameters
     ----------
     model, target_layers, reshape_transform, device:
         As for :class:`~shortcut_detect.cam.base.BaseCAM`.
     batch_size:
-        Masked images per forward pass (pytorch-grad-cam's default, 16).
+        Perturbed copies per forward pass.
     accelerate:
-        Run the masked passes on a BatchNorm-folded, channels-last copy of the model
-        (checked against the original on every call). ``False`` uses the model as is.
+        Run the perturbed copies on a BatchNorm-folded copy of the model (checked against
+        the original on every call). ``False`` uses the model as is.
     """
 
     uses_gradients = False
@@ -155,7 +244,7 @@ class ScoreCAM(BaseCAM):
         **kwargs: Any,
     ) -> None:
         super().__init__(model, target_layers, reshape_transform, device=device, **kwargs)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        self.batch_size = positive_int("batch_size", batch_size)
         self.accelerate = bool(accelerate)
         self._inference_copy = _InferenceCopy()
 
@@ -166,16 +255,69 @@ class ScoreCAM(BaseCAM):
         *,
         capture: Capture,
         score_index: int = 0,
+        layer_index: int = 0,
         inputs: torch.Tensor | None = None,
         **context: Any,
     ) -> torch.Tensor:
         if inputs is None:
-            raise ValueError("ScoreCAM needs the input batch: call layer_maps(..., inputs=batch)")
+            raise ValueError(
+                f"{type(self).__name__} needs the input batch: call layer_maps(..., inputs=batch)"
+            )
         score_fn = capture.score_fns[score_index]
+        return self.perturbed_weights(activations, inputs, capture, score_fn, layer_index)
+
+    def perturbed_weights(
+        self,
+        activations: torch.Tensor,
+        inputs: torch.Tensor,
+        capture: Capture,
+        score_fn: Any,
+        layer_index: int,
+    ) -> torch.Tensor:
+        """``(B, C)`` weights from the scores of perturbed copies of ``inputs``.
+
+        ``score_fn`` scores outputs for the call's targets (with ``for_sample``);
+        ``layer_index`` is the target layer ``activations`` come from.
+        """
+        raise NotImplementedError
+
+    def perturbed_runner(
+        self, capture: Capture, inputs: torch.Tensor, score_fn: Callable[[Any], torch.Tensor]
+    ) -> Callable[[torch.Tensor], Any]:
+        """Forward function for the perturbed copies: the fast copy's when it may be used."""
         if self.accelerate:
-            run = self._inference_copy.runner(self.engine, capture, inputs, score_fn)
-        else:
-            run = self.engine.run
+            return self._inference_copy.runner(self.engine, capture, inputs, score_fn)
+        return self.engine.run
+
+
+class ScoreCAM(PerturbationCAM):
+    """Score-CAM (Wang et al. 2020): each channel weighted by the score of the image it masks.
+
+    The weight of channel ``k`` is the softmax, over channels, of the target score of the
+    input multiplied by channel ``k``'s activation, upsampled (bilinear, corners aligned)
+    and min-max scaled to [0, 1], as in pytorch-grad-cam.
+
+    Parameters
+    ----------
+    model, target_layers, reshape_transform, device:
+        As for :class:`~shortcut_detect.cam.base.BaseCAM`.
+    batch_size:
+        Masked images per forward pass (pytorch-grad-cam's default, 16).
+    accelerate:
+        Run the masked passes on a BatchNorm-folded copy of the model (convolutions on
+        oneDNN tensors on CPU, else channels-last memory; checked against the original on
+        every call). ``False`` uses the model as is.
+    """
+
+    def perturbed_weights(
+        self,
+        activations: torch.Tensor,
+        inputs: torch.Tensor,
+        capture: Capture,
+        score_fn: Any,
+        layer_index: int,
+    ) -> torch.Tensor:
+        run = self.perturbed_runner(capture, inputs, score_fn)
         zero_output: list[Any] = []
         weights = [
             torch.softmax(
@@ -281,7 +423,7 @@ def channel_layout(
     )
 
 
-class AblationCAM(BaseCAM):
+class AblationCAM(PerturbationCAM):
     """Ablation-CAM (Desai & Ramaswamy 2020): weight = relative score drop when a channel is zeroed.
 
     ``w_k = (y - y_k) / y`` where ``y`` is the target score and ``y_k`` the score with
@@ -309,8 +451,6 @@ class AblationCAM(BaseCAM):
         others get weight 0.
     """
 
-    uses_gradients = False
-
     def __init__(
         self,
         model: nn.Module,
@@ -322,7 +462,16 @@ class AblationCAM(BaseCAM):
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, target_layers, reshape_transform, device=device, **kwargs)
+        # The ablated copies are made inside the model (run_replacing), not on a fast copy.
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform,
+            batch_size=batch_size,
+            accelerate=False,
+            device=device,
+            **kwargs,
+        )
         if ablation_layer is not None:
             warnings.warn(
                 "AblationCAM ignores ablation_layer: channels are set to zero in the target "
@@ -330,7 +479,6 @@ class AblationCAM(BaseCAM):
                 UserWarning,
                 stacklevel=2,
             )
-        self.batch_size = _positive_int("batch_size", batch_size)
         if not 0 < ratio_channels_to_ablate <= 1:
             raise ValueError(
                 f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate}"
@@ -362,22 +510,14 @@ class AblationCAM(BaseCAM):
         chosen = torch.cat([order.flip(0)[:count], order[:count]])
         return torch.unique(chosen)
 
-    def channel_weights(
+    def perturbed_weights(
         self,
         activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        *,
+        inputs: torch.Tensor,
         capture: Capture,
-        score_index: int = 0,
-        layer_index: int = 0,
-        inputs: torch.Tensor | None = None,
-        **context: Any,
+        score_fn: Any,
+        layer_index: int,
     ) -> torch.Tensor:
-        if inputs is None:
-            raise ValueError(
-                "AblationCAM needs the input batch: call layer_maps(..., inputs=batch)"
-            )
-        score_fn = capture.score_fns[score_index]
         original = score_fn(capture.outputs).detach().float().cpu().reshape(-1)
         batch, channels = activations.shape[:2]
         weights = torch.zeros(batch, channels)

@@ -25,12 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from shortcut_detect.cam.base import BaseCAM
 from shortcut_detect.cam.engine import Capture, ReshapeTransform, upsample
 from shortcut_detect.cam.layers import LayerSpec
-from shortcut_detect.cam.perturbation import _InferenceCopy, _positive_int
+from shortcut_detect.cam.perturbation import PerturbationCAM
+from shortcut_detect.common.validation import positive_int, positive_number
 
 __all__ = ["ISCAM", "SSCAM"]
+
+Scorer = Callable[[torch.Tensor, int], torch.Tensor]
+"""Target score of sample ``index`` for each row of a batch of perturbed copies: ``(N,)``."""
 
 _EPS = 1e-8  # torchcam's
 
@@ -50,10 +53,9 @@ def _scaled_masks(activations: torch.Tensor, size: Sequence[int]) -> torch.Tenso
     return resized.reshape(batch, channels, *resized.shape[1:])
 
 
-class _SmoothedScoreCAM(BaseCAM):
+class _SmoothedScoreCAM(PerturbationCAM):
     """Shared front of SSCAM and ISCAM: validation, the fast model copy, batched scoring."""
 
-    uses_gradients = False
     default_samples = 1
 
     def __init__(
@@ -67,32 +69,27 @@ class _SmoothedScoreCAM(BaseCAM):
         device: str | torch.device | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model, target_layers, reshape_transform, device=device, **kwargs)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform,
+            batch_size=batch_size,
+            accelerate=accelerate,
+            device=device,
+            **kwargs,
+        )
         samples = type(self).default_samples if num_samples is None else num_samples
-        self.num_samples = _positive_int("num_samples", samples)
-        self.accelerate = bool(accelerate)
-        self._inference_copy = _InferenceCopy()
+        self.num_samples = positive_int("num_samples", samples)
 
-    def channel_weights(
+    def perturbed_weights(
         self,
         activations: torch.Tensor,
-        gradients: torch.Tensor | None,
-        *,
+        inputs: torch.Tensor,
         capture: Capture,
-        score_index: int = 0,
-        inputs: torch.Tensor | None = None,
-        **context: Any,
+        score_fn: Any,
+        layer_index: int,
     ) -> torch.Tensor:
-        if inputs is None:
-            raise ValueError(
-                f"{type(self).__name__} needs the input batch: call layer_maps(..., inputs=batch)"
-            )
-        score_fn = capture.score_fns[score_index]
-        if self.accelerate:
-            run = self._inference_copy.runner(self.engine, capture, inputs, score_fn)
-        else:
-            run = self.engine.run
+        run = self.perturbed_runner(capture, inputs, score_fn)
         masks = _scaled_masks(activations, inputs.shape[2:]).to(inputs.dtype)
 
         def score(masked: torch.Tensor, index: int) -> torch.Tensor:
@@ -107,10 +104,36 @@ class _SmoothedScoreCAM(BaseCAM):
         masks: torch.Tensor,
         inputs: torch.Tensor,
         activations: torch.Tensor,
-        score: Callable[[torch.Tensor, int], torch.Tensor],
+        score: Scorer,
     ) -> torch.Tensor:
         """``(B, C)`` sums over the steps of each channel's masked score."""
         raise NotImplementedError
+
+    def masked_scores(
+        self,
+        sample: torch.Tensor,
+        index: int,
+        masks: torch.Tensor,
+        score: Scorer,
+        rows: torch.Tensor | None = None,
+        scales: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Scores of ``sample`` (``(1, C, *size)``) times ``masks[rows[i]]`` (times ``scales[i]``).
+
+        ``masks`` is ``(M, *size)``; ``rows`` defaults to every mask. The masked copies are
+        built and scored ``batch_size`` at a time, so only one batch is ever in memory.
+        Returns ``(N,)`` float32 scores, one per row.
+        """
+        rows = torch.arange(masks.shape[0]) if rows is None else rows
+        scores = []
+        for start in range(0, rows.shape[0], self.batch_size):
+            chunk = rows[start : start + self.batch_size]
+            masked = sample * masks[chunk.to(masks.device)].unsqueeze(1)
+            if scales is not None:
+                scale = scales[start : start + self.batch_size]
+                masked = scale.reshape(-1, *([1] * (masked.ndim - 1))) * masked
+            scores.append(score(masked, index))
+        return torch.cat(scores)
 
 
 class SSCAM(_SmoothedScoreCAM):
@@ -133,8 +156,8 @@ class SSCAM(_SmoothedScoreCAM):
     std:
         Standard deviation of the noise (torchcam's default, 2.0).
     accelerate:
-        Run the masked passes on a BatchNorm-folded, channels-last copy of the model
-        (checked against the original on every call), as ScoreCAM does.
+        Run the masked passes on a BatchNorm-folded copy of the model (oneDNN or
+        channels-last; checked against the original on every call), as ScoreCAM does.
     """
 
     default_samples = 35
@@ -161,28 +184,21 @@ class SSCAM(_SmoothedScoreCAM):
             device=device,
             **kwargs,
         )
-        if not (isinstance(std, (int, float)) and std > 0):
-            raise ValueError(f"std must be a positive number, got {std!r}")
-        self.std = float(std)
+        self.std = positive_number("std", std)
 
     def score_totals(
         self,
         masks: torch.Tensor,
         inputs: torch.Tensor,
         activations: torch.Tensor,
-        score: Callable[[torch.Tensor, int], torch.Tensor],
+        score: Scorer,
     ) -> torch.Tensor:
-        batch, channels = masks.shape[:2]
-        totals = torch.zeros(batch, channels)
+        totals = torch.zeros(masks.shape[:2])
         noise_source = torch.distributions.Normal(0.0, self.std)
         for _ in range(self.num_samples):
             noise = noise_source.sample(masks.shape).to(masks)
-            for b in range(batch):
-                sample = inputs[b : b + 1]
-                noisy = masks[b] + noise[b]
-                for chunk in torch.arange(channels).split(self.batch_size):
-                    masked = sample * noisy[chunk].unsqueeze(1)
-                    totals[b, chunk] += score(masked, b)
+            for b in range(masks.shape[0]):
+                totals[b] += self.masked_scores(inputs[b : b + 1], b, masks[b] + noise[b], score)
         return totals
 
 
@@ -221,26 +237,22 @@ class ISCAM(_SmoothedScoreCAM):
         masks: torch.Tensor,
         inputs: torch.Tensor,
         activations: torch.Tensor,
-        score: Callable[[torch.Tensor, int], torch.Tensor],
+        score: Scorer,
     ) -> torch.Tensor:
         batch, channels = masks.shape[:2]
         totals = torch.zeros(batch, channels)
         coefficients = torch.tensor(self.coefficients(), dtype=inputs.dtype, device=inputs.device)
-        # (step, channel) pairs, steps fastest, for the distinct masks of each sample only.
+        # (channel, step) pairs, steps fastest, for the distinct masks of each sample only.
         for b in range(batch):
-            sample = inputs[b : b + 1]
             maps = activations[b].detach().float().reshape(channels, -1)
             _, inverse = torch.unique(maps, dim=0, return_inverse=True)
             inverse = inverse.cpu()
             distinct = torch.full((int(inverse.max()) + 1,), channels, dtype=torch.long)
             distinct = distinct.scatter_reduce(0, inverse, torch.arange(channels), reduce="amin")
             pairs = torch.cartesian_prod(distinct, torch.arange(self.num_samples))
-            pair_scores = []
-            for chunk in pairs.split(self.batch_size):
-                chunk_masks = masks[b, chunk[:, 0].to(masks.device)].unsqueeze(1)
-                scale = coefficients[chunk[:, 1].to(coefficients.device)]
-                scale = scale.reshape(-1, *([1] * (masks.ndim - 1)))
-                pair_scores.append(score(scale * (sample * chunk_masks), b))
-            per_distinct = torch.cat(pair_scores).reshape(len(distinct), self.num_samples)
-            totals[b] = per_distinct.sum(dim=1)[inverse]
+            scales = coefficients[pairs[:, 1].to(coefficients.device)]
+            pair_scores = self.masked_scores(
+                inputs[b : b + 1], b, masks[b], score, pairs[:, 0], scales
+            )
+            totals[b] = pair_scores.reshape(len(distinct), self.num_samples).sum(dim=1)[inverse]
         return totals

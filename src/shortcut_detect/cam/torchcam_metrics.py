@@ -17,6 +17,7 @@ from torch import nn
 
 from shortcut_detect.cam.targets import ClassifierOutputTarget
 from shortcut_detect.common.modes import eval_mode
+from shortcut_detect.common.validation import positive_int
 
 __all__ = ["ClassificationMetric", "DeletionInsertionMetric"]
 
@@ -138,9 +139,7 @@ class DeletionInsertionMetric(_CAMMetric):
         baseline: torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None = None,
         batch_size: int = 32,
     ) -> None:
-        for name, value in (("steps", steps), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        steps, batch_size = positive_int("steps", steps), positive_int("batch_size", batch_size)
         super().__init__(cam_extractor, logits_fn)
         self.steps = steps
         self.baseline = baseline
