@@ -129,6 +129,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer images and rounds")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--synthetic-images",
+        type=int,
+        default=8192,
+        help="images of the synthetic setting (enough that the loop, not the start of the "
+        "decoding workers, dominates the timed part)",
+    )
     parser.add_argument("--only", choices=["synthetic", "resnet50"])
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -140,7 +147,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "synthetic"):
-            manifest = _write_png_set(work / "synthetic", 256 if args.quick else 1024, 48)
+            manifest = _write_png_set(work / "synthetic", 256 if args.quick else args.synthetic_images, 48)
             _bench(
                 "synthetic 48x48, demo SmallCNN",
                 "demo:shortcut",
