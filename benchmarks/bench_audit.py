@@ -147,7 +147,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.only in (None, "synthetic"):
-            manifest = _write_png_set(work / "synthetic", 256 if args.quick else args.synthetic_images, 48)
+            manifest = _write_png_set(
+                work / "synthetic", 256 if args.quick else args.synthetic_images, 48
+            )
             _bench(
                 "synthetic 48x48, demo SmallCNN",
                 "demo:shortcut",
