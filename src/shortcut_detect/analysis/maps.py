@@ -29,6 +29,7 @@ __all__ = [
     "mass_overlap",
     "overlap_per_sample",
     "peak_locations",
+    "region_location",
     "summarize_values",
 ]
 
@@ -234,6 +235,18 @@ def concentration_area(heatmaps: Any, mass: float = 0.5) -> np.ndarray:
     needed = (cumulative < mass - 1e-12).sum(axis=1) + 1
     result = np.minimum(needed, cells) / cells
     return np.where(np.isnan(probabilities[:, 0]), np.nan, result)
+
+
+def region_location(region: np.ndarray) -> str:
+    """Where a bool region lies, in words (:func:`location_words` of its centroid).
+
+    A 3-D region ``(D, H, W)`` is described by where it lies in the ``(H, W)`` plane, over
+    all slices.
+    """
+    if region.ndim == 3:
+        region = region.any(axis=0)
+    rows, cols = np.nonzero(region)
+    return location_words((rows.mean(), cols.mean()), region.shape)
 
 
 def location_words(position: Sequence[float], shape: Sequence[int]) -> str:

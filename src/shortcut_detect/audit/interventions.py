@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shortcut_detect.analysis.maps import location_words
+from shortcut_detect.analysis.maps import region_location
 from shortcut_detect.audit.analysis import stratified_subsample
 from shortcut_detect.audit.store import (
     INTERVENTIONS_DIR,
@@ -103,13 +103,6 @@ def _load_images(
         np.concatenate(has_mask).astype(bool),
         np.concatenate(ok).astype(bool),
     )
-
-
-def _where(region: np.ndarray) -> str:
-    if region.ndim == 3:  # a volume: where it lies in the (H, W) plane, over all slices
-        region = region.any(axis=0)
-    rows, cols = np.nonzero(region)
-    return location_words((rows.mean(), cols.mean()), region.shape)
 
 
 def _central_slice(volume: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -328,7 +321,7 @@ def _given_mask_entry(
     result = intervene(
         loaded.model, sample.images, masks, carriers=has_mask, heatmaps=sample.heatmaps, **options
     )
-    location = _where(masks[has_mask].any(axis=0))
+    location = region_location(masks[has_mask].any(axis=0))
     entry = _entry(
         GIVEN_MASK,
         f"the mask column's regions ({int(has_mask.sum())} of {len(sample.rows)} images carry one)",
@@ -377,7 +370,7 @@ def _discovered_entries(
             candidate.source,
             candidate.description,
             test.result,
-            _where(candidate.region),
+            region_location(candidate.region),
             test.reading,
             list(candidate.box),
         )

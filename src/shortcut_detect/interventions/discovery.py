@@ -13,7 +13,12 @@ from torch import nn
 
 from shortcut_detect.analysis.batches import heatmaps_from_images
 from shortcut_detect.analysis.groups import compare_groups
-from shortcut_detect.analysis.maps import area_resize, as_heatmap_stack, location_words
+from shortcut_detect.analysis.maps import (
+    area_resize,
+    as_heatmap_stack,
+    location_words,
+    region_location,
+)
 from shortcut_detect.common import to_jsonable
 from shortcut_detect.gradcam import GradCAMHeatmapGenerator
 from shortcut_detect.interventions.core import (
@@ -130,7 +135,7 @@ class CandidateTest:
     def reading(self) -> str:
         """Sentence like "the model relies on the top-left corner: removing it flips 71% ..."."""
         removal = self.result.removal[self.result.fill]
-        where = _where(self.candidate.region)
+        where = region_location(self.candidate.region)
         # The foreground note goes inside the parenthesis so the sentence keeps its shape.
         source = self.candidate.source
         overlap = self.candidate.object_overlap
@@ -188,11 +193,6 @@ class DiscoveryResult:
                 "notes": self.notes,
             }
         )
-
-
-def _where(region: np.ndarray) -> str:
-    rows, cols = np.nonzero(region)
-    return location_words((rows.mean(), cols.mean()), region.shape)
 
 
 def _foreground(images: torch.Tensor) -> np.ndarray:
@@ -393,7 +393,7 @@ def _from_group_comparison(
                 "group comparison",
                 region,
                 f"group {names[group]!s} attends significantly more to the "
-                f"{_where(region)} (permutation p = {metrics['p_value']:.3g})",
+                f"{region_location(region)} (permutation p = {metrics['p_value']:.3g})",
                 float(abs(divergence[part]).max()),
                 carriers=codes == group,
             )
