@@ -23,6 +23,7 @@ from shortcut_detect.cam.layers import LayerSpec, resolve_layer
 from shortcut_detect.common.device import resolve_device
 from shortcut_detect.common.modes import eval_mode
 from shortcut_detect.common.progress import ProgressBar
+from shortcut_detect.common.validation import positive_int
 
 __all__ = ["POOLING_MODES", "EmbeddingExtractor", "extract_embeddings", "pool_features"]
 
@@ -331,8 +332,7 @@ def extract_embeddings(
     """
     if images_or_loader is None:
         raise ValueError("images_or_loader is required: a (N, C, H, W) tensor/array or a loader")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = positive_int("batch_size", batch_size)
     extractor = EmbeddingExtractor(model, layer, pool=pool, device=device)
     batches, total = _iter_batches(images_or_loader, batch_size)
     chunks = [extractor(images) for images in _progress(batches, total, progress)]

@@ -26,6 +26,7 @@ from shortcut_detect.cam.guided import guided_backprop_for_scores
 from shortcut_detect.cam.layers import LayerSpec, default_layer, resolve_layer
 from shortcut_detect.common.device import place_model, resolve_device
 from shortcut_detect.common.modes import eval_mode
+from shortcut_detect.common.validation import positive_int
 from shortcut_detect.results import AttentionOverlapResult, Explanation
 from shortcut_detect.viz import overlay_heatmap
 
@@ -252,8 +253,7 @@ def top_predictions(
     list of dict
         ``[{"class_idx", "class_name", "confidence"}, ...]``.
     """
-    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    top_k = positive_int("top_k", top_k)
     if isinstance(probabilities, torch.Tensor):
         probabilities = probabilities.detach().cpu().numpy()
     values = np.asarray(probabilities, dtype=np.float64)

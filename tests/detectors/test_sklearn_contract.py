@@ -45,7 +45,7 @@ INVALID = [
         {"moderate_enrichment": 5.0},
         "Need 0 < moderate_enrichment <= high_enrichment",
     ),
-    (SpRAyDetector, {"n_clusters": 0}, "n_clusters must be a positive integer or None"),
+    (SpRAyDetector, {"n_clusters": 0}, "n_clusters must be a positive integer, got 0"),
     (SpRAyDetector, {"downsample": (1, 8)}, r"downsample must be \(h, w\) with sides >= 2"),
     (SpRAyDetector, {"gap_ratio": 0.5}, "gap_ratio must be at least 1, got 0.5"),
 ]

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from shortcut_detect.common.validation import positive_int
 from shortcut_detect.results import HeatmapGenerator
 
 __all__ = ["check_batch_size", "heatmaps_from_images", "slice_target"]
@@ -13,9 +14,7 @@ __all__ = ["check_batch_size", "heatmaps_from_images", "slice_target"]
 
 def check_batch_size(batch_size: int) -> int:
     """``batch_size`` as a positive int, or a clear error."""
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+    return positive_int("batch_size", batch_size)
 
 
 def slice_target(target: Any, start: int, stop: int, n_samples: int, name: str = "target") -> Any:

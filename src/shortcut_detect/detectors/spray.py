@@ -31,6 +31,7 @@ from shortcut_detect.analysis.maps import (
 )
 from shortcut_detect.common.risk import Risk
 from shortcut_detect.common.serialization import nan_to_none
+from shortcut_detect.common.validation import positive_int
 from shortcut_detect.detectors.base import BaseDetector
 
 __all__ = ["SpRAyDetector"]
@@ -112,8 +113,8 @@ class SpRAyDetector(BaseDetector):
     def validate_params(self) -> None:
         """Check every parameter (``fit`` calls this first)."""
         n_clusters = self.n_clusters
-        if n_clusters is not None and (int(n_clusters) != n_clusters or n_clusters < 1):
-            raise ValueError(f"n_clusters must be a positive integer or None, got {n_clusters!r}")
+        if n_clusters is not None:
+            positive_int("n_clusters", n_clusters)
         if not 1 <= self.min_clusters <= self.max_clusters:
             raise ValueError(
                 f"Need 1 <= min_clusters <= max_clusters, got {self.min_clusters} and "
