@@ -93,7 +93,8 @@ def overlay_heatmap(
 # -- figures ---------------------------------------------------------------------------------
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure of ``width`` x ``height`` inches, not tied to pyplot's state."""
     try:
         from matplotlib.figure import Figure
     except ImportError as error:  # pragma: no cover - matplotlib is in the analysis extra
@@ -103,7 +104,8 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _finish(figure: Figure, save_path: str | Path | None, dpi: int = 110) -> Figure:
+def finish_figure(figure: Figure, save_path: str | Path | None, dpi: int = 110) -> Figure:
+    """Save ``figure`` as PNG when ``save_path`` is given; return it."""
     if save_path is not None:
         path = Path(save_path)
         if path.suffix.lower() not in ("", ".png"):
@@ -153,7 +155,8 @@ def _image_list(images: Any, name: str = "images") -> Any:
     return images
 
 
-def _clean_axis(axis: Axes) -> None:
+def clean_axis(axis: Axes) -> None:
+    """Hide an image axis' ticks."""
     axis.set_xticks([])
     axis.set_yticks([])
 
@@ -190,7 +193,7 @@ def plot_explanation(
     overlay = overlay_heatmap(
         rgb, _display_heatmap(heatmap, rgb.shape[:2]), alpha=alpha, colormap=colormap
     )
-    figure = _new_figure(10.5, 3.8)
+    figure = new_figure(10.5, 3.8)
     axes = figure.subplots(1, 3)
     axes[0].imshow(rgb)
     axes[0].set_title("Original")
@@ -201,10 +204,10 @@ def plot_explanation(
     axes[2].imshow(overlay)
     axes[2].set_title("Overlay")
     for axis in axes:
-        _clean_axis(axis)
+        clean_axis(axis)
     if title:
         figure.suptitle(title)
-    return _finish(figure, save_path)
+    return finish_figure(figure, save_path)
 
 
 def _label_text(label: Any) -> str:
@@ -248,7 +251,7 @@ def plot_group_comparison(
     metrics = result.metrics
     sizes = metrics.get("group_sizes", {})
     panels = len(groups) + 1
-    figure = _new_figure(3.6 * panels, 3.9)
+    figure = new_figure(3.6 * panels, 3.9)
     axes = figure.subplots(1, panels, squeeze=False)[0]
     top = max(float(np.max(means[g])) for g in groups) or 1.0
     shown = None
@@ -256,7 +259,7 @@ def plot_group_comparison(
         shown = axis.imshow(means[group], cmap=colormap, vmin=0.0, vmax=top)
         size = f" (n={sizes[group]})" if group in sizes else ""
         axis.set_title(f"Group {_label_text(group)}{size}\nmean attention")
-        _clean_axis(axis)
+        clean_axis(axis)
     if shown is not None:
         figure.colorbar(shown, ax=list(axes[:-1]), fraction=0.046, pad=0.02, shrink=0.85)
 
@@ -281,7 +284,7 @@ def plot_group_comparison(
     peak = metrics.get("divergence_peak")
     if peak is not None and len(peak) == 2:
         axis.plot(peak[1], peak[0], marker="x", color="black", markersize=9, markeredgewidth=2)
-    _clean_axis(axis)
+    clean_axis(axis)
 
     headline = f"Attention overlap {result.overlap_score:.0%}"
     if metrics.get("p_value") is not None:
@@ -291,7 +294,7 @@ def plot_group_comparison(
             headline += ", outlined: significant pixels"
         headline += ")"
     figure.suptitle(headline)
-    return _finish(figure, save_path)
+    return finish_figure(figure, save_path)
 
 
 def _spray_parts(report_or_detector: Any) -> tuple[dict[str, Any], list[np.ndarray]]:
@@ -354,7 +357,7 @@ def plot_spray_clusters(
     rows = len(clusters)
     if images is None:
         columns, rows = min(4, len(clusters)), math.ceil(len(clusters) / 4)
-    figure = _new_figure(2.3 * columns + 0.6, 2.5 * rows + 0.6)
+    figure = new_figure(2.3 * columns + 0.6, 2.5 * rows + 0.6)
     axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
     for axis in axes.ravel():
         axis.set_axis_off()
@@ -382,7 +385,7 @@ def plot_spray_clusters(
         axis.imshow(mean_maps[cluster["cluster"]], cmap="jet", vmin=0.0)
         colour = "firebrick" if cluster.get("flagged") else "black"
         axis.set_title(caption(cluster), fontsize=9, color=colour)
-        _clean_axis(axis)
+        clean_axis(axis)
         if cluster.get("flagged"):
             for spine in axis.spines.values():
                 spine.set_edgecolor("firebrick")
@@ -409,7 +412,7 @@ def plot_spray_clusters(
     if metrics.get("ari_groups") is not None:
         headline += f", adjusted Rand index vs groups {metrics['ari_groups']:.2f}"
     figure.suptitle(headline)
-    return _finish(figure, save_path)
+    return finish_figure(figure, save_path)
 
 
 def plot_top_attention_grid(
@@ -461,7 +464,7 @@ def plot_top_attention_grid(
     top = defined[np.argsort(-values[defined], kind="stable")[:k]]
     columns = min(columns, len(top))
     rows = math.ceil(len(top) / columns)
-    figure = _new_figure(2.2 * columns, 2.35 * rows + 0.5)
+    figure = new_figure(2.2 * columns, 2.35 * rows + 0.5)
     axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False))
     for axis in axes.ravel():
         axis.set_axis_off()
@@ -476,4 +479,4 @@ def plot_top_attention_grid(
         value = f"{values[index]:.1%}" if percent else f"{values[index]:.3g}"
         axis.set_title(f"#{index}: {value}", fontsize=9)
     figure.suptitle(title or f"Top {len(top)} samples by {score_name}")
-    return _finish(figure, save_path)
+    return finish_figure(figure, save_path)

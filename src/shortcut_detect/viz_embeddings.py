@@ -19,7 +19,13 @@ from shortcut_detect.analysis.embedding_map import (
     category_names,
     is_missing,
 )
-from shortcut_detect.viz import _clean_axis, _finish, _new_figure, overlay_heatmap, to_display_image
+from shortcut_detect.viz import (
+    clean_axis,
+    finish_figure,
+    new_figure,
+    overlay_heatmap,
+    to_display_image,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -95,7 +101,7 @@ def plot_embedding_map(
     points = result.coordinates
     size = point_size if point_size is not None else float(np.clip(4000 / len(points), 2, 30))
     if ax is None:
-        figure = _new_figure(6.4, 5.6)
+        figure = new_figure(6.4, 5.6)
         axis = figure.subplots()
     else:
         axis, figure = ax, ax.figure
@@ -126,7 +132,7 @@ def plot_embedding_map(
         heading += f", coloured by {name}"
     text = str(description) if description is not None else ""
     axis.set_title(heading + ("\n" + _wrap(text, 80) if text else ""), fontsize=10)
-    return _finish(figure, save_path)
+    return finish_figure(figure, save_path)
 
 
 def _categorical_scatter(
@@ -211,7 +217,7 @@ def plot_activation_grid(
     tiles = len(extra) + len(grid.channels)
     columns = min(columns, tiles)
     rows = math.ceil(tiles / columns)
-    figure = _new_figure(2.2 * columns, 2.3 * rows + 0.5)
+    figure = new_figure(2.2 * columns, 2.3 * rows + 0.5)
     axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False)).ravel()
     for axis in axes:
         axis.set_axis_off()
@@ -229,17 +235,17 @@ def plot_activation_grid(
             axis.imshow(mean / peak if peak > 0 else mean, cmap="viridis", vmin=0.0, vmax=1.0)
         axis.set_title(caption, fontsize=9)
         axis.set_axis_on()
-        _clean_axis(axis)
+        clean_axis(axis)
         position += 1
     for channel, mean, tile in zip(grid.channels, grid.channel_means, scaled):
         axis = axes[position]
         axis.imshow(tile, cmap="viridis", vmin=0.0, vmax=1.0)
         axis.set_title(f"ch {int(channel)}: {float(mean):.3g}", fontsize=8)
         axis.set_axis_on()
-        _clean_axis(axis)
+        clean_axis(axis)
         position += 1
     figure.suptitle(f"Strongest channels of {grid.layer} (raw activations, shared scale)")
-    return _finish(figure, save_path)
+    return finish_figure(figure, save_path)
 
 
 def plot_lime(
@@ -285,7 +291,7 @@ def plot_lime(
     selected = explanation.top_mask(top_k)
     highlighted = rgb * np.where(selected[..., None], 1.0, 0.25)
 
-    figure = _new_figure(13.5, 3.8)
+    figure = new_figure(13.5, 3.8)
     axes = figure.subplots(1, 4)
     axes[0].imshow(outlined)
     axes[0].set_title(f"{explanation.n_superpixels} superpixels")
@@ -302,11 +308,11 @@ def plot_lime(
     )
     axes[3].set_title(f"Top {shown} superpixels")
     for axis in axes:
-        _clean_axis(axis)
+        clean_axis(axis)
     target = explanation.target
     label = str(class_names[target]) if class_names is not None else f"class {target}"
     figure.suptitle(
         f"LIME for {label} (p = {explanation.target_probability:.2f}); "
         f"{explanation.num_samples} samples, surrogate R² = {explanation.score:.2f}"
     )
-    return _finish(figure, save_path)
+    return finish_figure(figure, save_path)
