@@ -10,7 +10,7 @@ from torch import nn
 pytest.importorskip("nibabel")
 pytest.importorskip("gradio")
 
-from shortcut_detect.app import build_app, make_explorer
+from shortcut_detect.app import build_app
 from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.app.volume_panel import VolumeSlicer
 from shortcut_detect.audit.pipeline import AuditOptions, run_audit
@@ -81,9 +81,3 @@ def test_the_app_on_a_3d_audit_shows_the_volume_panel_and_no_explorer_button(vol
     ids = {getattr(block, "elem_id", None): block for block in blocks.blocks.values()}
     assert {"volume-plane", "volume-slice", "volume-image", "volume-overlay"} <= set(ids)
     assert ids["audit-open"].visible is False
-
-
-def test_a_3d_model_without_an_audit_is_refused_with_what_to_do(volume_audit, tmp_path):
-    directory, _ = volume_audit
-    with pytest.raises(ExplorerInputError, match="open the audit with --audit DIR"):
-        make_explorer(str(directory.parent / "model.pt"), trust_pickle=True, resize=[16])
