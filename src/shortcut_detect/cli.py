@@ -643,6 +643,12 @@ def _add_app(commands: _Commands, common: argparse.ArgumentParser) -> None:
         "--cache-size", type=int, metavar="N", help="heatmaps kept in memory (default 256)"
     )
     explorer.add_argument(
+        "--window",
+        metavar="W",
+        help="a 3-D model's volumes: intensity window 'auto' (default: the file's, else "
+        "percentiles 0.5-99.5), 'full' or CENTER,WIDTH, as for the audit",
+    )
+    explorer.add_argument(
         "--max-upload-mb",
         type=float,
         metavar="MB",
@@ -1319,6 +1325,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
         "auth": args.auth,
         "no_auth": args.no_auth,
+        "window": args.window,
     }
     given.update(ModelOptions.from_args(args).load_kwargs())
     if args.model and not (args.resize or args.crop):

@@ -171,3 +171,11 @@ def test_a_3d_model_without_data_serves_uploads_and_the_page_has_the_volume_pane
     assert "box-apply" not in ids and "intervene-note" in ids
     selection, _ = choose_volume_upload(explorer, str(marked))
     assert explain_volume(explorer, selection, "", "gradcam", "1", "coronal", 0.4).shown.count == 16
+
+
+def test_a_window_is_refused_where_no_volume_is_read(volumes):
+    with pytest.raises(ExplorerInputError, match=r"window= .* is for the volumes of a 3-D model"):
+        make_explorer(window="40,400")  # the demo's 2-D models
+    root, _, _ = volumes
+    with pytest.raises(ExplorerInputError, match="CENTER,WIDTH"):
+        make_explorer(str(root / "model.pt"), trust_pickle=True, resize=[SIDE], window="wide")

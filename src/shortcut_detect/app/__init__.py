@@ -171,6 +171,12 @@ def make_explorer(
             models, data, browser.source, layer = demo_explorer_models(), None, None, None
         else:
             models = [explorer_model_from_loaded(loaded)]
+    if window is not None:
+        # Only the volume explorer (returned above) reads files with a chosen window.
+        raise ExplorerInputError(
+            "window= (--window) is for the volumes of a 3-D model explored with --model; 2-D "
+            "images are read with their own window and an audit with the audit's"
+        )
     if layer is not None:
         for explorer_model in models:
             explorer_model.default_layer = layer

@@ -217,10 +217,13 @@ def wire_volume_panel(
         inputs=[*chosen, panel.plane],
         outputs=volume_outputs(panel),
     )
-    panel.index.release(
+    # `input`: a number typed into the slider's box (and dragging); `release`: a drag's end.
+    gr.on(
+        [panel.index.input, panel.index.release],
         move,
         inputs=[*chosen, panel.plane, panel.index],
         outputs=[panel.image, panel.overlay, panel.caption],
+        trigger_mode="always_last",
     )
     return jump
 

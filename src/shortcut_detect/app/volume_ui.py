@@ -153,13 +153,19 @@ def _wire(
         picked = choose_volume_upload(explorer, path, upload.GRADIO_CACHE)
         return (*picked, None, None, None, None, "")
 
-    def view(res: HeatmapResult | None, alpha: float, plane: str, index: int | None) -> Any:
-        return explorer.view(res, plane, index, alpha)  # type: ignore[arg-type]
+    def view(
+        res: HeatmapResult, alpha: float, sel: Selection | None, plane: str, index: int | None
+    ) -> Any:
+        return explorer.view(res, plane, index, alpha, name=sel.caption if sel else "")
 
     picker.change(pick, inputs=[picker], outputs=[selection, status, *cleared])
     upload.upload(pick_upload, inputs=[upload], outputs=[selection, status, *cleared])
     volume_panel.wire_volume_panel(
-        panel, view, [result, opacity], _guard, empty="Press **Generate** to see the slices."
+        panel,
+        view,
+        [result, opacity, selection],
+        _guard,
+        empty="Press **Generate** to see the slices.",
     )
 
     @_guard
