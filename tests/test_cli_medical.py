@@ -85,22 +85,9 @@ def test_explain_refuses_a_bad_window(tmp_path, capsys):
     assert "'auto', 'full' or 'CENTER,WIDTH'" in capsys.readouterr().err
 
 
-def _bright_voxel_model():
-    """A tiny 3-D model whose evidence is the voxels above 0.6 of the window (the marker)."""
-    import torch
-    from torch import nn
-
-    conv, head = nn.Conv3d(1, 1, 1), nn.Linear(1, 2)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-        conv.bias.fill_(-0.6)
-        head.weight.copy_(torch.tensor([[-100.0], [100.0]]))
-        head.bias.zero_()
-    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), head).eval()
-
-
-def test_explain_on_a_volume_writes_the_slices_through_the_peak_and_the_nifti(tmp_path, capsys):
-    import torch
+def test_explain_on_a_volume_writes_the_slices_through_the_peak_and_the_nifti(
+    tmp_path, capsys, bright_voxel_model_file
+):
     from PIL import Image
 
     from shortcut_detect.data.images import load_volume
@@ -108,9 +95,8 @@ def test_explain_on_a_volume_writes_the_slices_through_the_peak_and_the_nifti(tm
 
     data = write_synthetic_nifti_set(tmp_path / "nii", 4, shape=(16, 16, 16), agreement=1.0)
     marked = next(p for p, m in zip(data.paths, data.marker) if m)
-    torch.save(_bright_voxel_model(), tmp_path / "model.pt")
     out = tmp_path / "explained"
-    arguments = ["explain", str(marked), "--model", str(tmp_path / "model.pt"), "--trust-pickle"]
+    arguments = ["explain", str(marked), "--model", str(bright_voxel_model_file), "--trust-pickle"]
     arguments += ["--resize", "16", "--window", "250,700", "--export-nifti", "--out", str(out)]
     assert main(arguments) == 0, capsys.readouterr().err
     row = json.loads((out / "explanations.json").read_text())["volumes"][0]
@@ -139,12 +125,9 @@ def test_explain_on_a_volume_writes_the_slices_through_the_peak_and_the_nifti(tm
     assert np.load(row["heatmap"]).ndim == 3
 
 
-def test_explain_on_a_volume_refuses_2d_only_options(tmp_path, capsys):
-    import torch
-
+def test_explain_on_a_volume_refuses_2d_only_options(tmp_path, capsys, bright_voxel_model_file):
     data = write_synthetic_nifti_set(tmp_path / "nii", 2, shape=(12, 12, 12))
-    torch.save(_bright_voxel_model(), tmp_path / "model.pt")
-    arguments = ["explain", str(data.paths[0]), "--model", str(tmp_path / "model.pt")]
+    arguments = ["explain", str(data.paths[0]), "--model", str(bright_voxel_model_file)]
     arguments += ["--trust-pickle", "--resize", "12", "--method", "lime"]
     assert main(arguments) != 0
     assert "--method lime (superpixels are 2-D) is for 2-D models" in capsys.readouterr().err

@@ -545,7 +545,13 @@ def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
             "  shortcut-detect explain a.png --model demo --method lime --lime-samples 500"
         ),
     )
-    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    explain.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files; for a 3-D model, volumes (NIfTI files, DICOM series folders): "
+        "each gets its sagittal, coronal and axial slices through the heatmap's peak",
+    )
     _layer_option(explain)
     explain.add_argument(
         "--method",

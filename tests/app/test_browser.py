@@ -535,27 +535,16 @@ def test_embedding_map_recolours_selects_and_opens_a_point(browser, map_audit_ap
 
 
 @pytest.fixture(scope="module")
-def volume_app(tmp_path_factory):
+def volume_app(tmp_path_factory, bright_voxel_model_file):
     """The explorer of a tiny 3-D model over four synthetic NIfTI volumes."""
     pytest.importorskip("nibabel")
     chromium_path()
-    import torch
-    from torch import nn
-
     from shortcut_detect.data.medical.synthetic import write_synthetic_nifti_set
 
     root = tmp_path_factory.mktemp("volume_app")
     data = write_synthetic_nifti_set(root / "data", 4, shape=(16, 16, 16), agreement=1.0, seed=4)
-    conv, head = nn.Conv3d(1, 1, 1), nn.Linear(1, 2)
-    with torch.no_grad():  # evidence = voxels above 0.6 of the window: the marker cube
-        conv.weight.fill_(1.0)
-        conv.bias.fill_(-0.6)
-        head.weight.copy_(torch.tensor([[-100.0], [100.0]]))
-        head.bias.zero_()
-    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), head)
-    torch.save(model, root / "model.pt")
     explorer = make_explorer(
-        str(root / "model.pt"),
+        str(bright_voxel_model_file),
         data=str(data.root),
         trust_pickle=True,
         resize=[16],

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 pytest.importorskip("nibabel")
 
@@ -26,32 +24,19 @@ WINDOW = "250,700"  # the marker (600) is white, the organ (100) at 0.64, the ai
 SIDE = 16
 
 
-def _bright_voxel_model() -> nn.Module:
-    """Evidence = voxels above 0.6 of the window, the marker cube most: its map peaks there."""
-    conv = nn.Conv3d(1, 1, 1)
-    head = nn.Linear(1, 2)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-        conv.bias.fill_(-0.6)
-        head.weight.copy_(torch.tensor([[-100.0], [100.0]]))
-        head.bias.zero_()
-    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), head).eval()
-
-
 @pytest.fixture(scope="module")
-def volumes(tmp_path_factory):
+def volumes(tmp_path_factory, bright_voxel_model_file):
     root = tmp_path_factory.mktemp("explore3d")
     data = write_synthetic_nifti_set(root / "data", 4, shape=(SIDE,) * 3, agreement=1.0, seed=4)
-    torch.save(_bright_voxel_model(), root / "model.pt")
     marked = next(p for p, m in zip(data.paths, data.marker) if m)
-    return root, data, marked
+    return bright_voxel_model_file, data, marked
 
 
 @pytest.fixture
 def volume_explorer(volumes):
-    root, data, _ = volumes
+    model_file, data, _ = volumes
     explorer = make_explorer(
-        str(root / "model.pt"),
+        str(model_file),
         data=str(data.root),
         trust_pickle=True,
         resize=[SIDE],
@@ -162,8 +147,8 @@ def test_a_3d_model_without_data_serves_uploads_and_the_page_has_the_volume_pane
     pytest.importorskip("gradio")
     from shortcut_detect.app import build_app
 
-    root, _, marked = volumes
-    blocks = build_app(str(root / "model.pt"), trust_pickle=True, resize=[SIDE])
+    model_file, _, marked = volumes
+    blocks = build_app(str(model_file), trust_pickle=True, resize=[SIDE])
     explorer = blocks.explorer
     assert isinstance(explorer, VolumeExplorer) and list(explorer.sample_ids()) == []
     ids = {getattr(block, "elem_id", None) for block in blocks.blocks.values()}
@@ -176,6 +161,6 @@ def test_a_3d_model_without_data_serves_uploads_and_the_page_has_the_volume_pane
 def test_a_window_is_refused_where_no_volume_is_read(volumes):
     with pytest.raises(ExplorerInputError, match=r"window= .* is for the volumes of a 3-D model"):
         make_explorer(window="40,400")  # the demo's 2-D models
-    root, _, _ = volumes
+    model_file, _, _ = volumes
     with pytest.raises(ExplorerInputError, match="CENTER,WIDTH"):
-        make_explorer(str(root / "model.pt"), trust_pickle=True, resize=[SIDE], window="wide")
+        make_explorer(str(model_file), trust_pickle=True, resize=[SIDE], window="wide")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 pytest.importorskip("nibabel")
 pytest.importorskip("gradio")
@@ -17,26 +15,13 @@ from shortcut_detect.audit.pipeline import AuditOptions, run_audit
 from shortcut_detect.data.medical.synthetic import write_synthetic_nifti_set
 
 
-def _bright_voxel_model() -> nn.Module:
-    """Evidence = voxels above 0.6 of the window (the marker cube): its map is the cube."""
-    conv = nn.Conv3d(1, 1, 1)
-    head = nn.Linear(1, 2)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-        conv.bias.fill_(-0.6)
-        head.weight.copy_(torch.tensor([[-100.0], [100.0]]))
-        head.bias.zero_()
-    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), head).eval()
-
-
 @pytest.fixture(scope="module")
-def volume_audit(tmp_path_factory):
+def volume_audit(tmp_path_factory, bright_voxel_model_file):
     root = tmp_path_factory.mktemp("app3d")
     data = write_synthetic_nifti_set(root / "data", 6, shape=(16, 16, 16), agreement=1.0, seed=4)
-    torch.save(_bright_voxel_model(), root / "model.pt")
     run_audit(
         AuditOptions(
-            model=str(root / "model.pt"),
+            model=str(bright_voxel_model_file),
             trust_pickle=True,
             resize=[16],
             data=str(data.root),

@@ -35,15 +35,14 @@ from shortcut_detect.app.inputs import (
     resolve_inside,
 )
 from shortcut_detect.app.models import ExplorerModel, explorer_model_from_loaded
-from shortcut_detect.app.sources import MAX_LISTED_FILES, Sample, SampleRecord
-from shortcut_detect.app.volume_panel import SliceView, slice_view
-from shortcut_detect.data.images import (
-    ImageLoadError,
-    ManifestError,
-    is_medical_name,
-    load_volume,
-    read_image_set,
+from shortcut_detect.app.sources import (
+    MAX_LISTED_FILES,
+    Sample,
+    data_path,
+    listed_records,
 )
+from shortcut_detect.app.volume_panel import SliceView, slice_view
+from shortcut_detect.data.images import ImageLoadError, is_medical_name, load_volume
 from shortcut_detect.data.transforms import Preprocessing
 from shortcut_detect.viz_volume import peak_voxel
 
@@ -105,23 +104,11 @@ class VolumeSource:
     ) -> None:
         if not preprocessing.is_3d:
             raise ValueError("A VolumeSource feeds a 3-D model; the preprocessing is 2-D")
-        path = Path(data).expanduser().resolve()
-        if not path.exists():
-            raise ExplorerInputError(f"--data {data}: no such file or directory.")
+        path = data_path(data)
         self.name = str(path)
         self.preprocessing = preprocessing
         self.max_pixels = int(max_pixels)
-        try:
-            image_set = read_image_set(path, group_column=group_column, volumes=True)
-        except ManifestError as error:
-            if not path.is_dir():
-                raise ExplorerInputError(str(error)) from error
-            records = {sample_id: SampleRecord(str(path / sample_id)) for sample_id in _scan(path)}
-        else:
-            records = {
-                record.sample_id: SampleRecord(record.path, record.label_name, record.group)
-                for record in image_set.records
-            }
+        records = listed_records(path, _scan, group_column=group_column, volumes=True)
         if not records:
             raise ExplorerInputError(
                 f"No volumes under {path}: a 3-D model takes NIfTI files (.nii, .nii.gz) and "
