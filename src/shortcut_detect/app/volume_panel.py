@@ -1,8 +1,10 @@
-"""The app's view of a 3-D audit's volumes: a plane selector and a slice slider over the
-chosen sample's scan and heatmap (image and overlay side by side).
+"""The app's view of volumes: a plane selector and a slice slider over a scan and its
+heatmap (image and overlay side by side), for a 3-D audit's samples and for the volume
+explorer (:mod:`shortcut_detect.app.volume_explorer`).
 
-The pure part (:class:`VolumeSlicer`) reads a sample's volume and stored heatmap once and
-cuts slices from them; :func:`volume_panel` and :func:`wire_volume_panel` put it on the page.
+The pure part: :func:`slice_view` cuts one slice of a volume and its heatmap (by default
+through the heatmap's peak); :class:`VolumeSlicer` reads an audited sample's volume and
+stored heatmap once. :func:`volume_panel` and :func:`wire_volume_panel` put it on the page.
 """
 
 from __future__ import annotations
