@@ -52,7 +52,12 @@ from shortcut_detect.data.images import (
     slice_count,
     volume_slices,
 )
-from shortcut_detect.data.medical import describe_window_spec, read_medical, save_heatmap_nifti
+from shortcut_detect.data.medical import (
+    describe_window_spec,
+    is_dicom_file,
+    read_medical,
+    save_heatmap_nifti,
+)
 from shortcut_detect.data.transforms import window_text
 from shortcut_detect.gradcam import (
     DEFAULT_HEAD_MAPPINGS,
@@ -941,6 +946,13 @@ def _check_volume_explain(args: argparse.Namespace) -> None:
                 "drop the option; explain writes each volume's slices through the heatmap's "
                 "peak (and --export-nifti the 3-D heatmap)",
             )
+    for text in args.images:
+        if not (Path(text).is_dir() or is_medical_name(text) or is_dicom_file(text)):
+            raise CommandError(
+                f"{text} is not a volume, and --model {args.model} takes volumes",
+                "give NIfTI files (.nii, .nii.gz), DICOM series folders or multi-frame DICOM "
+                "volumes; 2-D images need a 2-D model",
+            )
 
 
 def _explain_inputs(args: argparse.Namespace) -> list[tuple[Path, str, str]]:
@@ -1116,6 +1128,8 @@ def _explain_volumes(
             export_nifti=args.export_nifti,
             top_k=args.top_k,
         )
+    except ImageLoadError:
+        raise  # a volume that cannot be read: its own message
     except ValueError as error:  # an unknown layer or method for this model
         raise CommandError(str(error), _layers_hint(args.model)) from error
     for row in results:
