@@ -76,3 +76,22 @@ def clean_explanation(clean_model, test_data):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def bright_voxel_model_file(tmp_path_factory):
+    """A tiny 3-D model saved whole (load it with ``trust_pickle=True``): its evidence is the
+    voxels above 0.6 of the window, so on the synthetic NIfTI set with window 250,700 its
+    heatmap peaks in the marker cube (white) and class 1 is the marker's."""
+    from torch import nn
+
+    conv, head = nn.Conv3d(1, 1, 1), nn.Linear(1, 2)
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+        conv.bias.fill_(-0.6)
+        head.weight.copy_(torch.tensor([[-100.0], [100.0]]))
+        head.bias.zero_()
+    model = nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), head).eval()
+    path = tmp_path_factory.mktemp("bright_voxel_model") / "model.pt"
+    torch.save(model, path)
+    return path

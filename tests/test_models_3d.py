@@ -111,7 +111,7 @@ def test_layers_lists_the_3d_layers_with_their_shapes(capsys):
     assert "features.conv0" in output and "64x16x16x16" in output
 
 
-def test_explain_sends_3d_models_to_the_audit(tmp_path, capsys):
+def test_explain_refuses_a_2d_image_for_a_3d_model(tmp_path, capsys):
     path = tmp_path / "cnn3d.pt"
     torch.save(SmallCNN(2, in_channels=1, width=4, spatial_dims=3), path)
     image = tmp_path / "x.png"
@@ -120,4 +120,6 @@ def test_explain_sends_3d_models_to_the_audit(tmp_path, capsys):
     Image.new("L", (16, 16)).save(image)
     status = main(["explain", str(image), "--model", str(path), "--trust-pickle", "--resize", "8"])
     assert status != 0
-    assert "audit the volumes instead" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"{image} is not a volume, and --model {path} takes volumes" in error
+    assert "DICOM series folders" in error

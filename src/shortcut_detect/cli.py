@@ -39,6 +39,7 @@ from shortcut_detect.cam.image import apply_colormap
 from shortcut_detect.cam.layers import spatial_layers
 from shortcut_detect.common.device import DeviceUnavailableError, resolve_device
 from shortcut_detect.common.modes import eval_mode
+from shortcut_detect.common.serialization import json_default
 from shortcut_detect.data.images import (
     DEFAULT_MAX_PIXELS,
     SLICE_PLANES,
@@ -51,7 +52,12 @@ from shortcut_detect.data.images import (
     slice_count,
     volume_slices,
 )
-from shortcut_detect.data.medical import describe_window_spec, read_medical, save_heatmap_nifti
+from shortcut_detect.data.medical import (
+    describe_window_spec,
+    is_dicom_file,
+    read_medical,
+    save_heatmap_nifti,
+)
 from shortcut_detect.data.transforms import window_text
 from shortcut_detect.gradcam import (
     DEFAULT_HEAD_MAPPINGS,
@@ -71,6 +77,7 @@ from shortcut_detect.models import (
 )
 from shortcut_detect.viz import overlay_heatmap
 from shortcut_detect.viz_embeddings import plot_activation_grid
+from shortcut_detect.volume_explain import explain_volumes
 
 __all__ = ["as_flags", "build_parser", "main"]
 
@@ -543,7 +550,13 @@ def _add_explain(commands: _Commands, common: argparse.ArgumentParser) -> None:
             "  shortcut-detect explain a.png --model demo --method lime --lime-samples 500"
         ),
     )
-    explain.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    explain.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files; for a 3-D model, volumes (NIfTI files, DICOM series folders): "
+        "each gets its sagittal, coronal and axial slices through the heatmap's peak",
+    )
     _layer_option(explain)
     explain.add_argument(
         "--method",
@@ -639,6 +652,12 @@ def _add_app(commands: _Commands, common: argparse.ArgumentParser) -> None:
     _layer_option(explorer, default="the audit's with --audit, else the last spatial one")
     explorer.add_argument(
         "--cache-size", type=int, metavar="N", help="heatmaps kept in memory (default 256)"
+    )
+    explorer.add_argument(
+        "--window",
+        metavar="W",
+        help="a 3-D model's volumes: intensity window 'auto' (default: the file's, else "
+        "percentiles 0.5-99.5), 'full' or CENTER,WIDTH, as for the audit",
     )
     explorer.add_argument(
         "--max-upload-mb",
@@ -886,11 +905,7 @@ def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedMo
             raise CommandError(f"{error} (or lime)") from error
     loaded = ModelOptions.from_args(args).load(image_size=lambda: common_image_size(sources))
     if loaded.spatial_dims == 3:
-        raise CommandError(
-            f"--model {args.model} takes volumes; explain shows 2-D images",
-            "audit the volumes instead (shortcut-detect audit --data D ... --export-nifti): "
-            "the report shows each volume's slices and the NIfTI files its 3-D heatmaps",
-        )
+        _check_volume_explain(args)
     if lime:
         if args.export_nifti and loaded.transform.crop:
             raise CommandError(
@@ -915,6 +930,29 @@ def _explainable(args: argparse.Namespace, sources: list[str]) -> tuple[LoadedMo
             "use --resize N without --crop (or --preset none) for this model",
         )
     return loaded, layer
+
+
+def _check_volume_explain(args: argparse.Namespace) -> None:
+    """What ``explain`` cannot do for a 3-D model, refused before any work."""
+    refused = [
+        (args.method.lower() == LIME, "--method lime (superpixels are 2-D)"),
+        (bool(args.slices), "--slices (a 3-D model takes whole volumes)"),
+        (args.activations > 0, "--activations (activation tiles are 2-D)"),
+    ]
+    for given, what in refused:
+        if given:
+            raise CommandError(
+                f"--model {args.model} takes volumes: {what} is for 2-D models",
+                "drop the option; explain writes each volume's slices through the heatmap's "
+                "peak (and --export-nifti the 3-D heatmap)",
+            )
+    for text in args.images:
+        if not (Path(text).is_dir() or is_medical_name(text) or is_dicom_file(text)):
+            raise CommandError(
+                f"{text} is not a volume, and --model {args.model} takes volumes",
+                "give NIfTI files (.nii, .nii.gz), DICOM series folders or multi-frame DICOM "
+                "volumes; 2-D images need a 2-D model",
+            )
 
 
 def _explain_inputs(args: argparse.Namespace) -> list[tuple[Path, str, str]]:
@@ -999,6 +1037,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise CommandError(f"--target: {error}") from error
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if loaded.spatial_dims == 3:
+        return _explain_volumes(args, loaded, layer, target, inputs, out)
     images = [load_image(source, window=args.window) for _, _, source in inputs]
     batch = torch.stack([loaded.transform(image) for image in images])
     if layer is None:
@@ -1057,6 +1097,66 @@ def cmd_explain(args: argparse.Namespace) -> int:
     _print(f"Overlays and heatmaps written to {out}/ (explanations.json lists them).")
     if exported:
         _print(f"NIfTI heatmaps aligned with their sources: {len(exported)} file(s).")
+    return EXIT_OK
+
+
+def _explain_volumes(
+    args: argparse.Namespace,
+    loaded: LoadedModel,
+    layer: str | None,
+    target: int | None,
+    inputs: list[tuple[Path, str, str]],
+    out: Path,
+) -> int:
+    """``explain`` with a 3-D model: each volume's slices through the heatmap's peak (see
+    :func:`shortcut_detect.volume_explain.explain_volumes`)."""
+    stems: list[str] = []
+    for _, stem, _ in inputs:
+        while stem in stems:
+            stem += "_"
+        stems.append(stem)
+    assert layer is not None  # LIME, the only method without a layer, is refused for volumes
+    try:
+        results = explain_volumes(
+            loaded,
+            layer,
+            [(source, stem) for (_, _, source), stem in zip(inputs, stems)],
+            out,
+            method=args.method,
+            target=target,
+            window=args.window,
+            export_nifti=args.export_nifti,
+            top_k=args.top_k,
+        )
+    except ImageLoadError:
+        raise  # a volume that cannot be read: its own message
+    except ValueError as error:  # an unknown layer or method for this model
+        raise CommandError(str(error), _layers_hint(args.model)) from error
+    for row in results:
+        _print(
+            f"{row['image']}: explained class '{row['explained_class']}', heatmap peak at "
+            f"voxel {tuple(row['peak_voxel'])} of the {'x'.join(map(str, row['input_shape']))} "
+            f"input"
+            + (f" ({', '.join(map(str, row['peak_mm']))} mm RAS)" if row["peak_mm"] else "")
+        )
+        for rank, item in enumerate(row["top_predictions"], 1):
+            _print(f"  {rank}. {item['class_name']:<24} {item['confidence']:7.2%}")
+    (out / "explanations.json").write_text(
+        json.dumps(
+            {
+                "model": loaded.spec,
+                "layer": layer,
+                "method": args.method,
+                "window": describe_window_spec(args.window or loaded.transform.window),
+                "volumes": results,
+            },
+            indent=2,
+            default=json_default,
+        )
+    )
+    _print(f"Slices through each heatmap's peak written to {out}/ (explanations.json lists them).")
+    if args.export_nifti:
+        _print(f"NIfTI heatmaps aligned with their sources: {len(results)} file(s).")
     return EXIT_OK
 
 
@@ -1245,6 +1345,7 @@ def cmd_app(args: argparse.Namespace) -> int:
         "max_upload_bytes": None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
         "auth": args.auth,
         "no_auth": args.no_auth,
+        "window": args.window,
     }
     given.update(ModelOptions.from_args(args).load_kwargs())
     if args.model and not (args.resize or args.crop):

@@ -19,6 +19,7 @@ from shortcut_detect.viz import overlay_heatmap
 __all__ = [
     "PLANE_AXES",
     "VolumeView",
+    "grey_volume",
     "orthogonal_views",
     "peak_voxel",
     "resize_volume",
@@ -40,6 +41,16 @@ def resize_volume(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         tensor, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False
     )
     return resized[0, 0].numpy()
+
+
+def grey_volume(display: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A volume's display values ``(X, Y, Z)`` or RGB ``(X, Y, Z, 3)`` in [0, 1] as grey
+    values resized (trilinear) to ``shape``, e.g. the model's input size, to lay a heatmap
+    of that size over it."""
+    array = np.asarray(display, dtype=np.float32)
+    if array.ndim == 4:
+        array = array.mean(axis=-1)
+    return resize_volume(array, shape)
 
 
 def volume_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:

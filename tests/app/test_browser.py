@@ -532,3 +532,66 @@ def test_embedding_map_recolours_selects_and_opens_a_point(browser, map_audit_ap
     wait_for_new_image(page, "overlay", None)
     page.screenshot(path=tmp_path / "4-opened-from-map.png", full_page=True)
     page.close()
+
+
+@pytest.fixture(scope="module")
+def volume_app(tmp_path_factory, bright_voxel_model_file):
+    """The explorer of a tiny 3-D model over four synthetic NIfTI volumes."""
+    pytest.importorskip("nibabel")
+    chromium_path()
+    from shortcut_detect.data.medical.synthetic import write_synthetic_nifti_set
+
+    root = tmp_path_factory.mktemp("volume_app")
+    data = write_synthetic_nifti_set(root / "data", 4, shape=(16, 16, 16), agreement=1.0, seed=4)
+    explorer = make_explorer(
+        str(bright_voxel_model_file),
+        data=str(data.root),
+        trust_pickle=True,
+        resize=[16],
+        window="250,700",
+    )
+    running = start_app(explorer=explorer, port=free_port())
+    marked = next(p for p, m in zip(data.paths, data.marker) if m)
+    try:
+        yield running, marked.relative_to(data.root).as_posix()
+    finally:
+        running.close()
+
+
+def test_a_volume_opens_at_the_heatmap_peak_and_the_plane_and_slider_move(
+    browser, volume_app, tmp_path
+):
+    from shortcut_detect.viz_volume import peak_voxel
+
+    running, sample_id = volume_app
+    page = open_page(browser, running.url)
+    choose(page, "volume-pick", sample_id)
+    wait_for_text(page, "status", "Selected volume")
+    before = text_of(page, "status")
+    page.click("#generate")
+    status = wait_for_text(page, "status", "heatmap of", before)
+    explorer = running.explorer
+    computed = explorer.computations
+    again = explorer.explain(explorer.select_sample(sample_id))[0]  # the page's, from the cache
+    assert again.cached and explorer.computations == computed
+    x, y, z = peak_voxel(again.heatmap)
+    assert f"peak at voxel ({x}, {y}, {z})" in status
+    caption = wait_for_text(page, "volume-caption", "(heatmap peak)")
+    assert caption.startswith(f"{sample_id} · lesion: axial slice {z + 1} of 16")
+    assert page.locator("#volume-slice input[type=number]").input_value() == str(z)
+    overlay = wait_for_new_image(page, "volume-overlay", None)
+    assert "%" in text_of(page, "top5")
+    page.screenshot(path=tmp_path / "1-volume-peak.png", full_page=True)
+
+    # Another plane opens at the peak too.
+    page.get_by_label("sagittal").check()
+    caption = wait_for_text(page, "volume-caption", f"sagittal slice {x + 1} of 16", caption)
+    overlay = wait_for_new_image(page, "volume-overlay", overlay)
+    # The slider moves through the slices.
+    number = page.locator("#volume-slice input[type=number]")
+    number.fill("3")
+    number.press("Enter")
+    wait_for_text(page, "volume-caption", "sagittal slice 4 of 16", caption)
+    wait_for_new_image(page, "volume-overlay", overlay)
+    page.screenshot(path=tmp_path / "2-volume-moved.png", full_page=True)
+    page.close()

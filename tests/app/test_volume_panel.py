@@ -4,39 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 pytest.importorskip("nibabel")
 pytest.importorskip("gradio")
 
-from shortcut_detect.app import build_app, make_explorer
+from shortcut_detect.app import build_app
 from shortcut_detect.app.inputs import ExplorerInputError
 from shortcut_detect.app.volume_panel import VolumeSlicer
 from shortcut_detect.audit.pipeline import AuditOptions, run_audit
 from shortcut_detect.data.medical.synthetic import write_synthetic_nifti_set
 
 
-def _bright_voxel_model() -> nn.Module:
-    """Evidence = voxels above 0.6 of the window (the marker cube): its map is the cube."""
-    conv = nn.Conv3d(1, 1, 1)
-    head = nn.Linear(1, 2)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-        conv.bias.fill_(-0.6)
-        head.weight.copy_(torch.tensor([[-100.0], [100.0]]))
-        head.bias.zero_()
-    return nn.Sequential(conv, nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), head).eval()
-
-
 @pytest.fixture(scope="module")
-def volume_audit(tmp_path_factory):
+def volume_audit(tmp_path_factory, bright_voxel_model_file):
     root = tmp_path_factory.mktemp("app3d")
     data = write_synthetic_nifti_set(root / "data", 6, shape=(16, 16, 16), agreement=1.0, seed=4)
-    torch.save(_bright_voxel_model(), root / "model.pt")
     run_audit(
         AuditOptions(
-            model=str(root / "model.pt"),
+            model=str(bright_voxel_model_file),
             trust_pickle=True,
             resize=[16],
             data=str(data.root),
@@ -81,9 +66,3 @@ def test_the_app_on_a_3d_audit_shows_the_volume_panel_and_no_explorer_button(vol
     ids = {getattr(block, "elem_id", None): block for block in blocks.blocks.values()}
     assert {"volume-plane", "volume-slice", "volume-image", "volume-overlay"} <= set(ids)
     assert ids["audit-open"].visible is False
-
-
-def test_a_3d_model_without_an_audit_is_refused_with_what_to_do(volume_audit, tmp_path):
-    directory, _ = volume_audit
-    with pytest.raises(ExplorerInputError, match="open the audit with --audit DIR"):
-        make_explorer(str(directory.parent / "model.pt"), trust_pickle=True, resize=[16])

@@ -25,6 +25,7 @@ from shortcut_detect.app.inputs import (
 )
 from shortcut_detect.app.models import demo_explorer_models, explorer_model_from_loaded
 from shortcut_detect.app.sources import DataSource, DemoSource
+from shortcut_detect.app.volume_explorer import VolumeExplorer, make_volume_explorer
 from shortcut_detect.models import load_model
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ def make_explorer(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     cache_size: int = 256,
+    window: str | None = None,
     **load_options: Any,
 ) -> Explorer:
     """Load the model(s) once and the samples, for :func:`build_app`.
@@ -110,7 +112,10 @@ def make_explorer(
     With no ``model`` and no ``audit``, serves the built-in demo (its shortcut and clean
     models and its synthetic test set; works offline). ``data`` adds an image folder or
     manifest as the sample set; ``audit`` an audit directory to browse (its model and data
-    are used unless ``model`` / ``data`` are given). ``load_options`` (``preset``,
+    are used unless ``model`` / ``data`` are given). A 3-D model without an audit gives a
+    :class:`~shortcut_detect.app.volume_explorer.VolumeExplorer` over the volumes of
+    ``data`` (and uploads), read with the intensity ``window`` (``"auto"``, ``"full"``,
+    ``"CENTER,WIDTH"``; default auto). ``load_options`` (``preset``,
     ``resize``, ``crop``, ``mean``, ``std``) go to :func:`shortcut_detect.models.load_model`.
 
     Raises
@@ -151,16 +156,27 @@ def make_explorer(
             )
         if loaded.spatial_dims == 3:
             if browser is None:
-                raise ExplorerInputError(
-                    f"--model {model} takes volumes; the explorer explains 2-D images. Audit "
-                    "the volumes (shortcut-detect audit) and open the audit with --audit DIR "
-                    "to browse their slices and heatmaps."
+                return make_volume_explorer(
+                    loaded,
+                    data,
+                    layer=layer,
+                    group_column=group_column,
+                    max_pixels=max_pixels,
+                    max_upload_bytes=max_upload_bytes,
+                    cache_size=cache_size,
+                    window=window,
                 )
             # A 3-D audit: its volumes are browsed in the audit tab (plane and slice); the
             # explorer's own 2-D tabs keep the demo.
             models, data, browser.source, layer = demo_explorer_models(), None, None, None
         else:
             models = [explorer_model_from_loaded(loaded)]
+    if window is not None:
+        # Only the volume explorer (returned above) reads files with a chosen window.
+        raise ExplorerInputError(
+            "window= (--window) is for the volumes of a 3-D model explored with --model; 2-D "
+            "images are read with their own window and an audit with the audit's"
+        )
     if layer is not None:
         for explorer_model in models:
             explorer_model.default_layer = layer
@@ -213,12 +229,16 @@ def build_app(
     Parameters are those of :func:`make_explorer`; ``options`` are passed on to it.
     """
     _import_gradio()
-    # The page module imports Gradio (an optional extra) at import time.
+    # The page modules import Gradio (an optional extra) at import time.
     from shortcut_detect.app.ui import create_blocks
+    from shortcut_detect.app.volume_ui import create_volume_blocks
 
     if explorer is None:
         explorer = make_explorer(model, weights, data, audit, classes, layer, **options)
-    blocks = create_blocks(explorer)
+    if isinstance(explorer, VolumeExplorer):
+        blocks = create_volume_blocks(explorer)
+    else:
+        blocks = create_blocks(explorer)
     blocks.explorer = explorer  # type: ignore[attr-defined]
     return blocks
 

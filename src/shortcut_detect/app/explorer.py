@@ -113,9 +113,11 @@ class HeatmapResult:
     Attributes
     ----------
     heatmap:
-        ``(H, W)`` float32 in [0, 1] (warm = important).
+        ``(H, W)`` float32 in [0, 1] (warm = important); ``(X, Y, Z)`` for a volume
+        (:class:`~shortcut_detect.app.volume_explorer.VolumeExplorer`).
     image:
-        ``(H, W, 3)`` float32 in [0, 1]: the model input as displayed (normalisation undone).
+        ``(H, W, 3)`` float32 in [0, 1]: the model input as displayed (normalisation undone);
+        ``(X, Y, Z)`` grey values for a volume.
     target_index, target_name:
         The class explained.
     target_probability:
@@ -691,7 +693,7 @@ class Explorer:
             ) from error
         seconds = time.perf_counter() - started
         self.computations += 1
-        display = _display_image(selection, tensor, model)
+        display = self.display_input(selection, tensor, model)
         probabilities = _probabilities(explanations[0].head_output, len(model.class_names))
         top = tuple(
             (entry["class_name"], entry["confidence"])
@@ -714,6 +716,13 @@ class Explorer:
                 )
             )
         return results
+
+    def display_input(
+        self, selection: Selection, tensor: torch.Tensor, model: ExplorerModel
+    ) -> np.ndarray:
+        """What the model sees, as float RGB ``(H, W, 3)`` in [0, 1] (the
+        :attr:`HeatmapResult.image` of a computation)."""
+        return _display_image(selection, tensor, model)
 
     @property
     def cache_info(self) -> dict[str, int]:

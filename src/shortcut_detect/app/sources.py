@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -206,30 +206,51 @@ class DataSource(RecordSource):
         label_column: str = "label",
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
-        path = Path(data).expanduser().resolve()
-        if not path.exists():
-            raise ExplorerInputError(f"--data {data}: no such file or directory.")
+        path = data_path(data)
         root = path if path.is_dir() else path.parent
-        try:
-            image_set = read_image_set(
-                path,
-                class_names=class_names,
-                group_column=group_column,
-                path_column=path_column,
-                label_column=label_column,
-            )
-        except ManifestError as error:
-            if not path.is_dir():
-                raise ExplorerInputError(str(error)) from error
-            records = {sample_id: SampleRecord(str(root / sample_id)) for sample_id in _scan(root)}
-        else:
-            records = {
-                record.sample_id: SampleRecord(record.path, record.label_name, record.group)
-                for record in image_set.records
-            }
+        records = listed_records(
+            path,
+            _scan,
+            class_names=class_names,
+            group_column=group_column,
+            path_column=path_column,
+            label_column=label_column,
+        )
         if not records:
             raise ExplorerInputError(f"No image files under {root}.")
         super().__init__(str(path), root, records, max_pixels=max_pixels)
+
+
+def data_path(data: str | Path) -> Path:
+    """``--data`` as an absolute path; :class:`ExplorerInputError` if it does not exist."""
+    path = Path(data).expanduser().resolve()
+    if not path.exists():
+        raise ExplorerInputError(f"--data {data}: no such file or directory.")
+    return path
+
+
+def listed_records(
+    path: Path, scan: Callable[[Path], list[str]], **options: Any
+) -> dict[str, SampleRecord]:
+    """The samples of ``path``: those of :func:`~shortcut_detect.data.images.read_image_set`
+    (a class-folder tree or a manifest; ``options`` are its keyword arguments), or for a
+    folder it cannot read (no class sub-folders) the relative paths ``scan(folder)`` finds.
+
+    Raises
+    ------
+    ExplorerInputError
+        A manifest that cannot be read.
+    """
+    try:
+        image_set = read_image_set(path, **options)
+    except ManifestError as error:
+        if not path.is_dir():
+            raise ExplorerInputError(str(error)) from error
+        return {sample_id: SampleRecord(str(path / sample_id)) for sample_id in scan(path)}
+    return {
+        record.sample_id: SampleRecord(record.path, record.label_name, record.group)
+        for record in image_set.records
+    }
 
 
 def _scan(root: Path) -> list[str]:

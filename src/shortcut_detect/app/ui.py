@@ -724,7 +724,13 @@ def _wire_audit(demo: gr.Blocks, explorer: Explorer, page: _Page, audit: _AuditT
         view_panels.wire_embedding_panel(audit.embedding, points, audit.sample_id, _guard)
     if audit.volume is not None and explorer.audit is not None:
         slicer = volume_panel.VolumeSlicer(explorer.audit.root)
-        volume_panel.wire_volume_panel(audit.volume, slicer, audit.sample_id, _guard)
+        volume_panel.wire_volume_panel(
+            audit.volume,
+            slicer.view,
+            [audit.sample_id],
+            _guard,
+            triggers=[audit.sample_id.change],
+        )
 
 
 def _audit_tab(explorer: Explorer) -> _AuditTab:

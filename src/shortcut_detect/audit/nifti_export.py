@@ -27,7 +27,7 @@ from shortcut_detect.data.medical import read_medical, resample_map, save_heatma
 from shortcut_detect.data.medical.image import reorientation
 from shortcut_detect.data.transforms import Preprocessing
 
-__all__ = ["EXPORT_FOLDER", "export_audit_nifti"]
+__all__ = ["EXPORT_FOLDER", "export_audit_nifti", "save_volume_heatmap"]
 
 EXPORT_FOLDER = "nifti"
 _RAS = [(0, 1), (1, 1), (2, 1)]
@@ -48,12 +48,20 @@ def _to_source_order(heatmap: np.ndarray, affine: np.ndarray, shape: tuple[int, 
     return np.ascontiguousarray(canonical.transpose(np.argsort(perm)))
 
 
-def _export_volume(store: AuditStore, sid: str, path: str, window: str, target: Path) -> dict:
+def save_volume_heatmap(
+    heatmap: np.ndarray, path: str | Path, target: str | Path, *, window: Any = "auto"
+) -> dict[str, Any]:
+    """Save a 3-D model's heatmap of the volume ``path`` (a map in the canonical RAS voxel
+    order of :func:`~shortcut_detect.data.images.load_volume`, at any resolution) as NIfTI
+    on the source's own voxels and affine; returns ``{"nifti", "pixel_spacing_mm"}``."""
     image = read_medical(path, window=window)
-    heat = store.heatmaps([sid])[0]
-    data = _to_source_order(heat, image.affine, image.spatial_shape)
+    data = _to_source_order(heatmap, image.affine, image.spatial_shape)
     save_heatmap_nifti(data, image.affine, target)
     return {"nifti": str(target), "pixel_spacing_mm": _spacing(image)}
+
+
+def _export_volume(store: AuditStore, sid: str, path: str, window: str, target: Path) -> dict:
+    return save_volume_heatmap(store.heatmaps([sid])[0], path, target, window=window)
 
 
 def _spacing(image: Any) -> list[float] | None:

@@ -12,6 +12,7 @@ attributes, and error messages name the path the caller gave and the technical r
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -155,13 +156,22 @@ def _plain(value: Any) -> Any:
     return None
 
 
+@functools.cache
+def _safe_tags() -> tuple[tuple[str, int], ...]:
+    """``(keyword, tag)`` of :data:`SAFE_DICOM_KEYWORDS`: looking elements up by tag skips
+    pydicom's keyword translation (0.22 -> 0.06 ms per file, of a read of about 2 ms)."""
+    from pydicom.datadict import tag_for_keyword
+
+    return tuple((keyword, int(tag_for_keyword(keyword))) for keyword in SAFE_DICOM_KEYWORDS)
+
+
 def safe_dicom_metadata(ds: Any) -> dict[str, Any]:
     """The allow-listed technical attributes of a dataset, plus the transfer syntax and SOP
     class names. Nothing else: no names, ids, dates, UIDs or institutions."""
     metadata: dict[str, Any] = {}
-    for keyword in SAFE_DICOM_KEYWORDS:
-        if keyword in ds:
-            value = _plain(ds[keyword].value)
+    for keyword, tag in _safe_tags():
+        if tag in ds:
+            value = _plain(ds[tag].value)
             if value not in (None, "", []):
                 metadata[keyword] = value
     meta = getattr(ds, "file_meta", None)
