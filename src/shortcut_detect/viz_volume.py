@@ -3,7 +3,8 @@
 Volumes are in the layout a 3-D model gets (:func:`~shortcut_detect.data.images.load_volume`):
 ``volume[x, y, z]`` in the closest RAS+ voxel order (x towards the patient's right, y
 anterior, z superior). Slices are shown as a radiologist's viewer draws them: axial and
-coronal with the patient's right on the left of the picture, superior and anterior at the top.
+coronal with the patient's right on the left of the picture, sagittal with anterior on the
+left; superior (coronal, sagittal) and anterior (axial) at the top.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def grey_volume(display: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def volume_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
-    """One slice of ``volume[x, y, z]`` as a 2-D picture ``(rows, columns)``, top of the
-    picture superior (coronal, sagittal) or anterior (axial)."""
+    """One slice of ``volume[x, y, z]`` as a 2-D picture ``(rows, columns)`` in radiological
+    orientation: top of the picture superior (coronal, sagittal) or anterior (axial); the
+    patient's right (axial, coronal) or anterior (sagittal) on the left."""
     if plane not in PLANE_AXES:
         raise ValueError(f"plane must be one of {', '.join(PLANE_AXES)}, got {plane!r}")
     axis = PLANE_AXES[plane]
@@ -63,7 +65,9 @@ def volume_slice(volume: np.ndarray, plane: str, index: int) -> np.ndarray:
     if not 0 <= index < count:
         raise IndexError(f"{plane} slice {index} out of range (0..{count - 1})")
     picture = np.take(volume, index, axis=axis)  # (x, y), (x, z) or (y, z)
-    return np.ascontiguousarray(np.flipud(picture.T))
+    # Rows: the second axis, decreasing (top = anterior or superior); columns: the first
+    # axis, decreasing (left = the patient's right, or anterior).
+    return np.ascontiguousarray(picture.T[::-1, ::-1])
 
 
 def peak_voxel(heatmap: np.ndarray) -> tuple[int, int, int]:

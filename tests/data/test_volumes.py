@@ -141,10 +141,14 @@ def test_volume_views_go_through_the_peak_in_viewer_orientation():
     heat[4, 1, 6] = 1.0
     volume[4, 1, 6] = 1.0
     assert peak_voxel(heat) == (4, 1, 6)
-    axial = volume_slice(volume, "axial", 6)  # (x, y) plane: rows anterior first
-    assert axial.shape == (7, 6) and axial[7 - 1 - 1, 4] == 1.0
-    coronal = volume_slice(volume, "coronal", 1)  # rows superior first
-    assert coronal.shape == (8, 6) and coronal[8 - 1 - 6, 4] == 1.0
+    # Radiological orientation: rows anterior (axial) or superior first, columns from the
+    # patient's right (x high) or, sagittal, from anterior (y high).
+    axial = volume_slice(volume, "axial", 6)
+    assert axial.shape == (7, 6) and axial[7 - 1 - 1, 6 - 1 - 4] == 1.0
+    coronal = volume_slice(volume, "coronal", 1)
+    assert coronal.shape == (8, 6) and coronal[8 - 1 - 6, 6 - 1 - 4] == 1.0
+    sagittal = volume_slice(volume, "sagittal", 4)
+    assert sagittal.shape == (8, 7) and sagittal[8 - 1 - 6, 7 - 1 - 1] == 1.0
     views = orthogonal_views(volume, heat)
     assert views.point == (4, 1, 6)
     assert views.image.shape == (8, 7 + 6 + 6 + 2 * 2, 3)
