@@ -37,6 +37,7 @@ from shortcut_detect.interventions import (
     discover_candidates,
     intervene,
 )
+from shortcut_detect.interventions.core import ForwardPool, predict_probabilities
 from shortcut_detect.interventions.fills import apply_fill
 
 __all__ = [
@@ -183,11 +184,10 @@ def _examples(
     preprocessing: Any,
     folder: Path,
     prefix: str,
+    pool: ForwardPool | None = None,
 ) -> list[dict[str, Any]]:
     """Save a few (original, region removed) pairs, flipped predictions first."""
     from PIL import Image
-
-    from shortcut_detect.interventions.core import predict_probabilities
 
     tested = np.flatnonzero(result.per_sample["tested"])
     flips = np.nan_to_num(result.per_sample["region_flip"][tested], nan=0.0)
@@ -200,8 +200,8 @@ def _examples(
         masks[chosen] if masks.ndim == images.ndim - 1 else np.repeat(masks[None], len(chosen), 0)
     )
     removed = apply_fill(images[index], mask, result.fill, torch.Generator().manual_seed(0))
-    before = predict_probabilities(model, images[index], device=device)
-    after = predict_probabilities(model, removed, device=device)
+    before = predict_probabilities(model, images[index], device=device, pool=pool)
+    after = predict_probabilities(model, removed, device=device, pool=pool)
     examples = []
     for k, position in enumerate(chosen):
         names = []
@@ -255,6 +255,7 @@ class _ExampleWriter:
     sample: _Subsample
     class_names: list[str]
     folder: Path
+    pool: ForwardPool | None = None
 
     def __call__(
         self, masks: np.ndarray, result: InterventionResult, prefix: str
@@ -270,6 +271,7 @@ class _ExampleWriter:
             self.loaded.transform,
             self.folder,
             prefix,
+            self.pool,
         )
 
 
@@ -421,6 +423,7 @@ def run_intervention_stage(
     seed: int = 0,
     batch_size: int = 64,
     num_workers: int = 0,
+    pool: ForwardPool | None = None,
 ) -> dict[str, Any] | None:
     """Test the given and discovered candidate regions on a subsample; write the results.
 
@@ -435,6 +438,10 @@ def run_intervention_stage(
         ``0`` skips the stage.
     seed, batch_size, num_workers:
         Subsampling and test seed; batching of decoding and forward passes.
+    pool:
+        Where the forward passes of the tests run (``None``: in this process; the Ray
+        executor's actors, see :class:`~shortcut_detect.interventions.core.ForwardPool`).
+        The statistics are computed here either way.
 
     Returns
     -------
@@ -462,13 +469,14 @@ def run_intervention_stage(
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
-    examples = _ExampleWriter(loaded, sample, list(config.get("class_names", [])), folder)
+    examples = _ExampleWriter(loaded, sample, list(config.get("class_names", [])), folder, pool)
     test_options = {
         "n_bootstrap": _RESAMPLES,
         "n_permutations": _RESAMPLES,
         "batch_size": batch_size,
         "device": loaded.device,
         "seed": seed,
+        "pool": pool,
     }
     given = _given_mask_entry(sample, loaded, examples, test_options)
     if sample.images.ndim == 5:

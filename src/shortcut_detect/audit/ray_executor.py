@@ -16,9 +16,11 @@ and the analysis. Only the model passes move to Ray Data:
   than the chunks in flight), dropping rows of sample ids it already stored, so a retried chunk
   cannot write a row twice.
 
-The embedding pass of the analysis runs in an actor pool too (:func:`ray_embedder`). Ray is
-imported only inside these functions: ``import shortcut_detect`` and the local executor never
-load it.
+The embedding pass of the analysis runs in an actor pool too (:func:`ray_embedder`), and so do
+the forward passes of the intervention stage (:class:`RayForwardPool`: the driver builds the
+counterfactual images and computes the statistics; the actors only return probabilities).
+Ray is imported only inside these functions: ``import shortcut_detect`` and the local executor
+never load it.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ from shortcut_detect.audit.store import ShardWriter
 from shortcut_detect.common.progress import ProgressBar
 from shortcut_detect.common.serialization import json_default
 from shortcut_detect.data.images import ImageRecord, ImageRecordDataset, collate_samples
+from shortcut_detect.gradcam import class_probabilities, select_head
 from shortcut_detect.models import LoadedModel
 
 __all__ = [
     "RAY_INSTALL_HINT",
     "ActorPlan",
+    "RayForwardPool",
     "connect",
     "explain_on_ray",
     "import_ray",
@@ -410,3 +414,88 @@ def ray_embedder(
         return np.concatenate([chunks[k] for k in sorted(chunks)])
 
     return embed
+
+
+# -- the intervention stage's forward passes ---------------------------------------------------
+
+
+class _ForwardActor:
+    """Ray actor: class probabilities of batches of model inputs (model loaded once)."""
+
+    def __init__(self, loaded: LoadedModel, threads: int) -> None:
+        self.loaded = _on_actor_device(loaded, threads)
+        self.loaded.model.eval()
+
+    def probabilities(self, batch: np.ndarray, head: str | int) -> np.ndarray:
+        # A copy: arrays from the object store are read-only.
+        inputs = torch.from_numpy(np.array(batch)).to(self.loaded.device)
+        with torch.inference_mode():
+            outputs = self.loaded.model(inputs)
+            return class_probabilities(select_head(outputs, head)).cpu().numpy()
+
+
+class RayForwardPool:
+    """The intervention stage's forward passes on actors of the cluster ``options`` name (a
+    :class:`~shortcut_detect.interventions.core.ForwardPool`).
+
+    The actors start at the first batch (a stage that reuses earlier results starts none) and
+    stop when the pool is closed (``with RayForwardPool(...) as pool:``). Batches go to the
+    actors in turn, at most ``in_flight`` per actor at once, so the driver's memory holds a
+    bounded number of counterfactual batches. An actor that dies is restarted and its
+    batches retried.
+    """
+
+    def __init__(self, options: AuditOptions, loaded: LoadedModel, in_flight: int = 2) -> None:
+        self._options = options
+        self._loaded = loaded
+        self._in_flight = in_flight
+        self._actors: list[Any] = []
+        self._pending: list[Any] = []
+        self._turn = 0
+
+    def _start(self) -> None:
+        ray = connect(self._options.ray_address)
+        plan = plan_actors(ray.cluster_resources(), self._options.ray_actors)
+        _LOG.info("Interventions on Ray: %s.", plan.describe())
+        actor_class = ray.remote(
+            num_cpus=plan.cpus_per_actor,
+            num_gpus=plan.gpus_per_actor,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )(_ForwardActor)
+        model = ray.put(_portable(self._loaded))
+        self._actors = [
+            actor_class.remote(model, plan.threads_per_actor) for _ in range(plan.actors)
+        ]
+
+    def submit(self, batch: torch.Tensor, head: str | int) -> Any:
+        """Send ``batch`` to the next actor; its result's object reference."""
+        ray = import_ray()
+        if not self._actors:
+            self._start()
+        while len(self._pending) >= self._in_flight * len(self._actors):
+            _, self._pending = ray.wait(self._pending, num_returns=1)
+        actor = self._actors[self._turn % len(self._actors)]
+        self._turn += 1
+        reference = actor.probabilities.remote(batch.detach().cpu().numpy(), head)
+        self._pending.append(reference)
+        return reference
+
+    def collect(self, handles: list[Any]) -> list[torch.Tensor]:
+        """The probabilities of the submitted batches ``handles``, in order."""
+        ray = import_ray()
+        return [torch.from_numpy(np.array(result)) for result in ray.get(list(handles))]
+
+    def close(self) -> None:
+        """Stop the actors."""
+        if self._actors:
+            ray = import_ray()
+            for actor in self._actors:
+                ray.kill(actor)
+        self._actors, self._pending = [], []
+
+    def __enter__(self) -> RayForwardPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
