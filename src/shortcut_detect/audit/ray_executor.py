@@ -90,8 +90,10 @@ def connect(address: str | None) -> Any:
     A process already connected (a notebook, the tests) keeps its connection.
     """
     ray = import_ray()
-    # Ray Data's per-dataset INFO lines would drown the audit's own progress messages.
+    # Ray Data's per-dataset INFO lines would drown the audit's own progress messages, and it
+    # warns that its progress bars are off, as asked (the audit shows its own).
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = False
@@ -100,11 +102,16 @@ def connect(address: str | None) -> Any:
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     if address is None:
         _LOG.info("Starting a local Ray instance with %d CPUs...", os.cpu_count() or 1)
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     else:
         _LOG.info("Joining the Ray cluster at %s...", address)
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise AuditError(
                 f"Could not join the Ray cluster at ray_address={address} ({error}); start it "
@@ -198,10 +205,11 @@ def _decode_chunks(
 
 
 def _decoding_memory(preprocessing: Any, batch_size: int) -> int:
-    """Bytes a decoding task reserves: its worker plus a few copies of one decoded chunk."""
-    height, width = preprocessing.size
-    chunk = batch_size * preprocessing.channels * height * width * 4
-    return 256 * 2**20 + 4 * chunk
+    """Bytes a decoding task reserves: its worker (Python, torch, Ray: about 460 MiB unique
+    memory) plus a few copies of one decoded chunk. Ray Data warns of the risk of running
+    out of memory when a task uses more than 4/5 of its reservation."""
+    chunk = batch_size * preprocessing.channels * math.prod(preprocessing.size) * 4
+    return 640 * 2**20 + 4 * chunk
 
 
 def _portable(loaded: LoadedModel) -> LoadedModel:
