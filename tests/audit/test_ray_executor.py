@@ -181,9 +181,14 @@ def test_ray_run_gives_the_local_rows_heatmaps_and_verdict(
 
 
 def test_a_killed_actor_is_replaced_and_every_sample_is_stored_once(
-    ray_address, manifest, local_run, tmp_path
+    ray_address, manifest, local_run, tmp_path, monkeypatch
 ):
     from ray_models import CrashOnceCNN, with_class
+
+    from shortcut_detect.audit import ray_executor
+
+    # Separate decoding tasks, as on a cluster with GPUs (CPU-only ones decode in the actors).
+    monkeypatch.setattr(ray_executor, "_decode_in_actors", lambda resources: False)
 
     marker = tmp_path / "crash"
     marker.touch()

@@ -59,14 +59,14 @@ _RESAMPLES = 1000  # bootstrap resamples and sign-flip permutations per estimate
 _FILE_VERSION = 1
 
 
-def _fingerprint(store: AuditStore, ids: list[str], options: dict[str, Any]) -> dict[str, Any]:
+def _fingerprint(store: AuditStore, n_stored: int, options: dict[str, Any]) -> dict[str, Any]:
     config = store.config
     return {
         "version": _FILE_VERSION,
         "model": config.get("model"),
         "weights": config.get("weights"),
         "data_fingerprint": config.get("data_fingerprint"),
-        "n_samples_stored": len(ids),
+        "n_samples_stored": n_stored,
         "options": options,
     }
 
@@ -276,18 +276,22 @@ class _ExampleWriter:
 
 
 def _stratified_rows(
-    rows: list[dict[str, Any]], has_groups: bool, n_samples: int, seed: int
+    table: Any, has_groups: bool, n_samples: int, seed: int
 ) -> list[dict[str, Any]]:
-    """At most ``n_samples`` rows, stratified by group, mask presence and prediction."""
+    """At most ``n_samples`` rows of ``table``, stratified by group, mask presence and
+    prediction (only the chosen rows become Python dicts: the table may be huge)."""
+    groups = table.column("group").to_pylist() if has_groups else [""] * table.num_rows
     strata = np.array(
         [
-            f"{row['group'] if has_groups else ''}|{bool(row['mask'])}|{row['prediction']}"
-            for row in rows
+            f"{group}|{bool(mask)}|{prediction}"
+            for group, mask, prediction in zip(
+                groups, table.column("mask").to_pylist(), table.column("prediction").to_pylist()
+            )
         ],
         dtype=object,
     )
-    ids = np.array([row["sample_id"] for row in rows], dtype=object)
-    return [rows[i] for i in stratified_subsample(ids, strata, n_samples, seed)]
+    ids = table.column("sample_id").to_numpy(zero_copy_only=False)
+    return table.take(stratified_subsample(ids, strata, n_samples, seed)).to_pylist()
 
 
 def _read_subsample(
@@ -449,20 +453,22 @@ def run_intervention_stage(
     """
     if n_samples <= 0:
         return None
+    import pyarrow.compute as pc
+
     columns = ["sample_id", "path", "status", "label", "label_name", "group", "mask", "prediction"]
     table = store.table(columns)
-    rows = [row for row in table.to_pylist() if row["status"] == "ok"]
+    table = table.filter(pc.equal(table.column("status"), "ok"))
     options = {"n_samples": int(n_samples), "seed": int(seed)}
-    fingerprint = _fingerprint(store, [row["sample_id"] for row in rows], options)
+    fingerprint = _fingerprint(store, table.num_rows, options)
     existing = load_interventions(store)
     if existing is not None and existing.get("fingerprint") == fingerprint:
         _LOG.info("Interventions: reusing the results of an earlier run.")
         return existing
-    if len(rows) < 4:
+    if table.num_rows < 4:
         return None
     config = store.config
     has_groups = bool(config.get("has_groups"))
-    subset = _stratified_rows(rows, has_groups, int(n_samples), seed)
+    subset = _stratified_rows(table, has_groups, int(n_samples), seed)
     _LOG.info("Interventions on %d images...", len(subset))
     sample = _read_subsample(store, subset, loaded, batch_size, num_workers)
     folder = store.root / INTERVENTIONS_DIR

@@ -7,8 +7,9 @@ and the analysis. Only the model passes move to Ray Data:
 - the records still to do are cut into chunks of ``batch_size`` (the local executor's
   batches, so every image is explained in the same batch as it would be locally) and become a
   dataset, one chunk per row;
-- CPU tasks decode each chunk (:class:`~shortcut_detect.data.images.ImageRecordDataset`:
-  unreadable and missing files become error rows, as locally);
+- each chunk is decoded (:class:`~shortcut_detect.data.images.ImageRecordDataset`:
+  unreadable and missing files become error rows, as locally): on a CPU-only cluster by the
+  actor that explains it, with GPUs by separate CPU tasks (:func:`_decode_in_actors`);
 - an actor pool explains them (:class:`_ChunkExplainer`: model and CAM engine built once per
   actor; ``num_gpus`` per actor, fractional allowed, when the cluster has GPUs). Ray replaces
   an actor that dies and retries its chunk;
@@ -139,18 +140,24 @@ class ActorPlan:
         )
 
 
-def plan_actors(resources: dict[str, float], actors: int | None = None) -> ActorPlan:
+def plan_actors(
+    resources: dict[str, float], actors: int | None = None, decoding_tasks: bool = True
+) -> ActorPlan:
     """Actors and per-actor resources for a cluster with ``resources`` (Ray's
     ``cluster_resources()``: ``CPU``, ``GPU``).
 
-    Without ``actors``: one per GPU, or on a CPU-only cluster one per CPU not left to decoding
-    (a quarter of the CPUs, at least one). GPUs are shared evenly (fractional when there are
-    more actors than GPUs, at most one each); the CPUs not left to decoding are shared evenly
-    as Ray reservations, while torch threads share all CPUs (the CPUs over the actors).
+    With ``decoding_tasks``, a quarter of the CPUs (at least one) is left to separate
+    decoding tasks; without (the actors decode, or nothing is decoded), none. Without
+    ``actors``: one per GPU, or on a CPU-only cluster one per CPU not left to decoding. GPUs
+    are shared evenly (fractional when there are more actors than GPUs, at most one each);
+    the CPUs not left to decoding are shared evenly as Ray reservations, while torch threads
+    share all CPUs (the CPUs over the actors).
     """
     cpus = float(resources.get("CPU", 1.0))
     gpus = float(resources.get("GPU", 0.0))
-    model_cpus = max(cpus - max(1.0, cpus * _DECODE_CPU_SHARE), min(cpus, 0.5))
+    model_cpus = (
+        max(cpus - max(1.0, cpus * _DECODE_CPU_SHARE), min(cpus, 0.5)) if decoding_tasks else cpus
+    )
     if actors is None:
         actors = int(gpus) if gpus >= 1 else max(1, int(model_cpus))
     if actors < 1:
@@ -192,16 +199,40 @@ def _chunk_items(records: Sequence[ImageRecord], batch_size: int) -> list[dict[s
     ]
 
 
+def _decode_chunk(text: str, preprocessing: Any, max_pixels: int) -> dict[str, Any]:
+    """One chunk's images, collated (a bad file becomes ``ok=False``, not an error)."""
+    dataset = ImageRecordDataset(_records(text), preprocessing, max_pixels=max_pixels)
+    return collate_samples([dataset[i] for i in range(len(dataset))])
+
+
 def _decode_chunks(
     batch: dict[str, np.ndarray], *, preprocessing: Any, max_pixels: int
 ) -> dict[str, np.ndarray]:
-    """Ray task: decode each chunk's images (a bad file becomes ``ok=False``, not an error)."""
-    decoded = []
-    for text in batch["records"]:
-        dataset = ImageRecordDataset(_records(text), preprocessing, max_pixels=max_pixels)
-        items = collate_samples([dataset[i] for i in range(len(dataset))])
-        decoded.append(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    """Ray task: decode each chunk's images."""
+    decoded = [
+        pickle.dumps(_decode_chunk(text, preprocessing, max_pixels), pickle.HIGHEST_PROTOCOL)
+        for text in batch["records"]
+    ]
     return {**batch, "decoded": np.array(decoded, dtype=object)}
+
+
+def _decoded(
+    batch: dict[str, np.ndarray], preprocessing: Any, max_pixels: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each chunk's records and decoded images: from the decoding tasks, or decoded here."""
+    for k, text in enumerate(batch["records"]):
+        if "decoded" in batch:
+            yield text, pickle.loads(batch["decoded"][k])
+        else:
+            yield text, _decode_chunk(text, preprocessing, max_pixels)
+
+
+def _decode_in_actors(resources: dict[str, float]) -> bool:
+    """Whether the actors decode their chunks themselves: on CPU-only clusters, where
+    decoding and the model share the same CPUs anyway, separate decoding tasks only add
+    object-store copies and scheduling (measured: the explain pass of a small model is
+    several times faster); with GPUs, CPU tasks decode while the GPU actors compute."""
+    return not resources.get("GPU")
 
 
 def _decoding_memory(preprocessing: Any, batch_size: int) -> int:
@@ -239,11 +270,11 @@ class _ChunkExplainer:
         self.generator, _ = _make_generator(options, self.loaded)
         self.class_names = class_names
         self.target = options.target
+        self.max_pixels = options.max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows_out, maps_out = [], []
-        for text, payload in zip(batch["records"], batch["decoded"]):
-            decoded = pickle.loads(payload)
+        for text, decoded in _decoded(batch, self.loaded.transform, self.max_pixels):
             rows, maps, _ = _batch_rows(
                 decoded, _records(text), self.generator, self.class_names, self.target
             )
@@ -259,16 +290,17 @@ class _ChunkExplainer:
 class _ChunkEmbedder:
     """Ray actor: penultimate features of decoded chunks (model built once)."""
 
-    def __init__(self, loaded: LoadedModel, batch_size: int, threads: int) -> None:
+    def __init__(self, loaded: LoadedModel, batch_size: int, threads: int, max_pixels: int) -> None:
         self.loaded = _on_actor_device(loaded, threads)
         self.batch_size = batch_size
+        self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from shortcut_detect.embeddings import extract_embeddings
 
         features = []
-        for payload in batch["decoded"]:
-            images = pickle.loads(payload)["image"]
+        for _, decoded in _decoded(batch, self.loaded.transform, self.max_pixels):
+            images = decoded["image"]
             array = extract_embeddings(
                 self.loaded.model, None, images, self.batch_size, progress=False
             )
@@ -285,8 +317,10 @@ def _pipeline(
     actor_class: type,
     constructor: dict[str, Any],
     plan: ActorPlan,
+    decode_in_actors: bool,
 ) -> Any:
-    """The Ray Data dataset: chunks -> decoding tasks -> actor pool of ``actor_class``."""
+    """The Ray Data dataset: chunks -> decoding tasks (unless ``decode_in_actors``) -> actor
+    pool of ``actor_class``."""
     ray = import_ray()
     items = _chunk_items(records, batch_size)
     blocks = max(1, min(len(items), 4096))
@@ -294,17 +328,18 @@ def _pipeline(
         dataset = ray.data.from_items(items, override_num_blocks=blocks)
     except TypeError:  # Ray < 2.10
         dataset = ray.data.from_items(items, parallelism=blocks)
-    decoded = dataset.map_batches(
-        _decode_chunks,
-        batch_size=1,
-        fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
-        num_cpus=1,
-        # Being unlike the actors' arguments, the memory reservation also keeps Ray Data from
-        # fusing decoding into the actors (it does when both ask for one CPU), so that
-        # decoding overlaps with the model passes.
-        memory=_decoding_memory(loaded.transform, batch_size),
-    )
-    return decoded.map_batches(
+    if not decode_in_actors:
+        dataset = dataset.map_batches(
+            _decode_chunks,
+            batch_size=1,
+            fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
+            num_cpus=1,
+            # Being unlike the actors' arguments, the memory reservation also keeps Ray Data
+            # from fusing decoding into the actors (it does when both ask for one CPU), so
+            # that decoding overlaps with the model passes.
+            memory=_decoding_memory(loaded.transform, batch_size),
+        )
+    return dataset.map_batches(
         actor_class,
         batch_size=1,
         fn_constructor_kwargs=constructor,
@@ -355,7 +390,9 @@ def explain_on_ray(
     if not todo:
         return counts
     ray = connect(options.ray_address)
-    plan = plan_actors(ray.cluster_resources(), options.ray_actors)
+    resources = ray.cluster_resources()
+    decode_in_actors = _decode_in_actors(resources)
+    plan = plan_actors(resources, options.ray_actors, decoding_tasks=not decode_in_actors)
     _LOG.info("Explaining on Ray: %s.", plan.describe())
     dataset = _pipeline(
         todo,
@@ -370,6 +407,7 @@ def explain_on_ray(
             "threads": plan.threads_per_actor,
         },
         plan=plan,
+        decode_in_actors=decode_in_actors,
     )
     seen = writer.done_ids()
     try:
@@ -398,7 +436,9 @@ def ray_embedder(
 
     def embed(paths: list[str], preprocessing: Any, batch_size: int) -> np.ndarray:
         ray = connect(options.ray_address)
-        plan = plan_actors(ray.cluster_resources(), options.ray_actors)
+        resources = ray.cluster_resources()
+        decode_in_actors = _decode_in_actors(resources)
+        plan = plan_actors(resources, options.ray_actors, decoding_tasks=not decode_in_actors)
         records = [
             ImageRecord(sample_id=str(i), index=i, path=p, label=-1, label_name="")
             for i, p in enumerate(paths)
@@ -413,8 +453,10 @@ def ray_embedder(
                 "loaded": _portable(loaded),
                 "batch_size": batch_size,
                 "threads": plan.threads_per_actor,
+                "max_pixels": options.max_pixels,
             },
             plan=plan,
+            decode_in_actors=decode_in_actors,
         )
         chunks = {
             int(item["chunk"]): pickle.loads(item["features"]) for item in dataset.iter_rows()
@@ -463,7 +505,7 @@ class RayForwardPool:
 
     def _start(self) -> None:
         ray = connect(self._options.ray_address)
-        plan = plan_actors(ray.cluster_resources(), self._options.ray_actors)
+        plan = plan_actors(ray.cluster_resources(), self._options.ray_actors, decoding_tasks=False)
         _LOG.info("Interventions on Ray: %s.", plan.describe())
         actor_class = ray.remote(
             num_cpus=plan.cpus_per_actor,
