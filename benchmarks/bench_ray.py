@@ -8,10 +8,13 @@ Three measurements:
   and the demo SmallCNN on 48x48 files (a tiny model: per-image overheads dominate).
 * ``scaling``: a CPU-bound ScoreCAM audit (demo SmallCNN, 48x48) with 1, 2 and 4 actors:
   wall time per image of the explain pass.
-* ``memory``: the driver's peak resident memory for 10^4 and 10^5 rows (a manifest listing 64
-  small PNG files over and over: every row is decoded and explained, the files stay few; demo
-  SmallCNN, Grad-CAM, no report). Each size runs in its own process with its own Ray instance;
-  Ray's workers are other processes and not counted.
+* ``memory``: the driver's peak resident memory for 10^4 and 10^5 rows, with Ray and with the
+  local executor: the explain pass, then the store's merge (what the intervention stage and
+  the report start with). A manifest lists 64 PNG files of 32x32 pixels over and over (every
+  row is decoded and explained, the files stay few), and the demo SmallCNN runs on 16x16
+  inputs (``resize``; 4x4 heatmaps), so that the model costs little and the driver's
+  bookkeeping per row is what grows. Each run is its own process (with its own Ray
+  instance); Ray's workers are other processes and not counted.
 
 "Pass" is the rate over the whole shard (``DONE.json``: decoding, explaining, storing; for Ray
 also starting the actors and shipping the model to them). "Marginal" cancels the start-up: each
@@ -182,36 +185,53 @@ def scaling(work: Path, quick: bool) -> None:
         )
 
 
-def _peak_rss_child(rows: int, work: Path) -> None:
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss_child(rows: int, executor: str, work: Path) -> None:
     """In a fresh process: the driver's peak RSS for an audit of ``rows`` rows."""
     from shortcut_detect.audit.ray_executor import connect
+    from shortcut_detect.audit.store import AuditStore
     from shortcut_detect.models import load_model
 
     manifest = _repeated_manifest(work / "memory" / "manifest.csv", rows)
-    connect(None)
+    if executor == "ray":
+        connect(None)
     load_model("demo:shortcut")  # trains and caches the demo model before the baseline
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    done = _audit(manifest, work / "memory_audit", executor="ray", batch_size=64)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"rows": rows, "before_mb": before / 1024, "peak_mb": after / 1024, **done}))
+    before = _peak_mb()
+    out = work / f"memory_audit_{executor}"
+    options = {"resize": [16, 16], "batch_size": 256, "flush_rows": 1024}
+    done = _audit(manifest, out, executor=executor, **options)
+    explained = _peak_mb()
+    AuditStore(out).merge()
+    shutil.rmtree(out)
+    print(
+        json.dumps(
+            {"before_mb": before, "explain_mb": explained, "merge_mb": _peak_mb(), **done},
+        )
+    )
 
 
 def memory(work: Path, quick: bool) -> None:
-    _write_png_set(work / "memory", 64, 48, seed=3)
-    print("| rows | driver RSS before the run | driver peak RSS | explain pass |")
-    print("|---|---|---|---|")
-    for rows in (500, 2_000) if quick else (10_000, 100_000):
-        child = subprocess.run(
-            [sys.executable, __file__, "--rss-child", str(rows), "--work", str(work)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        result = json.loads(child.stdout.strip().splitlines()[-1])
-        print(
-            f"| {rows} | {result['before_mb']:.0f} MB | {result['peak_mb']:.0f} MB "
-            f"| {result['images_per_second']:.0f} img/s |"
-        )
+    _write_png_set(work / "memory", 64, 32, seed=3)
+    print(
+        "| rows | executor | driver RSS before the run | peak after the explain pass "
+        "| peak after the merge | explain pass |"
+    )
+    print("|---|---|---|---|---|---|")
+    for rows in (1_000, 10_000) if quick else (10_000, 100_000):
+        for executor in ("ray", "local"):
+            command = [sys.executable, __file__, "--rss-child", str(rows), "--work", str(work)]
+            child = subprocess.run(
+                [*command, "--executor", executor], capture_output=True, text=True, check=True
+            )
+            result = json.loads(child.stdout.strip().splitlines()[-1])
+            print(
+                f"| {rows} | {executor} | {result['before_mb']:.0f} MB "
+                f"| {result['explain_mb']:.0f} MB | {result['merge_mb']:.0f} MB "
+                f"| {result['images_per_second']:.0f} img/s |"
+            )
 
 
 def main() -> None:
@@ -221,9 +241,10 @@ def main() -> None:
     parser.add_argument("--only", choices=["throughput", "scaling", "memory"])
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--executor", default="ray", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        _peak_rss_child(args.rss_child, Path(args.work))
+        _peak_rss_child(args.rss_child, args.executor, Path(args.work))
         return
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores")

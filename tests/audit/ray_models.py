@@ -44,6 +44,16 @@ class SlowCNN(SmallCNN):
         return super().forward(x)
 
 
+class CountingCNN(SmallCNN):
+    """Counts its forward passes in this process (class-wide), to tell where they ran."""
+
+    calls = 0
+
+    def forward(self, x: Any) -> Any:
+        CountingCNN.calls += 1
+        return super().forward(x)
+
+
 def with_class(loaded: Any, cls: type, **attributes: Any) -> Any:
     """A copy of the demo ``loaded`` model whose module is of class ``cls`` (same weights)."""
     model = copy.deepcopy(loaded.model)

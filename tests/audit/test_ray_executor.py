@@ -24,6 +24,7 @@ pytestmark = pytest.mark.ray
 
 HERE = Path(__file__).resolve().parent
 N_IMAGES = 300
+INTERVENTION_SAMPLES = 120
 # Columns that name where a row's heatmap lies; they differ between runs by design.
 PLACEMENT = {"heatmap_file", "heatmap_row", "shard"}
 
@@ -87,7 +88,9 @@ def _options(manifest, out, **extra):
 @pytest.fixture(scope="module")
 def local_run(manifest, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "audit"
-    return run_audit(_options(manifest, out, embedding_samples=120))
+    return run_audit(
+        _options(manifest, out, embedding_samples=120, intervention_samples=INTERVENTION_SAMPLES)
+    )
 
 
 def _rows(store: AuditStore) -> list[dict]:
@@ -115,11 +118,41 @@ def _rows_in_chunks(out: Path) -> int:
     return sum(pq.read_metadata(p).num_rows for p in out.glob("shards/*/part-*.parquet"))
 
 
+def _assert_close(value, expected, where="") -> None:
+    """JSON values equal, floats within 1e-6."""
+    if isinstance(expected, dict):
+        assert sorted(value) == sorted(expected), where
+        for key in expected:
+            _assert_close(value[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert len(value) == len(expected), where
+        for k, (item, reference) in enumerate(zip(value, expected)):
+            _assert_close(item, reference, f"{where}[{k}]")
+    elif isinstance(expected, float):
+        assert value == pytest.approx(expected, abs=1e-6, nan_ok=True), where
+    else:
+        assert value == expected, where
+
+
 def test_ray_run_gives_the_local_rows_heatmaps_and_verdict(
     ray_address, manifest, local_run, tmp_path
 ):
+    from ray_models import CountingCNN, with_class
+
     out = tmp_path / "audit"
-    run = run_audit(_options(manifest, out, embedding_samples=120, executor="ray", ray_actors=2))
+    loaded = with_class(load_model("demo:shortcut"), CountingCNN)
+    CountingCNN.calls = 0
+    options = _options(
+        manifest,
+        out,
+        embedding_samples=120,
+        intervention_samples=INTERVENTION_SAMPLES,
+        executor="ray",
+        ray_actors=2,
+    )
+    run = run_audit(options, loaded=loaded)
+    # Every model pass (explain, embeddings, interventions) ran in the actors.
+    assert CountingCNN.calls == 0
     assert run.processed == N_IMAGES + 2 and run.failed == 2
     reference = _rows(local_run.store)
     rows = _rows(run.store)
@@ -135,6 +168,10 @@ def test_ray_run_gives_the_local_rows_heatmaps_and_verdict(
     # The embedding pass ran in the actor pool on the same features.
     assert summary["embedding_tests"]["n_samples"] == 120
     assert summary["embedding_tests"] == local_summary["embedding_tests"]
+    # The intervention stage's counterfactual forwards too, with the same statistics.
+    assert summary["interventions"][0]["source"] == "given mask"
+    assert summary["interventions"][0]["n_tested"] > 10
+    _assert_close(summary["interventions"], local_summary["interventions"], "interventions")
     # The bad image and the missing file are error rows, not failures.
     errors = {row["sample_id"]: row for row in rows if row["status"] == "error"}
     assert set(errors) == {"images/broken.png", "images/missing.png"}
@@ -144,9 +181,14 @@ def test_ray_run_gives_the_local_rows_heatmaps_and_verdict(
 
 
 def test_a_killed_actor_is_replaced_and_every_sample_is_stored_once(
-    ray_address, manifest, local_run, tmp_path
+    ray_address, manifest, local_run, tmp_path, monkeypatch
 ):
     from ray_models import CrashOnceCNN, with_class
+
+    from shortcut_detect.audit import ray_executor
+
+    # Separate decoding tasks, as on a cluster with GPUs (CPU-only ones decode in the actors).
+    monkeypatch.setattr(ray_executor, "_decode_in_actors", lambda resources: False)
 
     marker = tmp_path / "crash"
     marker.touch()

@@ -8,7 +8,12 @@ import sys
 import pytest
 
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
-from shortcut_detect.audit.ray_executor import _records, _unseen, plan_actors
+from shortcut_detect.audit.ray_executor import (
+    _decode_in_actors,
+    _records,
+    _unseen,
+    plan_actors,
+)
 from shortcut_detect.cli import CommandError, _shards, main
 from shortcut_detect.data.images import ImageRecord
 
@@ -29,8 +34,18 @@ def test_plan_leaves_cpus_to_decoding_and_shares_gpus():
         "8 actors (1 CPU, 0.25 GPU, 1 torch thread each)"
         in plan_actors({"CPU": 16.0, "GPU": 2.0}, actors=8).describe()
     )
+    # Actors that decode their own chunks (or the intervention stage's, which decode
+    # nothing) get every CPU.
+    own = plan_actors({"CPU": 2.0}, decoding_tasks=False)
+    assert (own.actors, own.cpus_per_actor, own.threads_per_actor) == (2, 1.0, 1)
+    assert plan_actors({"CPU": 64.0}, decoding_tasks=False).actors == 64
     with pytest.raises(AuditError, match="ray_actors= must be at least 1, got 0"):
         plan_actors({"CPU": 2.0}, actors=0)
+
+
+def test_actors_decode_on_cpu_only_clusters_and_tasks_decode_for_gpus():
+    assert _decode_in_actors({"CPU": 2.0})
+    assert not _decode_in_actors({"CPU": 16.0, "GPU": 2.0})
 
 
 def test_records_survive_the_trip_to_the_workers():

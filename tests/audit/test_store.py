@@ -117,6 +117,30 @@ def test_shards_merge_into_one_table_and_heatmap_file(tmp_path):
     assert AuditStore(tmp_path).table().num_rows == 5
 
 
+def test_merge_streams_the_heatmaps_instead_of_holding_them_all(tmp_path, monkeypatch):
+    import tracemalloc
+
+    from shortcut_detect.audit import store as store_module
+
+    tmp_path.mkdir(exist_ok=True)
+    write_json(tmp_path / "audit.json", {"cam_size": [32, 32], "num_shards": 1})
+    count = 2000
+    maps = np.random.default_rng(1).random((count, 32, 32)).astype(np.float16)
+    with ShardWriter(tmp_path, 0, 1, flush_rows=500) as writer:
+        writer.add(_rows([f"s{i}" for i in range(count)]), maps)
+        writer.finish()
+    monkeypatch.setattr(store_module, "_MERGE_CHUNK", 100)
+    tracemalloc.start()
+    try:
+        merged = AuditStore(tmp_path).merge()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # Holding every map takes maps.nbytes (4 MB) at once; a chunk of 100 maps 0.2 MB.
+    assert peak < maps.nbytes / 2
+    np.testing.assert_array_equal(np.load(merged / "heatmaps.npy"), maps)
+
+
 def test_store_reader_refuses_other_directories(tmp_path):
     with pytest.raises(StoreError, match="not an audit directory"):
         AuditStore(tmp_path)

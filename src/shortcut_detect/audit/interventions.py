@@ -37,6 +37,7 @@ from shortcut_detect.interventions import (
     discover_candidates,
     intervene,
 )
+from shortcut_detect.interventions.core import ForwardPool, predict_probabilities
 from shortcut_detect.interventions.fills import apply_fill
 
 __all__ = [
@@ -58,14 +59,14 @@ _RESAMPLES = 1000  # bootstrap resamples and sign-flip permutations per estimate
 _FILE_VERSION = 1
 
 
-def _fingerprint(store: AuditStore, ids: list[str], options: dict[str, Any]) -> dict[str, Any]:
+def _fingerprint(store: AuditStore, n_stored: int, options: dict[str, Any]) -> dict[str, Any]:
     config = store.config
     return {
         "version": _FILE_VERSION,
         "model": config.get("model"),
         "weights": config.get("weights"),
         "data_fingerprint": config.get("data_fingerprint"),
-        "n_samples_stored": len(ids),
+        "n_samples_stored": n_stored,
         "options": options,
     }
 
@@ -183,11 +184,10 @@ def _examples(
     preprocessing: Any,
     folder: Path,
     prefix: str,
+    pool: ForwardPool | None = None,
 ) -> list[dict[str, Any]]:
     """Save a few (original, region removed) pairs, flipped predictions first."""
     from PIL import Image
-
-    from shortcut_detect.interventions.core import predict_probabilities
 
     tested = np.flatnonzero(result.per_sample["tested"])
     flips = np.nan_to_num(result.per_sample["region_flip"][tested], nan=0.0)
@@ -200,8 +200,8 @@ def _examples(
         masks[chosen] if masks.ndim == images.ndim - 1 else np.repeat(masks[None], len(chosen), 0)
     )
     removed = apply_fill(images[index], mask, result.fill, torch.Generator().manual_seed(0))
-    before = predict_probabilities(model, images[index], device=device)
-    after = predict_probabilities(model, removed, device=device)
+    before = predict_probabilities(model, images[index], device=device, pool=pool)
+    after = predict_probabilities(model, removed, device=device, pool=pool)
     examples = []
     for k, position in enumerate(chosen):
         names = []
@@ -255,6 +255,7 @@ class _ExampleWriter:
     sample: _Subsample
     class_names: list[str]
     folder: Path
+    pool: ForwardPool | None = None
 
     def __call__(
         self, masks: np.ndarray, result: InterventionResult, prefix: str
@@ -270,22 +271,27 @@ class _ExampleWriter:
             self.loaded.transform,
             self.folder,
             prefix,
+            self.pool,
         )
 
 
 def _stratified_rows(
-    rows: list[dict[str, Any]], has_groups: bool, n_samples: int, seed: int
+    table: Any, has_groups: bool, n_samples: int, seed: int
 ) -> list[dict[str, Any]]:
-    """At most ``n_samples`` rows, stratified by group, mask presence and prediction."""
+    """At most ``n_samples`` rows of ``table``, stratified by group, mask presence and
+    prediction (only the chosen rows become Python dicts: the table may be huge)."""
+    groups = table.column("group").to_pylist() if has_groups else [""] * table.num_rows
     strata = np.array(
         [
-            f"{row['group'] if has_groups else ''}|{bool(row['mask'])}|{row['prediction']}"
-            for row in rows
+            f"{group}|{bool(mask)}|{prediction}"
+            for group, mask, prediction in zip(
+                groups, table.column("mask").to_pylist(), table.column("prediction").to_pylist()
+            )
         ],
         dtype=object,
     )
-    ids = np.array([row["sample_id"] for row in rows], dtype=object)
-    return [rows[i] for i in stratified_subsample(ids, strata, n_samples, seed)]
+    ids = table.column("sample_id").to_numpy(zero_copy_only=False)
+    return table.take(stratified_subsample(ids, strata, n_samples, seed)).to_pylist()
 
 
 def _read_subsample(
@@ -421,6 +427,7 @@ def run_intervention_stage(
     seed: int = 0,
     batch_size: int = 64,
     num_workers: int = 0,
+    pool: ForwardPool | None = None,
 ) -> dict[str, Any] | None:
     """Test the given and discovered candidate regions on a subsample; write the results.
 
@@ -435,6 +442,10 @@ def run_intervention_stage(
         ``0`` skips the stage.
     seed, batch_size, num_workers:
         Subsampling and test seed; batching of decoding and forward passes.
+    pool:
+        Where the forward passes of the tests run (``None``: in this process; the Ray
+        executor's actors, see :class:`~shortcut_detect.interventions.core.ForwardPool`).
+        The statistics are computed here either way.
 
     Returns
     -------
@@ -442,33 +453,36 @@ def run_intervention_stage(
     """
     if n_samples <= 0:
         return None
+    import pyarrow.compute as pc
+
     columns = ["sample_id", "path", "status", "label", "label_name", "group", "mask", "prediction"]
     table = store.table(columns)
-    rows = [row for row in table.to_pylist() if row["status"] == "ok"]
+    table = table.filter(pc.equal(table.column("status"), "ok"))
     options = {"n_samples": int(n_samples), "seed": int(seed)}
-    fingerprint = _fingerprint(store, [row["sample_id"] for row in rows], options)
+    fingerprint = _fingerprint(store, table.num_rows, options)
     existing = load_interventions(store)
     if existing is not None and existing.get("fingerprint") == fingerprint:
         _LOG.info("Interventions: reusing the results of an earlier run.")
         return existing
-    if len(rows) < 4:
+    if table.num_rows < 4:
         return None
     config = store.config
     has_groups = bool(config.get("has_groups"))
-    subset = _stratified_rows(rows, has_groups, int(n_samples), seed)
+    subset = _stratified_rows(table, has_groups, int(n_samples), seed)
     _LOG.info("Interventions on %d images...", len(subset))
     sample = _read_subsample(store, subset, loaded, batch_size, num_workers)
     folder = store.root / INTERVENTIONS_DIR
     folder.mkdir(exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
-    examples = _ExampleWriter(loaded, sample, list(config.get("class_names", [])), folder)
+    examples = _ExampleWriter(loaded, sample, list(config.get("class_names", [])), folder, pool)
     test_options = {
         "n_bootstrap": _RESAMPLES,
         "n_permutations": _RESAMPLES,
         "batch_size": batch_size,
         "device": loaded.device,
         "seed": seed,
+        "pool": pool,
     }
     given = _given_mask_entry(sample, loaded, examples, test_options)
     if sample.images.ndim == 5:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -590,6 +591,14 @@ def _ray_executor() -> Any:
     return ray_executor
 
 
+def _intervention_pool(options: AuditOptions, loaded: LoadedModel) -> AbstractContextManager:
+    """Where the intervention stage's forward passes run: ``None`` (this process) or, with
+    the Ray executor, a pool of Ray actors."""
+    if options.executor == "ray":
+        return _ray_executor().RayForwardPool(options, loaded)
+    return nullcontext()
+
+
 def _make_generator(options: AuditOptions, loaded: LoadedModel) -> tuple[Any, str]:
     """The Grad-CAM generator on the chosen layer, and the layer's name."""
     from shortcut_detect.gradcam import GradCAMHeatmapGenerator
@@ -813,14 +822,16 @@ def _after_shard(
         run.notes.append(_shards_left_note(options, status["unfinished"], out))
         return run
     if options.intervention_samples > 0:
-        failure = try_intervention_stage(
-            store,
-            loaded,
-            n_samples=options.intervention_samples,
-            seed=options.seed,
-            batch_size=options.batch_size,
-            num_workers=options.num_workers,
-        )
+        with _intervention_pool(options, loaded) as pool:
+            failure = try_intervention_stage(
+                store,
+                loaded,
+                n_samples=options.intervention_samples,
+                seed=options.seed,
+                batch_size=options.batch_size,
+                num_workers=options.num_workers,
+                pool=pool,
+            )
         if failure:
             run.notes.append(failure)
     if not options.report:

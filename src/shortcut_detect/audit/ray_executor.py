@@ -7,8 +7,9 @@ and the analysis. Only the model passes move to Ray Data:
 - the records still to do are cut into chunks of ``batch_size`` (the local executor's
   batches, so every image is explained in the same batch as it would be locally) and become a
   dataset, one chunk per row;
-- CPU tasks decode each chunk (:class:`~shortcut_detect.data.images.ImageRecordDataset`:
-  unreadable and missing files become error rows, as locally);
+- each chunk is decoded (:class:`~shortcut_detect.data.images.ImageRecordDataset`:
+  unreadable and missing files become error rows, as locally): on a CPU-only cluster by the
+  actor that explains it, with GPUs by separate CPU tasks (:func:`_decode_in_actors`);
 - an actor pool explains them (:class:`_ChunkExplainer`: model and CAM engine built once per
   actor; ``num_gpus`` per actor, fractional allowed, when the cluster has GPUs). Ray replaces
   an actor that dies and retries its chunk;
@@ -16,9 +17,11 @@ and the analysis. Only the model passes move to Ray Data:
   than the chunks in flight), dropping rows of sample ids it already stored, so a retried chunk
   cannot write a row twice.
 
-The embedding pass of the analysis runs in an actor pool too (:func:`ray_embedder`). Ray is
-imported only inside these functions: ``import shortcut_detect`` and the local executor never
-load it.
+The embedding pass of the analysis runs in an actor pool too (:func:`ray_embedder`), and so do
+the forward passes of the intervention stage (:class:`RayForwardPool`: the driver builds the
+counterfactual images and computes the statistics; the actors only return probabilities).
+Ray is imported only inside these functions: ``import shortcut_detect`` and the local executor
+never load it.
 """
 
 from __future__ import annotations
@@ -49,11 +52,13 @@ from shortcut_detect.audit.store import ShardWriter
 from shortcut_detect.common.progress import ProgressBar
 from shortcut_detect.common.serialization import json_default
 from shortcut_detect.data.images import ImageRecord, ImageRecordDataset, collate_samples
+from shortcut_detect.gradcam import class_probabilities, select_head
 from shortcut_detect.models import LoadedModel
 
 __all__ = [
     "RAY_INSTALL_HINT",
     "ActorPlan",
+    "RayForwardPool",
     "connect",
     "explain_on_ray",
     "import_ray",
@@ -86,8 +91,10 @@ def connect(address: str | None) -> Any:
     A process already connected (a notebook, the tests) keeps its connection.
     """
     ray = import_ray()
-    # Ray Data's per-dataset INFO lines would drown the audit's own progress messages.
+    # Ray Data's per-dataset INFO lines would drown the audit's own progress messages, and it
+    # warns that its progress bars are off, as asked (the audit shows its own).
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = False
@@ -96,11 +103,16 @@ def connect(address: str | None) -> Any:
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     if address is None:
         _LOG.info("Starting a local Ray instance with %d CPUs...", os.cpu_count() or 1)
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     else:
         _LOG.info("Joining the Ray cluster at %s...", address)
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, ValueError, RuntimeError) as error:
             raise AuditError(
                 f"Could not join the Ray cluster at ray_address={address} ({error}); start it "
@@ -128,18 +140,24 @@ class ActorPlan:
         )
 
 
-def plan_actors(resources: dict[str, float], actors: int | None = None) -> ActorPlan:
+def plan_actors(
+    resources: dict[str, float], actors: int | None = None, decoding_tasks: bool = True
+) -> ActorPlan:
     """Actors and per-actor resources for a cluster with ``resources`` (Ray's
     ``cluster_resources()``: ``CPU``, ``GPU``).
 
-    Without ``actors``: one per GPU, or on a CPU-only cluster one per CPU not left to decoding
-    (a quarter of the CPUs, at least one). GPUs are shared evenly (fractional when there are
-    more actors than GPUs, at most one each); the CPUs not left to decoding are shared evenly
-    as Ray reservations, while torch threads share all CPUs (the CPUs over the actors).
+    With ``decoding_tasks``, a quarter of the CPUs (at least one) is left to separate
+    decoding tasks; without (the actors decode, or nothing is decoded), none. Without
+    ``actors``: one per GPU, or on a CPU-only cluster one per CPU not left to decoding. GPUs
+    are shared evenly (fractional when there are more actors than GPUs, at most one each);
+    the CPUs not left to decoding are shared evenly as Ray reservations, while torch threads
+    share all CPUs (the CPUs over the actors).
     """
     cpus = float(resources.get("CPU", 1.0))
     gpus = float(resources.get("GPU", 0.0))
-    model_cpus = max(cpus - max(1.0, cpus * _DECODE_CPU_SHARE), min(cpus, 0.5))
+    model_cpus = (
+        max(cpus - max(1.0, cpus * _DECODE_CPU_SHARE), min(cpus, 0.5)) if decoding_tasks else cpus
+    )
     if actors is None:
         actors = int(gpus) if gpus >= 1 else max(1, int(model_cpus))
     if actors < 1:
@@ -181,23 +199,48 @@ def _chunk_items(records: Sequence[ImageRecord], batch_size: int) -> list[dict[s
     ]
 
 
+def _decode_chunk(text: str, preprocessing: Any, max_pixels: int) -> dict[str, Any]:
+    """One chunk's images, collated (a bad file becomes ``ok=False``, not an error)."""
+    dataset = ImageRecordDataset(_records(text), preprocessing, max_pixels=max_pixels)
+    return collate_samples([dataset[i] for i in range(len(dataset))])
+
+
 def _decode_chunks(
     batch: dict[str, np.ndarray], *, preprocessing: Any, max_pixels: int
 ) -> dict[str, np.ndarray]:
-    """Ray task: decode each chunk's images (a bad file becomes ``ok=False``, not an error)."""
-    decoded = []
-    for text in batch["records"]:
-        dataset = ImageRecordDataset(_records(text), preprocessing, max_pixels=max_pixels)
-        items = collate_samples([dataset[i] for i in range(len(dataset))])
-        decoded.append(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL))
+    """Ray task: decode each chunk's images."""
+    decoded = [
+        pickle.dumps(_decode_chunk(text, preprocessing, max_pixels), pickle.HIGHEST_PROTOCOL)
+        for text in batch["records"]
+    ]
     return {**batch, "decoded": np.array(decoded, dtype=object)}
 
 
+def _decoded(
+    batch: dict[str, np.ndarray], preprocessing: Any, max_pixels: int
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each chunk's records and decoded images: from the decoding tasks, or decoded here."""
+    for k, text in enumerate(batch["records"]):
+        if "decoded" in batch:
+            yield text, pickle.loads(batch["decoded"][k])
+        else:
+            yield text, _decode_chunk(text, preprocessing, max_pixels)
+
+
+def _decode_in_actors(resources: dict[str, float]) -> bool:
+    """Whether the actors decode their chunks themselves: on CPU-only clusters, where
+    decoding and the model share the same CPUs anyway, separate decoding tasks only add
+    object-store copies and scheduling (measured: the explain pass of a small model is
+    several times faster); with GPUs, CPU tasks decode while the GPU actors compute."""
+    return not resources.get("GPU")
+
+
 def _decoding_memory(preprocessing: Any, batch_size: int) -> int:
-    """Bytes a decoding task reserves: its worker plus a few copies of one decoded chunk."""
-    height, width = preprocessing.size
-    chunk = batch_size * preprocessing.channels * height * width * 4
-    return 256 * 2**20 + 4 * chunk
+    """Bytes a decoding task reserves: its worker (Python, torch, Ray: about 460 MiB unique
+    memory) plus a few copies of one decoded chunk. Ray Data warns of the risk of running
+    out of memory when a task uses more than 4/5 of its reservation."""
+    chunk = batch_size * preprocessing.channels * math.prod(preprocessing.size) * 4
+    return 640 * 2**20 + 4 * chunk
 
 
 def _portable(loaded: LoadedModel) -> LoadedModel:
@@ -227,11 +270,11 @@ class _ChunkExplainer:
         self.generator, _ = _make_generator(options, self.loaded)
         self.class_names = class_names
         self.target = options.target
+        self.max_pixels = options.max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows_out, maps_out = [], []
-        for text, payload in zip(batch["records"], batch["decoded"]):
-            decoded = pickle.loads(payload)
+        for text, decoded in _decoded(batch, self.loaded.transform, self.max_pixels):
             rows, maps, _ = _batch_rows(
                 decoded, _records(text), self.generator, self.class_names, self.target
             )
@@ -247,16 +290,17 @@ class _ChunkExplainer:
 class _ChunkEmbedder:
     """Ray actor: penultimate features of decoded chunks (model built once)."""
 
-    def __init__(self, loaded: LoadedModel, batch_size: int, threads: int) -> None:
+    def __init__(self, loaded: LoadedModel, batch_size: int, threads: int, max_pixels: int) -> None:
         self.loaded = _on_actor_device(loaded, threads)
         self.batch_size = batch_size
+        self.max_pixels = max_pixels
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from shortcut_detect.embeddings import extract_embeddings
 
         features = []
-        for payload in batch["decoded"]:
-            images = pickle.loads(payload)["image"]
+        for _, decoded in _decoded(batch, self.loaded.transform, self.max_pixels):
+            images = decoded["image"]
             array = extract_embeddings(
                 self.loaded.model, None, images, self.batch_size, progress=False
             )
@@ -273,8 +317,10 @@ def _pipeline(
     actor_class: type,
     constructor: dict[str, Any],
     plan: ActorPlan,
+    decode_in_actors: bool,
 ) -> Any:
-    """The Ray Data dataset: chunks -> decoding tasks -> actor pool of ``actor_class``."""
+    """The Ray Data dataset: chunks -> decoding tasks (unless ``decode_in_actors``) -> actor
+    pool of ``actor_class``."""
     ray = import_ray()
     items = _chunk_items(records, batch_size)
     blocks = max(1, min(len(items), 4096))
@@ -282,17 +328,18 @@ def _pipeline(
         dataset = ray.data.from_items(items, override_num_blocks=blocks)
     except TypeError:  # Ray < 2.10
         dataset = ray.data.from_items(items, parallelism=blocks)
-    decoded = dataset.map_batches(
-        _decode_chunks,
-        batch_size=1,
-        fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
-        num_cpus=1,
-        # Being unlike the actors' arguments, the memory reservation also keeps Ray Data from
-        # fusing decoding into the actors (it does when both ask for one CPU), so that
-        # decoding overlaps with the model passes.
-        memory=_decoding_memory(loaded.transform, batch_size),
-    )
-    return decoded.map_batches(
+    if not decode_in_actors:
+        dataset = dataset.map_batches(
+            _decode_chunks,
+            batch_size=1,
+            fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
+            num_cpus=1,
+            # Being unlike the actors' arguments, the memory reservation also keeps Ray Data
+            # from fusing decoding into the actors (it does when both ask for one CPU), so
+            # that decoding overlaps with the model passes.
+            memory=_decoding_memory(loaded.transform, batch_size),
+        )
+    return dataset.map_batches(
         actor_class,
         batch_size=1,
         fn_constructor_kwargs=constructor,
@@ -343,7 +390,9 @@ def explain_on_ray(
     if not todo:
         return counts
     ray = connect(options.ray_address)
-    plan = plan_actors(ray.cluster_resources(), options.ray_actors)
+    resources = ray.cluster_resources()
+    decode_in_actors = _decode_in_actors(resources)
+    plan = plan_actors(resources, options.ray_actors, decoding_tasks=not decode_in_actors)
     _LOG.info("Explaining on Ray: %s.", plan.describe())
     dataset = _pipeline(
         todo,
@@ -358,6 +407,7 @@ def explain_on_ray(
             "threads": plan.threads_per_actor,
         },
         plan=plan,
+        decode_in_actors=decode_in_actors,
     )
     seen = writer.done_ids()
     try:
@@ -386,7 +436,9 @@ def ray_embedder(
 
     def embed(paths: list[str], preprocessing: Any, batch_size: int) -> np.ndarray:
         ray = connect(options.ray_address)
-        plan = plan_actors(ray.cluster_resources(), options.ray_actors)
+        resources = ray.cluster_resources()
+        decode_in_actors = _decode_in_actors(resources)
+        plan = plan_actors(resources, options.ray_actors, decoding_tasks=not decode_in_actors)
         records = [
             ImageRecord(sample_id=str(i), index=i, path=p, label=-1, label_name="")
             for i, p in enumerate(paths)
@@ -401,8 +453,10 @@ def ray_embedder(
                 "loaded": _portable(loaded),
                 "batch_size": batch_size,
                 "threads": plan.threads_per_actor,
+                "max_pixels": options.max_pixels,
             },
             plan=plan,
+            decode_in_actors=decode_in_actors,
         )
         chunks = {
             int(item["chunk"]): pickle.loads(item["features"]) for item in dataset.iter_rows()
@@ -410,3 +464,88 @@ def ray_embedder(
         return np.concatenate([chunks[k] for k in sorted(chunks)])
 
     return embed
+
+
+# -- the intervention stage's forward passes ---------------------------------------------------
+
+
+class _ForwardActor:
+    """Ray actor: class probabilities of batches of model inputs (model loaded once)."""
+
+    def __init__(self, loaded: LoadedModel, threads: int) -> None:
+        self.loaded = _on_actor_device(loaded, threads)
+        self.loaded.model.eval()
+
+    def probabilities(self, batch: np.ndarray, head: str | int) -> np.ndarray:
+        # A copy: arrays from the object store are read-only.
+        inputs = torch.from_numpy(np.array(batch)).to(self.loaded.device)
+        with torch.inference_mode():
+            outputs = self.loaded.model(inputs)
+            return class_probabilities(select_head(outputs, head)).cpu().numpy()
+
+
+class RayForwardPool:
+    """The intervention stage's forward passes on actors of the cluster ``options`` name (a
+    :class:`~shortcut_detect.interventions.core.ForwardPool`).
+
+    The actors start at the first batch (a stage that reuses earlier results starts none) and
+    stop when the pool is closed (``with RayForwardPool(...) as pool:``). Batches go to the
+    actors in turn, at most ``in_flight`` per actor at once, so the driver's memory holds a
+    bounded number of counterfactual batches. An actor that dies is restarted and its
+    batches retried.
+    """
+
+    def __init__(self, options: AuditOptions, loaded: LoadedModel, in_flight: int = 2) -> None:
+        self._options = options
+        self._loaded = loaded
+        self._in_flight = in_flight
+        self._actors: list[Any] = []
+        self._pending: list[Any] = []
+        self._turn = 0
+
+    def _start(self) -> None:
+        ray = connect(self._options.ray_address)
+        plan = plan_actors(ray.cluster_resources(), self._options.ray_actors, decoding_tasks=False)
+        _LOG.info("Interventions on Ray: %s.", plan.describe())
+        actor_class = ray.remote(
+            num_cpus=plan.cpus_per_actor,
+            num_gpus=plan.gpus_per_actor,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )(_ForwardActor)
+        model = ray.put(_portable(self._loaded))
+        self._actors = [
+            actor_class.remote(model, plan.threads_per_actor) for _ in range(plan.actors)
+        ]
+
+    def submit(self, batch: torch.Tensor, head: str | int) -> Any:
+        """Send ``batch`` to the next actor; its result's object reference."""
+        ray = import_ray()
+        if not self._actors:
+            self._start()
+        while len(self._pending) >= self._in_flight * len(self._actors):
+            _, self._pending = ray.wait(self._pending, num_returns=1)
+        actor = self._actors[self._turn % len(self._actors)]
+        self._turn += 1
+        reference = actor.probabilities.remote(batch.detach().cpu().numpy(), head)
+        self._pending.append(reference)
+        return reference
+
+    def collect(self, handles: list[Any]) -> list[torch.Tensor]:
+        """The probabilities of the submitted batches ``handles``, in order."""
+        ray = import_ray()
+        return [torch.from_numpy(np.array(result)) for result in ray.get(list(handles))]
+
+    def close(self) -> None:
+        """Stop the actors."""
+        if self._actors:
+            ray = import_ray()
+            for actor in self._actors:
+                ray.kill(actor)
+        self._actors, self._pending = [], []
+
+    def __enter__(self) -> RayForwardPool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

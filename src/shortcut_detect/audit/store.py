@@ -140,6 +140,10 @@ class DiskFullError(StoreError):
     """A write failed for lack of space; what was committed before is kept."""
 
 
+# Heatmaps a merge reads and writes at a time.
+_MERGE_CHUNK = 8192
+
+
 def _partial_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{_HOST}-{os.getpid()}")
 
@@ -814,12 +818,18 @@ class AuditStore:
         ids = table.column("sample_id").to_pylist()
         rows = table.column("heatmap_row").to_pylist()
         with_map = [sid for sid, row in zip(ids, rows) if row is not None and row >= 0]
-        size = self.cam_size or (1, 1)
-        maps = np.empty((len(with_map), *size), dtype=np.float16)
-        for start in range(0, len(with_map), 8192):
-            part = with_map[start : start + 8192]
-            maps[start : start + len(part)] = self.heatmaps(part)
-        _save_npy(merged / "heatmaps.npy", maps)
+        shape = (len(with_map), *(self.cam_size or (1, 1)))
+
+        def write_maps(handle: BinaryIO) -> None:
+            # Chunk by chunk, so that merging never holds every heatmap in memory.
+            header = {"descr": "<f2", "fortran_order": False, "shape": shape}
+            np.lib.format.write_array_header_1_0(handle, header)
+            for start in range(0, len(with_map), _MERGE_CHUNK):
+                part = self.heatmaps(with_map[start : start + _MERGE_CHUNK])
+                part = part.astype("<f2", copy=False)
+                handle.write(np.ascontiguousarray(part).tobytes())
+
+        _atomic_write(merged / "heatmaps.npy", write_maps)
         fault_point("merge.heatmaps")
         new_rows: list[int] = []
         new_files: list[str | None] = []

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ __all__ = [
     "READINGS",
     "AttentionShare",
     "FillResult",
+    "ForwardPool",
     "InterventionResult",
     "TransplantResult",
     "intervene",
@@ -195,22 +196,59 @@ class InterventionResult:
 # -- running counterfactuals ---------------------------------------------------------------------
 
 
-class ForwardRunner:
-    """Forward passes in batches, counted; returns class probabilities."""
+class ForwardPool(Protocol):
+    """Runs forward passes outside this process (e.g. the audit's Ray actors).
 
-    def __init__(self, model: nn.Module, device: torch.device, batch_size: int, head: Any):
+    ``submit`` starts the pass of one batch (the model's inputs) and returns at once with a
+    handle; ``collect`` waits for handles and returns each batch's class probabilities
+    ``(n, K)`` of the prediction head ``head``, in the order of the handles.
+    """
+
+    def submit(self, batch: torch.Tensor, head: str | int) -> Any: ...
+
+    def collect(self, handles: list[Any]) -> list[torch.Tensor]: ...
+
+
+class ForwardRunner:
+    """Forward passes in batches, counted; returns class probabilities.
+
+    With a ``pool`` the passes run there, several batches in flight (:meth:`submit`, then
+    :meth:`collect`); without, in this process when submitted.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        batch_size: int,
+        head: Any,
+        pool: ForwardPool | None = None,
+    ):
         self.model, self.device, self.batch_size, self.head = model, device, batch_size, head
+        self.pool = pool
         self.n_forward_passes = 0
 
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    def submit(self, batch: torch.Tensor) -> Any:
+        """Start the pass of ``batch``; a handle for :meth:`collect`."""
         self.n_forward_passes += 1
+        if self.pool is not None:
+            return self.pool.submit(batch, self.head)
         outputs = self.model(batch.to(self.device))
         return class_probabilities(select_head(outputs, self.head)).cpu()
 
+    def collect(self, handles: list[Any]) -> torch.Tensor:
+        """The probabilities of the submitted batches, concatenated in order."""
+        if self.pool is not None:
+            handles = self.pool.collect(handles)
+        return torch.cat(handles) if handles else torch.zeros(0)
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.collect([self.submit(batch)])
+
     def originals(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.cat(
+        return self.collect(
             [
-                self.probabilities(images[start : start + self.batch_size])
+                self.submit(images[start : start + self.batch_size])
                 for start in range(0, len(images), self.batch_size)
             ]
         )
@@ -259,8 +297,8 @@ class _Jobs:
                     batch[rows] = apply_fill(
                         batch[rows], mask[rows], fill_names[code], generator, extent
                     )
-            outputs.append(runner.probabilities(batch))
-        return torch.cat(outputs) if outputs else torch.zeros(0)
+            outputs.append(runner.submit(batch))
+        return runner.collect(outputs)
 
 
 def predict_probabilities(
@@ -270,10 +308,12 @@ def predict_probabilities(
     batch_size: int = 256,
     head: str | int = "logits",
     device: str | torch.device | None = None,
+    pool: ForwardPool | None = None,
 ) -> np.ndarray:
-    """Class probabilities ``(N, K)`` of ``images`` (eval mode, inference mode, batched)."""
+    """Class probabilities ``(N, K)`` of ``images`` (eval mode, inference mode, batched; in
+    ``pool`` when given, see :func:`intervene`)."""
     batch = as_image_batch(images)
-    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head)
+    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head, pool)
     with eval_mode(model), torch.inference_mode():
         return runner.originals(batch).numpy()
 
@@ -648,6 +688,7 @@ def intervene(
     head: str | int = "logits",
     device: str | torch.device | None = None,
     seed: int = 0,
+    pool: ForwardPool | None = None,
 ) -> InterventionResult:
     """Test whether ``model`` relies on a region of ``images``: remove it, transplant it, and
     compare with the same operations on control regions.
@@ -709,6 +750,9 @@ def intervene(
         ``None``: the model's device.
     seed:
         Seeds control placements, donors, noise fills and resampling.
+    pool:
+        Where the forward passes run: ``None`` in this process, or a :class:`ForwardPool`
+        (the audit's Ray actors); the counterfactual images are built here either way.
 
     Returns
     -------
@@ -726,7 +770,7 @@ def intervene(
         model, images, regions, carriers, avoid, object_centres, n_controls, match_content, seed
     )
     stats = {"n_bootstrap": int(n_bootstrap), "n_permutations": int(n_permutations)}
-    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head)
+    runner = ForwardRunner(model, resolve_device(device, model), int(batch_size), head, pool)
     jobs = _Jobs()
     fill_slices = _plan_removals(jobs, setup, len(fills), n_controls)
     transplant_plan = _plan_transplant(jobs, setup, n_controls, seed)
