@@ -50,6 +50,16 @@ def test_invalid_parameters_are_rejected():
         make_shortcut_dataset(1)
 
 
+def test_smallest_images_are_made_and_an_impossible_layout_is_refused():
+    # 24 px with the default 6 px marker: before, a shape drawn too big for the room beside
+    # the marker was redrawn forever (a hang).
+    data = make_shortcut_dataset(64, image_size=24, seed=3)
+    assert data.images.shape == (64, 3, 24, 24)
+    assert data.masks[data.groups == 1].sum(axis=(1, 2)).tolist() == [36] * (data.groups == 1).sum()
+    with pytest.raises(ValueError, match="leaves no room for the shapes in 24x24 images"):
+        make_shortcut_dataset(8, image_size=24, marker_size=6, marker_offset=8)
+
+
 def test_training_is_deterministic_from_seed():
     data = make_shortcut_dataset(256, seed=9)
     first, _ = train_shortcut_model(data, epochs=1, seed=2)

@@ -159,8 +159,16 @@ def make_shortcut_dataset(
     x0 = y0 = marker_offset
     x1 = y1 = marker_offset + marker_size
     keep_out = x1 + 4  # shapes stay clear of the marker's corner
+    # The largest shape that still fits beside or below that corner (small images, big markers).
+    fitting_radius = min(size * 0.22, (size - 1 - keep_out) / 2 - 0.01)
+    if fitting_radius < size * 0.12:
+        raise ValueError(
+            f"A marker of {marker_size} px at offset {marker_offset} leaves no room for the "
+            f"shapes in {size}x{size} images; use a smaller marker_size or marker_offset, or "
+            "larger images"
+        )
     for index in range(n_samples):
-        radius = rng.uniform(size * 0.12, size * 0.22)
+        radius = rng.uniform(size * 0.12, fitting_radius)
         low = radius + 1
         high = size - radius - 1
         while True:
