@@ -804,6 +804,7 @@ _SUMMARY_ENTRY_KEYS = (
     "confirmed",
     "object_like",
     "pattern_separation",
+    "pattern_consistency",
     "reading",
     "sentence",
     "effect",
@@ -828,8 +829,9 @@ def interventions(data: AuditData) -> SignalOutput:
     removing a control region) is HIGH and primary; otherwise LOW, with each candidate's
     reading. A discovered region the model relies on but that holds no fixed pattern reads
     as part of the object (``object_like``) and is not a shortcut. Regions found not relied
-    on are listed in the metrics (``not_relied_on``), which
-    :func:`~shortcut_detect.audit.verdict.decide_verdict` uses to cap attention signals.
+    on, and those read as part of the object, are listed in the metrics (``not_relied_on``,
+    ``object_like``), which :func:`~shortcut_detect.audit.verdict.decide_verdict` uses to
+    cap attention signals.
     """
     stored = load_interventions(data.store)
     stale = stored is not None and stored["fingerprint"].get("n_samples_stored") != len(data.ids)
@@ -859,6 +861,11 @@ def interventions(data: AuditData) -> SignalOutput:
         "not_relied_on": [
             {"source": e["source"], "location": e["location"], "reading": e["reading"]}
             for e in rejected
+        ],
+        # Relied on, but part of the object: attention there is explained, not a shortcut.
+        "object_like": [
+            {"source": e["source"], "location": e["location"], "reading": "part of the object"}
+            for e in object_like
         ],
     }
     if confirmed:

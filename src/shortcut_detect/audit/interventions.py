@@ -379,6 +379,7 @@ def _discovered_entries(
             confirmed=test.confirmed,
             object_like=test.object_like,
             pattern_separation=candidate.pattern_separation,
+            pattern_consistency=candidate.pattern_consistency,
         )
         entry["examples"] = examples(candidate.region, test.result, f"candidate{k}")
         entries.append(entry)
