@@ -805,6 +805,7 @@ _SUMMARY_ENTRY_KEYS = (
     "object_like",
     "pattern_separation",
     "pattern_consistency",
+    "ninths",
     "reading",
     "sentence",
     "effect",
@@ -859,12 +860,22 @@ def interventions(data: AuditData) -> SignalOutput:
         "n_object_like": len(object_like),
         "tried": [f"{e['source']}: {e['location']}" for e in entries],
         "not_relied_on": [
-            {"source": e["source"], "location": e["location"], "reading": e["reading"]}
+            {
+                "source": e["source"],
+                "location": e["location"],
+                "ninths": e.get("ninths") or [],
+                "reading": e["reading"],
+            }
             for e in rejected
         ],
         # Relied on, but part of the object: attention there is explained, not a shortcut.
         "object_like": [
-            {"source": e["source"], "location": e["location"], "reading": "part of the object"}
+            {
+                "source": e["source"],
+                "location": e["location"],
+                "ninths": e.get("ninths") or [],
+                "reading": "part of the object",
+            }
             for e in object_like
         ],
     }

@@ -16,7 +16,7 @@ Rules
   predictions) is capped at MODERATE and does not count towards the two-MODERATE rule, so
   it cannot make the verdict HIGH by itself; the reasons say so. This covers the mask
   signal when the given masks were tested, and the peak signal when a region at the same
-  place was tested. The same holds for a discovered region the model relies on that reads
+  place (or holding at least a quarter of its area in the peak's ninth) was tested. The same holds for a discovered region the model relies on that reads
   as part of the object (no fixed mark there): the attention is explained by the object.
 * ``shortcut_suspected`` is true exactly when the risk is HIGH.
 
@@ -169,7 +169,7 @@ def _not_relied_on(signal: Signal, interventions: Signal | None) -> dict[str, An
         if (
             signal.name == "peak_concentration"
             and signal.location
-            and test.get("location") == signal.location
+            and signal.location in (test.get("location"), *test.get("ninths", []))
         ):
             return test
     return None

@@ -95,6 +95,9 @@ class Candidate:
         Whether that pattern sits at one place (see :func:`pattern_consistency`); set with
         ``pattern_separation``. Below ``CONSISTENT_PATTERN`` the pattern is an object that
         moves from image to image and the region reads as part of the object.
+    ninth:
+        Hotspots: the ninth of the image (``"top-left"``, ...) whose peaks the region came
+        from (its box may reach into the neighbouring ninths); ``None`` otherwise.
     """
 
     source: str
@@ -105,6 +108,7 @@ class Candidate:
     object_overlap: float | None = None
     pattern_separation: float | None = None
     pattern_consistency: float | None = None
+    ninth: str | None = None
 
     @property
     def box(self) -> tuple[int, int, int, int]:
@@ -456,6 +460,7 @@ def _hotspots(maps: np.ndarray, min_share: float) -> list[Candidate]:
                 f"{shares[index]:.0%} of heatmaps peak in the {where} ninth of the image",
                 float(shares[index]),
                 carriers=members,
+                ninth=where,
             )
         )
     return found
