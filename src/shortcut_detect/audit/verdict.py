@@ -16,8 +16,9 @@ Rules
   predictions) is capped at MODERATE and does not count towards the two-MODERATE rule, so
   it cannot make the verdict HIGH by itself; the reasons say so. This covers the mask
   signal when the given masks were tested, and the peak signal when a region at the same
-  place (or holding at least a quarter of its area in the peak's ninth) was tested. The same holds for a discovered region the model relies on that reads
-  as part of the object (no fixed mark there): the attention is explained by the object.
+  place was tested (a hotspot built from the peak's ninth, or a region with at least a
+  quarter of its area there). The same holds for a discovered region the model relies on
+  that reads as part of the object (no fixed mark there): the object explains the attention.
 * ``shortcut_suspected`` is true exactly when the risk is HIGH.
 
 Why this combination
