@@ -52,7 +52,8 @@ FIXED_PATTERN = 5.0
 #: images (pattern consistency at least this). A tag sits at the same place in every image
 #: that carries it, so every window on it singles out those images; an object that moves (a
 #: uniform nodule) falls into each window in a few images, different ones for each window.
-#: Measured: planted markers 1.0, the synthetic CT's moving nodules 0.29-0.65.
+#: Measured: planted markers 1.0 (all scenario markers tried, the synthetic CT's tag), the
+#: synthetic CT's moving nodules 0.19-0.63 (regions relied on by four training seeds).
 CONSISTENT_PATTERN = 0.8
 SAME_IMAGES = 0.8  # two windows single out the same images: Jaccard of their minority sides
 STRONG_SHARE = 0.5  # windows separated at least this share of the best one show its pattern
@@ -249,14 +250,10 @@ def _object_overlap(region: np.ndarray, foreground: np.ndarray) -> float:
     return float((covered >= OVERLAP_AREA * region.sum()).mean())
 
 
-def _two_means_separation(points: np.ndarray, iterations: int = 20) -> float:
-    """Split ``points`` ``(N, D)`` in two by 2-means; distance between the two means over
-    the mean within-cluster RMS distance (0 when no split holds two points each)."""
-    return _two_means_split(points, iterations)[0]
-
-
 def _two_means_split(points: np.ndarray, iterations: int = 20) -> tuple[float, np.ndarray]:
-    """:func:`_two_means_separation` and the split (bool ``(N,)``, one side ``True``).
+    """Split ``points`` ``(N, D)`` in two by 2-means: the distance between the two means
+    over the mean within-cluster RMS distance (0 when no split holds two points each), and
+    the split (bool ``(N,)``, one side ``True``).
 
     Written out (a few vectorised lines) because it runs on hundreds of small windows per
     region, where a general k-means call costs far more than the work.
@@ -354,11 +351,14 @@ def pattern_consistency(images: Any, region: np.ndarray) -> float:
     without. An object that moves from image to image (a nodule of uniform intensity) also
     gives well-separated windows when the background is uniform, but each window singles out
     the few images whose object happens to fall into it, and its neighbours other ones.
-    Among the windows of :func:`pattern_separation` separated at least ``FIXED_PATTERN``,
-    each singles out the images on its smaller side; the consistency is the largest share
-    of those windows that single out the same images as one of them (Jaccard at least
-    ``SAME_IMAGES``): 1 for a mark, lower for a moving object, 0 when no window is
-    separated.
+    Each window of :func:`pattern_separation` singles out the images on the smaller side
+    of its split. The strong windows (separated at least ``STRONG_SHARE`` of the best one,
+    and at least ``FIXED_PATTERN``) are compared with the separated windows around them
+    (at least ``FIXED_PATTERN``, corners within one window side): on a mark's edges as well
+    as inside it. The consistency is the largest share of those windows that single out
+    the same images as one strong window (Jaccard at least ``SAME_IMAGES``): 1 for a mark,
+    lower for a moving object, 0 when no window is separated. Limit: with only one or two
+    separated windows it reads 1, whatever moves.
 
     Parameters
     ----------
@@ -653,8 +653,9 @@ def confirm_candidates(
     Controls avoid all candidate regions. The significance level is Bonferroni-corrected
     over the candidates (``alpha / len(candidates)``), so trying more candidates does not
     raise the false-alarm rate. A region the model relies on is confirmed as a shortcut only
-    if it holds a fixed pattern (:func:`pattern_separation` at least ``FIXED_PATTERN``);
-    otherwise the test reads "part of the object" (:attr:`CandidateTest.object_like`).
+    if it holds a fixed pattern (:func:`pattern_separation` at least ``FIXED_PATTERN``) at
+    one place (:func:`pattern_consistency` at least ``CONSISTENT_PATTERN``); otherwise the
+    test reads "part of the object" (:attr:`CandidateTest.object_like`).
     Extra keyword arguments go to ``intervene``.
     """
     if not candidates:
