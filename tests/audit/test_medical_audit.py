@@ -202,15 +202,20 @@ def test_dicom_clean_model_is_not_drawn_to_the_tag(dicom_case, tmp_path):
         test.class_names,
         window=LUNG_WINDOW,
     )
-    # The clean model's evidence is the nodules (in the lungs), never the tag. (Its overall
-    # verdict is not asserted: interventions read its reliance on the lungs as a hotspot,
-    # a false alarm reported as an issue.)
+    # The clean model's evidence is the nodules (in the lungs), never the tag.
     summary = run.summary
     signals = {signal["name"]: signal for signal in summary["signals"]}
     assert signals["mask_attention"]["risk"] == "LOW"
     assert signals["group_attention"]["risk"] == "LOW"
     assert signals["prediction_by_group"]["risk"] == "LOW"
     assert summary["verdict"]["location"] != "top-left"
+    # Discovery may find it relying on lung regions, whose uniform nodules separate like a
+    # mark; but a nodule moves from image to image, so no discovered region is a confirmed
+    # shortcut and the verdict is not HIGH. (Clean models of training seeds 0-3 read
+    # MODERATE, LOW, MODERATE, LOW; their relied-on regions' pattern consistency 0.19-0.63.)
+    assert not [entry for entry in summary["interventions"] if entry["confirmed"]]
+    assert signals["interventions"]["risk"] == "LOW"
+    assert summary["verdict"]["risk"] != "HIGH"
 
 
 def _rod_box(path: Path) -> str:

@@ -804,6 +804,8 @@ _SUMMARY_ENTRY_KEYS = (
     "confirmed",
     "object_like",
     "pattern_separation",
+    "pattern_consistency",
+    "ninths",
     "reading",
     "sentence",
     "effect",
@@ -828,8 +830,9 @@ def interventions(data: AuditData) -> SignalOutput:
     removing a control region) is HIGH and primary; otherwise LOW, with each candidate's
     reading. A discovered region the model relies on but that holds no fixed pattern reads
     as part of the object (``object_like``) and is not a shortcut. Regions found not relied
-    on are listed in the metrics (``not_relied_on``), which
-    :func:`~shortcut_detect.audit.verdict.decide_verdict` uses to cap attention signals.
+    on, and those read as part of the object, are listed in the metrics (``not_relied_on``,
+    ``object_like``), which :func:`~shortcut_detect.audit.verdict.decide_verdict` uses to
+    cap attention signals.
     """
     stored = load_interventions(data.store)
     stale = stored is not None and stored["fingerprint"].get("n_samples_stored") != len(data.ids)
@@ -857,8 +860,23 @@ def interventions(data: AuditData) -> SignalOutput:
         "n_object_like": len(object_like),
         "tried": [f"{e['source']}: {e['location']}" for e in entries],
         "not_relied_on": [
-            {"source": e["source"], "location": e["location"], "reading": e["reading"]}
+            {
+                "source": e["source"],
+                "location": e["location"],
+                "ninths": e.get("ninths") or [],
+                "reading": e["reading"],
+            }
             for e in rejected
+        ],
+        # Relied on, but part of the object: attention there is explained, not a shortcut.
+        "object_like": [
+            {
+                "source": e["source"],
+                "location": e["location"],
+                "ninths": e.get("ninths") or [],
+                "reading": "part of the object",
+            }
+            for e in object_like
         ],
     }
     if confirmed:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shortcut_detect.analysis.maps import region_location
+from shortcut_detect.analysis.maps import location_words, region_location
 from shortcut_detect.audit.analysis import stratified_subsample
 from shortcut_detect.audit.store import (
     INTERVENTIONS_DIR,
@@ -385,10 +385,29 @@ def _discovered_entries(
             confirmed=test.confirmed,
             object_like=test.object_like,
             pattern_separation=candidate.pattern_separation,
+            pattern_consistency=candidate.pattern_consistency,
+            ninths=sorted({*_ninths(candidate.region), *filter(None, [candidate.ninth])}),
         )
         entry["examples"] = examples(candidate.region, test.result, f"candidate{k}")
         entries.append(entry)
     return entries, len(candidates)
+
+
+def _ninths(region: np.ndarray) -> list[str]:
+    """The ninths of the image holding at least a quarter of the region (a hotspot's box
+    may straddle the ninth its peaks came from), so the verdict can match the peak signal."""
+    height, width = region.shape[-2:]
+    total = max(int(region.sum()), 1)
+    names = []
+    for row in range(3):
+        for column in range(3):
+            cell = region[
+                row * height // 3 : (row + 1) * height // 3,
+                column * width // 3 : (column + 1) * width // 3,
+            ]
+            if 4 * int(cell.sum()) >= total:
+                names.append(location_words((row, column), (3, 3)))
+    return names
 
 
 def _discovery_notes(n_candidates: int) -> list[str]:

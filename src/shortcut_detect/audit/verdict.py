@@ -16,7 +16,9 @@ Rules
   predictions) is capped at MODERATE and does not count towards the two-MODERATE rule, so
   it cannot make the verdict HIGH by itself; the reasons say so. This covers the mask
   signal when the given masks were tested, and the peak signal when a region at the same
-  place was tested.
+  place was tested (a hotspot built from the peak's ninth, or a region with at least a
+  quarter of its area there). The same holds for a discovered region the model relies on
+  that reads as part of the object (no fixed mark there): the object explains the attention.
 * ``shortcut_suspected`` is true exactly when the risk is HIGH.
 
 Why this combination
@@ -157,16 +159,18 @@ def _limitations(has_groups: bool, has_masks: bool, any_primary: bool) -> list[s
 
 
 def _not_relied_on(signal: Signal, interventions: Signal | None) -> dict[str, Any] | None:
-    """The intervention test that found ``signal``'s region not relied on, if any."""
+    """The intervention test that found ``signal``'s region not relied on (or relied on as
+    part of the object), if any."""
     if interventions is None or signal.name not in ("mask_attention", "peak_concentration"):
         return None
-    for test in interventions.metrics.get("not_relied_on", []):
+    metrics = interventions.metrics
+    for test in metrics.get("not_relied_on", []) + metrics.get("object_like", []):
         if signal.name == "mask_attention" and test.get("source") == "given mask":
             return test
         if (
             signal.name == "peak_concentration"
             and signal.location
-            and test.get("location") == signal.location
+            and signal.location in (test.get("location"), *test.get("ninths", []))
         ):
             return test
     return None
@@ -187,10 +191,14 @@ def _cap_unused_attention(
             signal = replace(signal, risk=Risk.MODERATE)
         capped.append(signal)
         if signal.risk is Risk.MODERATE:
+            why = (
+                "the model relies on it, but it holds no fixed mark"
+                if test.get("reading") == "part of the object"
+                else "removing it does not change predictions more than removing a control region"
+            )
             notes.append(
                 f"{signal.title}: counted at most as MODERATE, because the intervention on the "
-                f"{test.get('location')} region reads '{test.get('reading')}' (removing it does "
-                "not change predictions more than removing a control region)."
+                f"{test.get('location')} region reads '{test.get('reading')}' ({why})."
             )
     return kept, capped, notes
 

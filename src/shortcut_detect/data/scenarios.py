@@ -101,6 +101,19 @@ class Scenario:
             clean = self.model(torch.from_numpy(self.clean_images[self.carriers])).argmax(dim=1)
         return float((planted != clean).float().mean())
 
+    def oracle_probability_drop(self) -> float:
+        """Mean drop, over marker carriers, of the predicted class's probability when the
+        marker is removed exactly (the same ground truth as :meth:`oracle_flip_rate`, on the
+        scale of the intervention test's ``min_effect``)."""
+        if self.clean_images is None or not self.carriers.any():
+            return float("nan")
+        with torch.inference_mode():
+            planted = torch.softmax(self.model(torch.from_numpy(self.images[self.carriers])), 1)
+            clean = torch.softmax(self.model(torch.from_numpy(self.clean_images[self.carriers])), 1)
+        rows = torch.arange(len(planted))
+        predicted = planted.argmax(dim=1)
+        return float((planted[rows, predicted] - clean[rows, predicted]).mean())
+
     @property
     def marker_zone(self) -> np.ndarray:
         """``(32, 32)`` bool: every place a marker can be drawn in this scenario."""

@@ -16,6 +16,7 @@ from shortcut_detect.interventions.discovery import (
     confirm_candidates,
     discover_candidates,
     find_shortcuts,
+    pattern_consistency,
     pattern_separation,
 )
 from shortcut_detect.interventions.image_statistics import (
@@ -45,6 +46,7 @@ __all__ = [
     "find_shortcuts",
     "intervene",
     "intervene_global",
+    "pattern_consistency",
     "pattern_separation",
     "sign_flip_p_value",
 ]
