@@ -118,3 +118,25 @@ def test_crop_recipe_with_matching_shorter_side_is_unchanged():
     assert Preprocessing(size=224, resize=256, crop=True).unchanged_size() is None
     assert Preprocessing(size=224, resize=224, crop=True).unchanged_size() == (224, 224)
     assert Preprocessing(size=(32, 48)).unchanged_size() == (48, 32)
+
+
+def _drawn_box(box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """The reference: the box drawn with Pillow (x1/y1 exclusive), as the general path does."""
+    from PIL import ImageDraw
+
+    canvas = Image.new("L", (size, size), 0)
+    x0, y0, x1, y1 = box
+    if x1 > x0 and y1 > y0:
+        ImageDraw.Draw(canvas).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], fill=255)
+    return np.asarray(canvas) > 127
+
+
+@pytest.mark.parametrize(
+    "box",
+    [(3, 3, 9, 9), (0, 0, SIZE, SIZE), (-5, 2, 4, 60), (10, 10, 10, 12), (SIZE - 1, 0, SIZE + 5, 1),
+     (12, 5, 3, 9), (-4, -4, -1, 3)],
+)  # fmt: skip
+def test_whole_pixel_boxes_on_unresized_images_match_the_drawn_box(box):
+    # Whole-pixel boxes on images kept at their size are filled with numpy (no drawing).
+    mask = Preprocessing(size=SIZE).box_mask(box, (SIZE, SIZE))
+    assert mask.dtype == bool and np.array_equal(mask, _drawn_box(box, SIZE))

@@ -1059,8 +1059,39 @@ def make_loader(
     )
 
 
+def make_chunk_loader(
+    chunks: torch.utils.data.Dataset,
+    *,
+    num_workers: int,
+    worker_init: Callable[[], None] | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``chunks`` (each item already a whole batch, returned as is), in
+    order, with ``num_workers`` processes of one torch thread each."""
+    workers = min(num_workers, max(0, len(chunks)))
+    return torch.utils.data.DataLoader(
+        chunks,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_is,
+        persistent_workers=False,
+        prefetch_factor=2 if workers > 0 else None,
+        worker_init_fn=partial(_worker_init, worker_init) if workers > 0 else None,
+    )
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
 def _worker_init(extra: Callable[[], None] | None, _worker_id: int) -> None:
     if extra is not None:
         extra()
-    # Decoding workers need no intra-op threads; leave the cores to the model.
+    # Workers need no intra-op threads: each keeps one core busy. numpy's BLAS threads
+    # too: OpenBLAS spins its idle threads, which then take the cores from the others.
     torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn's dependency; without it BLAS keeps its threads
+        return
+    threadpool_limits(1)

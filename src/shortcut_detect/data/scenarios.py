@@ -17,11 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shortcut_detect.data.synthetic import SmallCNN, make_shortcut_dataset, train_classifier
+from shortcut_detect.data.synthetic import (
+    SmallCNN,
+    evaluate_accuracy,
+    make_shortcut_dataset,
+    train_classifier,
+)
 
 __all__ = ["BASES", "KINDS", "Scenario", "load_scenario", "scenario_cache_dir"]
 
-SCENARIO_VERSION = 3
+SCENARIO_VERSION = 4
 
 #: Share of training labels that disagree with the image content in the scenarios with a
 #: shortcut: the marker (95% agreement) is then the more predictive cue, as in real shortcut
@@ -54,6 +59,40 @@ TRAINING = {
     "shapes": {"shape_contrast": 0.5, "n_train": 1600, "epochs": 12, "lr": 1e-3},
     "digits": {"shape_contrast": None, "n_train": 1600, "epochs": 12, "lr": 1e-3},
 }
+
+
+#: A training run that ends this close to always predicting the majority class learned
+#: nothing (a collapsed run); it is restarted from a fresh initialisation, at most
+#: ``TRAINING_ATTEMPTS`` times in all.
+LEARNED_MARGIN = 0.1
+TRAINING_ATTEMPTS = 3
+
+
+def _train_scenario_model(
+    channels: int, images: np.ndarray, labels: np.ndarray, epochs: int, lr: float, seed: int
+) -> SmallCNN:
+    """Train a scenario's model; restart a run that collapsed to (nearly) one class.
+
+    A model that learned nothing is no test subject: it neither uses the planted shortcut nor
+    the content, so it would count as a miss in a shortcut scenario and say nothing in a clean
+    one. The first attempt uses ``seed`` itself, so runs that learn are unchanged.
+    """
+    majority = np.bincount(labels).max() / len(labels)
+    for attempt in range(TRAINING_ATTEMPTS):
+        run_seed = seed + 1_000_000 * attempt
+        torch.manual_seed(run_seed)
+        model = SmallCNN(in_channels=channels, width=8)
+        train_classifier(
+            model,
+            torch.from_numpy(images),
+            torch.from_numpy(labels),
+            epochs=epochs,
+            lr=lr,
+            seed=run_seed,
+        )
+        if evaluate_accuracy(model, images, labels) >= majority + LEARNED_MARGIN:
+            break
+    return model
 
 
 @dataclass
@@ -248,16 +287,7 @@ def load_scenario(
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         model.eval()
     else:
-        torch.manual_seed(seed)
-        model = SmallCNN(in_channels=channels, width=8)
-        train_classifier(
-            model,
-            torch.from_numpy(train_images),
-            torch.from_numpy(train_labels),
-            epochs=epochs,
-            lr=lr,
-            seed=seed,
-        )
+        model = _train_scenario_model(channels, train_images, train_labels, epochs, lr, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".tmp")
         torch.save(model.state_dict(), partial)

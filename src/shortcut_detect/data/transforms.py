@@ -281,6 +281,13 @@ class Preprocessing:
             )
         width, height = original_size
         x0, y0, x1, y1 = (float(v) for v in box)
+        if (int(width), int(height)) == self.unchanged_size() and all(
+            v.is_integer() for v in (x0, y0, x1, y1)
+        ):
+            # Whole pixels on an image kept as is: the same pixels as the drawing below.
+            mask = np.zeros((int(height), int(width)), dtype=bool)
+            mask[max(int(y0), 0) : max(int(y1), 0), max(int(x0), 0) : max(int(x1), 0)] = True
+            return mask
         canvas = Image.new("L", (int(width), int(height)), 0)
         if x1 > x0 and y1 > y0:
             # x1/y1 are exclusive; PIL's rectangle includes its far corner (and refuses a
