@@ -394,6 +394,20 @@ def test_upsampled_raw_reproduces_the_live_heatmaps(shortcut_model, test_data):
     )
 
 
+def test_explain_without_upsampling_keeps_the_layer_grid(shortcut_model, test_data):
+    generator = GradCAMHeatmapGenerator(shortcut_model, "features")
+    full = generator.explain(test_data.images[:4])[0]
+    small = generator.explain(test_data.images[:4], upsample=False)[0]
+    assert full.heatmaps.shape == (4, 48, 48)
+    assert small.heatmaps.shape == small.raw_heatmaps.shape != full.heatmaps.shape
+    np.testing.assert_array_equal(small.raw_heatmaps, full.raw_heatmaps)
+    np.testing.assert_array_equal(small.predictions, full.predictions)
+    # The same per-sample scaling to [0, 1], at the layer's resolution.
+    peak = small.raw_heatmaps.reshape(4, -1).max(axis=1).reshape(4, 1, 1)
+    low = small.raw_heatmaps.reshape(4, -1).min(axis=1).reshape(4, 1, 1)
+    np.testing.assert_allclose(small.heatmaps, (small.raw_heatmaps - low) / (peak - low), atol=1e-6)
+
+
 def test_result_types_and_generator_protocols_live_in_results():
     import shortcut_detect
     import shortcut_detect.gradcam as gradcam

@@ -408,6 +408,8 @@ class GradCAMHeatmapGenerator:
         self,
         inputs: TensorOrArray,
         requests: Sequence[tuple[str | int, TargetSpec]] = (("logits", None),),
+        *,
+        upsample: bool = True,
     ) -> list[Explanation]:
         """Heatmaps for several ``(head, target)`` requests from **one** forward pass.
 
@@ -418,6 +420,10 @@ class GradCAMHeatmapGenerator:
         requests:
             ``(head, target)`` pairs; ``target`` is ``None`` (arg-max per sample), one class
             for the whole batch, or one class per sample.
+        upsample:
+            ``False`` leaves ``heatmaps`` at the (first) target layer's resolution, which
+            saves the resizing when only ``raw_heatmaps`` are needed. Guided methods always
+            work at the input's size.
         """
         batch = prepare_inputs(inputs, self.device)
         cam = self._ensure_layer(batch)
@@ -450,7 +456,8 @@ class GradCAMHeatmapGenerator:
         explanations = []
         for index, (head, _) in enumerate(requests):
             layer_maps = cam.layer_maps(capture, index, inputs=batch)
-            heatmaps = cam.combine(layer_maps, capture.input_size)
+            size = capture.input_size if upsample or self.use_guided else layer_maps[0].shape[1:]
+            heatmaps = cam.combine(layer_maps, size)
             if self.use_guided:
                 heatmaps = minmax_normalize((heatmaps * guided[index]).clamp_min(0))
             explanations.append(self._explanation(capture, index, head, heatmaps, layer_maps))

@@ -140,3 +140,29 @@ def test_whole_pixel_boxes_on_unresized_images_match_the_drawn_box(box):
     # Whole-pixel boxes on images kept at their size are filled with numpy (no drawing).
     mask = Preprocessing(size=SIZE).box_mask(box, (SIZE, SIZE))
     assert mask.dtype == bool and np.array_equal(mask, _drawn_box(box, SIZE))
+
+
+def test_without_torchvision_decoder_pillow_reads_every_file(tmp_path, monkeypatch):
+    # torchvision deprecated its image decoders (0.29): once gone, the fast path steps aside.
+    import shortcut_detect.data.png_fast as png_fast
+
+    path = tmp_path / "x.png"
+    _noise("RGB").save(path)
+    preprocessing = Preprocessing(size=SIZE)
+    expected = ImageRecordDataset([_record(path)], preprocessing)[0]["image"]
+    monkeypatch.setattr(png_fast, "_png_decoder", lambda: None)
+    assert read_plain_png(path, size=(SIZE, SIZE), max_pixels=10**6, channels=3) is None
+    item = ImageRecordDataset([_record(path)], preprocessing)[0]
+    assert item["ok"], item["error"]
+    assert torch.equal(item["image"], expected)
+
+
+def test_fast_path_raises_no_deprecation_warning(tmp_path):
+    import warnings
+
+    path = tmp_path / "x.png"
+    _noise("L").save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        decoded = read_plain_png(path, size=(SIZE, SIZE), max_pixels=10**6, channels=1)
+    assert decoded is not None and decoded.pixels.shape == (1, SIZE, SIZE)

@@ -363,7 +363,8 @@ def explain_batch(
     labels = np.array([r.label for r in records], dtype=np.int64)
     by_label = target == "label" and bool((labels >= 0).all())
     request = torch.from_numpy(labels) if by_label else None
-    explanation = generator.explain(images, [("logits", request)])[0]
+    # The store keeps the maps at the layer's resolution: no resizing to the input.
+    explanation = generator.explain(images, [("logits", request)], upsample=False)[0]
     predictions = explanation.predictions.astype(np.int64)
     targets = explanation.target_indices.astype(np.int64)
     # numpy, not torch: on a busy CPU torch's thread pool makes tiny ops cost milliseconds.

@@ -4,14 +4,18 @@ Most audit sets of small images are plain 8-bit grayscale or RGB PNGs. For those
 through :func:`torchvision.io.decode_png` gives the same pixels as Pillow at about half the
 cost, which matters when decoding costs as much as explaining. Anything else (palette, alpha,
 16-bit, colour-management chunks, transparency, a corrupt file) returns ``None`` and takes the
-Pillow path, so errors and conversions stay where they are defined.
+Pillow path, so errors and conversions stay where they are defined. So does every file when
+torchvision has no PNG decoder (it deprecated its image decoders in 0.29).
 """
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -31,6 +35,27 @@ class PlainPng:
 
     pixels: torch.Tensor
     size: tuple[int, int]  # (width, height), as PIL reports it
+
+
+@functools.cache
+def _png_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """torchvision's libpng decoder (encoded bytes -> uint8 ``(C, H, W)``), or ``None``.
+
+    The registered operator, not ``torchvision.io.decode_png``: the wrapper's per-call
+    deprecation warning and usage logging cost a third of decoding a small image.
+    """
+    try:
+        from torchvision.io import ImageReadMode
+
+        operator = torch.ops.image.decode_png
+        unchanged = ImageReadMode.UNCHANGED.value
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    return functools.partial(_call_decoder, operator, unchanged)
+
+
+def _call_decoder(operator: Callable[..., torch.Tensor], mode: int, data: torch.Tensor) -> Any:
+    return operator(data, mode, False)
 
 
 def _plain_header(data: bytes) -> tuple[int, int, int] | None:
@@ -62,10 +87,12 @@ def read_plain_png(
     a gray file for a 3-channel model is repeated over the channels, as Pillow's
     ``convert("RGB")`` does.
     """
-    from torchvision.io import ImageReadMode, decode_png
-
+    decode = _png_decoder()
+    if decode is None:
+        return None
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError:
         return None
     header = _plain_header(data)
@@ -78,7 +105,7 @@ def read_plain_png(
         return None
     try:
         encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        pixels = decode_png(encoded, ImageReadMode.UNCHANGED)
+        pixels = decode(encoded)
     except RuntimeError:  # truncated or corrupt: Pillow's path words the error
         return None
     if pixels.shape != (1 if colour == _GRAY else 3, height, width):

@@ -7,6 +7,7 @@ a display copy without normalisation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,6 +34,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Pixels scaled to [0, 1], nothing else (give the size with --resize).
     "none": {"resize": None, "crop": None, "mean": None, "std": None},
 }
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_statistics(
+    mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as ``(C, 1, 1)`` float tensors (read only, shared)."""
+    if any(value == 0 for value in std):
+        raise ValueError(f"std {std} has a zero: dividing by it makes the input infinite")
+    shape = (-1, 1, 1)
+    return torch.tensor(mean).reshape(shape), torch.tensor(std).reshape(shape)
 
 
 def _pair(value: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -245,11 +257,11 @@ class Preprocessing:
 
     def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 pixels ``(C, H, W)`` already at the input geometry -> the model's input."""
-        from torchvision.transforms import functional as TF
-
         tensor = pixels.float().div_(255.0)
         if self.mean is not None and self.std is not None:
-            tensor = TF.normalize(tensor, list(self.mean), list(self.std))
+            # torchvision's normalize, without its per-call checks and copy.
+            mean, std = _channel_statistics(tuple(self.mean), tuple(self.std))
+            tensor.sub_(mean).div_(std)
         return tensor
 
     def display(self, image: Any) -> np.ndarray:
