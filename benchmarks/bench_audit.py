@@ -9,7 +9,8 @@ Two settings:
 "Engine" is :meth:`GradCAMHeatmapGenerator.explain` on batches already in memory (no decoding,
 no storing). "Pipeline" is ``run_audit`` without the report: reading the manifest, decoding
 and preprocessing in DataLoader workers, explaining, per-sample numbers, and committing rows
-and heatmaps to the store. Rounds alternate between the two; medians are printed.
+and heatmaps to the store. Rounds alternate between the two; medians are printed, and the
+share is the median over rounds of each round's pipeline rate over its engine rate.
 
 Run::
 
@@ -116,10 +117,14 @@ def _bench(
         loop.append(rate)
         end_to_end.append(total)
     e, p, t = statistics.median(engine), statistics.median(loop), statistics.median(end_to_end)
+    # Each round's pipeline against the engine just before it: this machine's speed drifts
+    # by 10-20% between minutes, and adjacent runs share the drift.
+    shares = [pipeline / bare for bare, pipeline in zip(engine, loop)]
     count = len(manifest.read_text().splitlines()) - 1
     print(
         f"{name:<34} {count:>5} imgs  batch {batch_size:<3} workers {workers}  "
-        f"engine {e:8.1f} img/s  pipeline {p:8.1f} img/s ({p / e:5.1%})  "
+        f"engine {e:8.1f} img/s  pipeline {p:8.1f} img/s  "
+        f"share {statistics.median(shares):5.1%} (rounds {min(shares):.1%}-{max(shares):.1%})  "
         f"with start-up {t:8.1f} img/s"
     )
 

@@ -5,16 +5,18 @@ Three measurements:
 * ``throughput``: Grad-CAM audits of the same PNG files with the local executor and with Ray
   (a local Ray instance with this machine's cores, the default actor plan), rounds alternating;
   medians. Settings: torchvision resnet18 (random weights) on 224x224 crops of 256x256 files,
-  and the demo SmallCNN on 48x48 files (a tiny model: per-image overheads dominate).
+  and the demo SmallCNN on 16384 48x48 files (a tiny model: per-image overheads dominate;
+  enough images that the marginal rate is not lost in the noise of Ray's start).
 * ``scaling``: a CPU-bound ScoreCAM audit (demo SmallCNN, 48x48) with 1, 2 and 4 actors:
   wall time per image of the explain pass.
 * ``memory``: the driver's peak resident memory for 10^4 and 10^5 rows, with Ray and with the
   local executor: the explain pass, then the store's merge (what the intervention stage and
-  the report start with). A manifest lists 64 PNG files of 32x32 pixels over and over (every
-  row is decoded and explained, the files stay few), and the demo SmallCNN runs on 16x16
-  inputs (``resize``; 4x4 heatmaps), so that the model costs little and the driver's
-  bookkeeping per row is what grows. Each run is its own process (with its own Ray
-  instance); Ray's workers are other processes and not counted.
+  the report start with). A manifest lists 64 PNG files of 48x48 pixels over and over (every
+  row is decoded and explained, the files stay few), and the demo SmallCNN is explained at its
+  first ReLU (``features.2``), whose 48x48 maps take 4.6 KB per row in the store: a driver
+  that held the heatmaps would grow by at least that much per row, so the growth per row
+  tells heatmaps from bookkeeping (the listing, the row table). Each run is its own process
+  (with its own Ray instance); Ray's workers are other processes and not counted.
 
 "Pass" is the rate over the whole shard (``DONE.json``: decoding, explaining, storing; for Ray
 also starting the actors and shipping the model to them). "Marginal" cancels the start-up: each
@@ -137,7 +139,7 @@ def throughput(work: Path, quick: bool, rounds: int) -> None:
         ),
         (
             "demo SmallCNN 48x48",
-            _write_png_set(work / "small", 256 if quick else 4096, 48),
+            _write_png_set(work / "small", 256 if quick else 16384, 48),
             {"batch_size": 64},
         ),
     ]
@@ -201,37 +203,60 @@ def _peak_rss_child(rows: int, executor: str, work: Path) -> None:
     load_model("demo:shortcut")  # trains and caches the demo model before the baseline
     before = _peak_mb()
     out = work / f"memory_audit_{executor}"
-    options = {"resize": [16, 16], "batch_size": 256, "flush_rows": 1024}
+    options = {"layer": "features.2", "batch_size": 256, "flush_rows": 1024}
     done = _audit(manifest, out, executor=executor, **options)
     explained = _peak_mb()
-    AuditStore(out).merge()
+    store = AuditStore(out)
+    store.merge()
+    heatmaps = sum(p.stat().st_size for p in out.glob("shards/*/part-*.npy"))
     shutil.rmtree(out)
     print(
         json.dumps(
-            {"before_mb": before, "explain_mb": explained, "merge_mb": _peak_mb(), **done},
+            {
+                "before_mb": before,
+                "explain_mb": explained,
+                "merge_mb": _peak_mb(),
+                "map_bytes_per_row": heatmaps / rows,
+                **done,
+            },
         )
     )
 
 
 def memory(work: Path, quick: bool) -> None:
-    _write_png_set(work / "memory", 64, 32, seed=3)
+    _write_png_set(work / "memory", 64, 48, seed=3)
     print(
         "| rows | executor | driver RSS before the run | peak after the explain pass "
-        "| peak after the merge | explain pass |"
+        "| peak after the merge | heatmaps in the store | explain pass |"
     )
-    print("|---|---|---|---|---|---|")
-    for rows in (1_000, 10_000) if quick else (10_000, 100_000):
+    print("|---|---|---|---|---|---|---|")
+    sizes = (1_000, 10_000) if quick else (10_000, 100_000)
+    results: dict[tuple[int, str], dict] = {}
+    for rows in sizes:
         for executor in ("ray", "local"):
             command = [sys.executable, __file__, "--rss-child", str(rows), "--work", str(work)]
             child = subprocess.run(
                 [*command, "--executor", executor], capture_output=True, text=True, check=True
             )
-            result = json.loads(child.stdout.strip().splitlines()[-1])
+            result = results[rows, executor] = json.loads(child.stdout.strip().splitlines()[-1])
             print(
                 f"| {rows} | {executor} | {result['before_mb']:.0f} MB "
                 f"| {result['explain_mb']:.0f} MB | {result['merge_mb']:.0f} MB "
+                f"| {result['map_bytes_per_row'] * rows / 2**20:.0f} MB "
                 f"| {result['images_per_second']:.0f} img/s |"
             )
+    small, large = sizes
+    for executor in ("ray", "local"):
+        a, b = results[small, executor], results[large, executor]
+
+        def per_row(key: str, a: dict = a, b: dict = b) -> float:
+            return (b[key] - a[key]) * 2**20 / (large - small)
+
+        print(
+            f"{executor}: per extra row, {per_row('explain_mb'):.0f} B after the explain pass "
+            f"and {per_row('merge_mb'):.0f} B after the merge; heatmaps "
+            f"{b['map_bytes_per_row']:.0f} B per row in the store"
+        )
 
 
 def main() -> None:

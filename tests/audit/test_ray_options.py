@@ -10,8 +10,9 @@ import pytest
 from shortcut_detect.audit.pipeline import AuditError, AuditOptions, run_audit
 from shortcut_detect.audit.ray_executor import (
     _decode_in_actors,
+    _explained_chunks,
     _records,
-    _unseen,
+    chunks_per_call,
     plan_actors,
 )
 from shortcut_detect.cli import CommandError, _shards, main
@@ -59,23 +60,46 @@ def test_records_survive_the_trip_to_the_workers():
     assert _records(_record_json(records)) == records
 
 
-def test_rows_of_stored_ids_are_dropped_with_their_maps():
+@pytest.mark.parametrize(
+    ("chunks", "batch_size", "actors", "expected"),
+    [
+        (256, 64, 2, 8),  # 512 images a call
+        (32, 16, 2, 4),  # a small audit: still four calls per actor
+        (3, 64, 2, 1),
+        (1000, 1024, 4, 1),  # chunks already past 512 images
+        (1000, 1, 2, 125),  # 512 wanted, at most chunks / (4 x actors)
+    ],
+)
+def test_an_actor_call_takes_about_512_images_but_every_actor_gets_four_calls(
+    chunks, batch_size, actors, expected
+):
+    per_call = chunks_per_call(chunks, batch_size, actors)
+    assert per_call == expected
+    assert -(-chunks // per_call) >= min(chunks, 4 * actors)
+
+
+def test_a_chunk_delivered_twice_is_stored_once():
+    import json
+    import pickle
+
     import numpy as np
 
-    rows = [
-        {"sample_id": "a", "heatmap_row": 0},
-        {"sample_id": "b", "heatmap_row": -1},
-        {"sample_id": "c", "heatmap_row": 1},
-        {"sample_id": "d", "heatmap_row": 2},
+    def item(chunk: int) -> dict:
+        rows = [{"sample_id": f"{chunk}-{k}", "heatmap_row": k} for k in range(2)]
+        maps = np.full((2, 1, 1), chunk, dtype=np.float16)
+        return {"chunk": chunk, "rows": json.dumps(rows), "maps": pickle.dumps(maps)}
+
+    class Delivered:  # a retried chunk 1 arrives a second time
+        def iter_rows(self):
+            return iter([item(0), item(1), item(2), item(1)])
+
+    chunks = list(_explained_chunks(Delivered()))
+    assert [[row["sample_id"] for row in rows] for rows, _ in chunks] == [
+        ["0-0", "0-1"],
+        ["1-0", "1-1"],
+        ["2-0", "2-1"],
     ]
-    maps = np.arange(3, dtype=np.float16)[:, None, None]
-    seen = {"c"}
-    kept, kept_maps = _unseen(rows, maps, seen)
-    assert [row["sample_id"] for row in kept] == ["a", "b", "d"]
-    assert kept_maps[:, 0, 0].tolist() == [0.0, 2.0]
-    assert seen == {"a", "b", "c", "d"}
-    again, again_maps = _unseen(rows, maps, seen)
-    assert again == [] and len(again_maps) == 0
+    assert [maps[:, 0, 0].tolist() for _, maps in chunks] == [[0, 0], [1, 1], [2, 2]]
 
 
 def _args(shard_index=None, num_shards=None):

@@ -117,6 +117,32 @@ def test_shards_merge_into_one_table_and_heatmap_file(tmp_path):
     assert AuditStore(tmp_path).table().num_rows == 5
 
 
+def test_merge_keeps_rows_without_maps_and_reads_maps_across_chunk_files(tmp_path, monkeypatch):
+    from shortcut_detect.audit import store as store_module
+
+    _config(tmp_path, num_shards=2)
+    maps = _maps(6, seed=5)
+    with ShardWriter(tmp_path, 0, 2, flush_rows=2) as first:
+        first.add(_rows(["s0", "s4"]), maps[[0, 3]])
+        first.add(_rows(["s2"], with_map=False), None)
+        first.add(_rows(["s6"]), maps[[4]])
+        first.finish()
+    with ShardWriter(tmp_path, 1, 2, flush_rows=1) as second:
+        second.add(_rows(["s1", "s3"]), maps[[1, 2]])
+        second.add(_rows(["s5"], with_map=False), None)
+        second.add(_rows(["s7"]), maps[[5]])
+        second.finish()
+    expected = AuditStore(tmp_path).heatmaps(["s0", "s1", "s3", "s4", "s6", "s7"])
+    monkeypatch.setattr(store_module, "_MERGE_CHUNK", 4)  # blocks that span chunk files
+    merged = AuditStore(tmp_path).merge()
+    table = AuditStore(tmp_path).table()
+    assert table.column("sample_id").to_pylist() == [f"s{i}" for i in range(8)]
+    assert table.column("heatmap_row").to_pylist() == [0, 1, -1, 2, 3, -1, 4, 5]
+    files = table.column("heatmap_file").to_pylist()
+    assert files == [None if i in (2, 5) else "merged/heatmaps.npy" for i in range(8)]
+    np.testing.assert_array_equal(np.load(merged / "heatmaps.npy"), expected.astype(np.float16))
+
+
 def test_merge_streams_the_heatmaps_instead_of_holding_them_all(tmp_path, monkeypatch):
     import tracemalloc
 

@@ -710,10 +710,8 @@ def _explain_shard(
         chunks = _ExplainedChunks(
             dataset, generator, class_names, options.target, options.batch_size
         )
-        results = iter(
-            make_chunk_loader(
-                chunks, num_workers=options.num_workers, worker_init=close_inherited_locks
-            )
+        results = make_chunk_loader(
+            chunks, num_workers=options.num_workers, worker_init=close_inherited_locks
         )
     else:
         loader = make_loader(
@@ -772,6 +770,7 @@ def _audit_shard(
     ) as writer:
         done = writer.done_ids()
         todo = [r for r in records if r.sample_id not in done]
+        del done  # a resumed run of millions of ids needs it no longer
         already = len(records) - len(todo)
         if todo:
             # A report of the earlier, partial store would now be stale.

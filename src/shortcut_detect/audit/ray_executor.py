@@ -6,7 +6,8 @@ and the analysis. Only the model passes move to Ray Data:
 
 - the records still to do are cut into chunks of ``batch_size`` (the local executor's
   batches, so every image is explained in the same batch as it would be locally) and become a
-  dataset, one chunk per row;
+  dataset, one chunk per row; each actor call takes several chunks
+  (:func:`chunks_per_call`);
 - each chunk is decoded (:class:`~shortcut_detect.data.images.ImageRecordDataset`:
   unreadable and missing files become error rows, as locally): on a CPU-only cluster by the
   actor that explains it, with GPUs by separate CPU tasks (:func:`_decode_in_actors`);
@@ -14,8 +15,8 @@ and the analysis. Only the model passes move to Ray Data:
   actor; ``num_gpus`` per actor, fractional allowed, when the cluster has GPUs). Ray replaces
   an actor that dies and retries its chunk;
 - the driver streams each explained chunk into the store as it arrives (it never holds more
-  than the chunks in flight), dropping rows of sample ids it already stored, so a retried chunk
-  cannot write a row twice.
+  than the chunks in flight), dropping a chunk it already stored, so a retried chunk cannot
+  write a row twice.
 
 The embedding pass of the analysis runs in an actor pool too (:func:`ray_embedder`), and so do
 the forward passes of the intervention stage (:class:`RayForwardPool`: the driver builds the
@@ -59,6 +60,7 @@ __all__ = [
     "RAY_INSTALL_HINT",
     "ActorPlan",
     "RayForwardPool",
+    "chunks_per_call",
     "connect",
     "explain_on_ray",
     "import_ray",
@@ -308,6 +310,18 @@ class _ChunkEmbedder:
         return {"chunk": batch["chunk"], "features": np.array(features, dtype=object)}
 
 
+def chunks_per_call(chunks: int, batch_size: int, actors: int) -> int:
+    """How many chunks of ``batch_size`` images an actor explains per call.
+
+    Each call is a Ray task with its own scheduling and object-store hand-offs (a few
+    milliseconds on a busy machine: half the throughput of a small model when every call
+    carries one chunk of 64 48x48 images), so a call carries about 512 images; but no fewer
+    than four calls per actor, so that a small audit still keeps every actor busy.
+    """
+    wanted = max(1, 512 // max(1, batch_size))
+    return max(1, min(wanted, math.ceil(chunks / (4 * max(1, actors)))))
+
+
 def _pipeline(
     records: Sequence[ImageRecord],
     loaded: LoadedModel,
@@ -323,7 +337,8 @@ def _pipeline(
     pool of ``actor_class``."""
     ray = import_ray()
     items = _chunk_items(records, batch_size)
-    blocks = max(1, min(len(items), 4096))
+    per_call = chunks_per_call(len(items), batch_size, plan.actors)
+    blocks = max(1, min(math.ceil(len(items) / per_call), 4096))
     try:
         dataset = ray.data.from_items(items, override_num_blocks=blocks)
     except TypeError:  # Ray < 2.10
@@ -331,7 +346,7 @@ def _pipeline(
     if not decode_in_actors:
         dataset = dataset.map_batches(
             _decode_chunks,
-            batch_size=1,
+            batch_size=per_call,
             fn_kwargs={"preprocessing": loaded.transform, "max_pixels": max_pixels},
             num_cpus=1,
             # Being unlike the actors' arguments, the memory reservation also keeps Ray Data
@@ -341,7 +356,7 @@ def _pipeline(
         )
     return dataset.map_batches(
         actor_class,
-        batch_size=1,
+        batch_size=per_call,
         fn_constructor_kwargs=constructor,
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_cpus=plan.cpus_per_actor,
@@ -352,23 +367,18 @@ def _pipeline(
 # -- the explain pass -----------------------------------------------------------------------
 
 
-def _unseen(
-    rows: list[dict[str, Any]], maps: np.ndarray | None, seen: set[str]
-) -> tuple[list[dict[str, Any]], np.ndarray | None]:
-    """The rows (and their maps) of sample ids not yet stored; marks them stored."""
-    keep = [row["sample_id"] not in seen for row in rows]
-    seen.update(row["sample_id"] for row in rows)
-    if all(keep):
-        return rows, maps
-    with_map = np.array([row["heatmap_row"] != -1 for row in rows], dtype=bool)
-    kept_maps = None
-    if maps is not None:
-        kept_maps = maps[np.asarray(keep, dtype=bool)[with_map]]
-    return [row for row, flag in zip(rows, keep) if flag], kept_maps
-
-
-def _explained_chunks(dataset: Any) -> Iterator[tuple[list[dict[str, Any]], np.ndarray | None]]:
+def _explained_chunks(
+    dataset: Any,
+) -> Iterator[tuple[list[dict[str, Any]], np.ndarray | None]]:
+    """Each chunk's rows and maps, once: a chunk that Ray delivers again (a retried task
+    whose first attempt also finished) is dropped. Within a run every sample id is in one
+    chunk, so remembering chunk numbers (not sample ids) keeps the driver's memory small."""
+    delivered: set[int] = set()
     for item in dataset.iter_rows():
+        chunk = int(item["chunk"])
+        if chunk in delivered:
+            continue
+        delivered.add(chunk)
         maps = pickle.loads(item["maps"]) if len(item["maps"]) else None
         yield json.loads(item["rows"]), maps
 
@@ -409,10 +419,8 @@ def explain_on_ray(
         plan=plan,
         decode_in_actors=decode_in_actors,
     )
-    seen = writer.done_ids()
     try:
         for rows, maps in _explained_chunks(dataset):
-            rows, maps = _unseen(rows, maps, seen)
             if maps is not None and len(maps) and not cam_size_known:
                 _update_cam_size(writer.root, maps.shape[1:])
                 cam_size_known = True

@@ -801,6 +801,22 @@ class AuditStore:
             yield part, self.heatmaps(part)
 
     # -- merging --------------------------------------------------------------------------------
+    def _gather_maps(self, names: Any, codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The maps at ``rows`` of the chunk files ``names[codes]``, in the given order."""
+        out = np.empty((len(rows), *(self.cam_size or (1, 1))), dtype=np.float16)
+        for code in np.unique(codes):
+            file = names[int(code)].as_py()
+            try:
+                array = np.load(self.root / file, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as error:
+                raise StoreError(
+                    f"{self.root / file} is damaged ({_first_line(error)}); run the audit "
+                    "command again: it explains the damaged chunk's samples again"
+                ) from error
+            where = np.flatnonzero(codes == code)
+            out[where] = array[rows[where]]
+        return out
+
     def merge(self) -> Path:
         """Join all shards into ``merged/results.parquet`` + ``merged/heatmaps.npy``.
 
@@ -808,6 +824,7 @@ class AuditStore:
         when chunks were added. Returns the merged directory.
         """
         import pyarrow as pa
+        import pyarrow.compute as pc
 
         merged = self.root / "merged"
         if self._merged_is_fresh():
@@ -815,43 +832,35 @@ class AuditStore:
         merged.mkdir(exist_ok=True)
         sources = self._sources()
         table = self.table()
-        ids = table.column("sample_id").to_pylist()
-        rows = table.column("heatmap_row").to_pylist()
-        with_map = [sid for sid, row in zip(ids, rows) if row is not None and row >= 0]
-        shape = (len(with_map), *(self.cam_size or (1, 1)))
+        # Columns as arrays, not Python objects per row: a merge of millions of rows.
+        rows = pc.fill_null(table.column("heatmap_row"), -1).to_numpy().astype(np.int64)
+        files = pc.dictionary_encode(table.column("heatmap_file").combine_chunks())
+        has_map = (rows >= 0) & files.indices.is_valid().to_numpy(zero_copy_only=False)
+        file_codes = pc.fill_null(files.indices, 0).to_numpy()
+        mapped = np.flatnonzero(has_map)
+        shape = (len(mapped), *(self.cam_size or (1, 1)))
 
         def write_maps(handle: BinaryIO) -> None:
             # Chunk by chunk, so that merging never holds every heatmap in memory.
             header = {"descr": "<f2", "fortran_order": False, "shape": shape}
             np.lib.format.write_array_header_1_0(handle, header)
-            for start in range(0, len(with_map), _MERGE_CHUNK):
-                part = self.heatmaps(with_map[start : start + _MERGE_CHUNK])
-                part = part.astype("<f2", copy=False)
-                handle.write(np.ascontiguousarray(part).tobytes())
+            for start in range(0, len(mapped), _MERGE_CHUNK):
+                part = mapped[start : start + _MERGE_CHUNK]
+                block = self._gather_maps(files.dictionary, file_codes[part], rows[part])
+                handle.write(np.ascontiguousarray(block.astype("<f2", copy=False)).tobytes())
 
         _atomic_write(merged / "heatmaps.npy", write_maps)
         fault_point("merge.heatmaps")
-        new_rows: list[int] = []
-        new_files: list[str | None] = []
-        position = 0
-        for row in rows:
-            if row is not None and row >= 0:
-                new_rows.append(position)
-                new_files.append("merged/heatmaps.npy")
-                position += 1
-            else:
-                new_rows.append(-1)
-                new_files.append(None)
         schema = row_schema()
-        table = table.set_column(
-            schema.get_field_index("heatmap_row"),
-            schema.field("heatmap_row"),
-            pa.array(new_rows, pa.int32()),
+        new_rows = np.where(has_map, np.cumsum(has_map) - 1, -1).astype(np.int32)
+        new_files = pc.if_else(
+            pa.array(has_map), pa.scalar("merged/heatmaps.npy"), pa.scalar(None, pa.string())
         )
         table = table.set_column(
-            schema.get_field_index("heatmap_file"),
-            schema.field("heatmap_file"),
-            pa.array(new_files, pa.string()),
+            schema.get_field_index("heatmap_row"), schema.field("heatmap_row"), pa.array(new_rows)
+        )
+        table = table.set_column(
+            schema.get_field_index("heatmap_file"), schema.field("heatmap_file"), new_files
         )
         _write_parquet(merged / "results.parquet", table)
         fault_point("merge.rows")

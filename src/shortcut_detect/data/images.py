@@ -1047,15 +1047,8 @@ def make_loader(
     workers = min(num_workers, max(0, len(dataset)))
     if workers > 0:
         dataset.preprocessing.warm_up()
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=collate_samples,
-        persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=partial(_worker_init, worker_init) if workers > 0 else None,
+    return _ordered_loader(
+        dataset, batch_size, collate_samples, workers, prefetch=4, worker_init=worker_init
     )
 
 
@@ -1068,14 +1061,26 @@ def make_chunk_loader(
     """A DataLoader over ``chunks`` (each item already a whole batch, returned as is), in
     order, with ``num_workers`` processes of one torch thread each."""
     workers = min(num_workers, max(0, len(chunks)))
+    return _ordered_loader(chunks, None, _as_is, workers, prefetch=2, worker_init=worker_init)
+
+
+def _ordered_loader(
+    dataset: torch.utils.data.Dataset,
+    batch_size: int | None,
+    collate: Callable[[Any], Any],
+    workers: int,
+    *,
+    prefetch: int,
+    worker_init: Callable[[], None] | None,
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        chunks,
-        batch_size=None,
+        dataset,
+        batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
-        collate_fn=_as_is,
+        collate_fn=collate,
         persistent_workers=False,
-        prefetch_factor=2 if workers > 0 else None,
+        prefetch_factor=prefetch if workers > 0 else None,
         worker_init_fn=partial(_worker_init, worker_init) if workers > 0 else None,
     )
 
