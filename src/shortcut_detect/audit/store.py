@@ -847,7 +847,8 @@ class AuditStore:
             for start in range(0, len(mapped), _MERGE_CHUNK):
                 part = mapped[start : start + _MERGE_CHUNK]
                 block = self._gather_maps(files.dictionary, file_codes[part], rows[part])
-                handle.write(np.ascontiguousarray(block.astype("<f2", copy=False)).tobytes())
+                # The array's own buffer: tobytes() would copy each block once more.
+                handle.write(np.ascontiguousarray(block.astype("<f2", copy=False)).data)
 
         _atomic_write(merged / "heatmaps.npy", write_maps)
         fault_point("merge.heatmaps")
