@@ -549,18 +549,25 @@ class ShardWriter:
 
         relative = f"shards/{self.directory.name}/{stem}.npy"
         schema = row_schema()
-        columns: dict[str, list[Any]] = {
-            name: [row.get(name) for row in rows] for name in schema.names
-        }
-        with_map = [row.get("heatmap_row", -1) != -1 for row in rows]
-        positions = np.cumsum(with_map) - 1
-        columns["heatmap_row"] = [int(p) if has else -1 for p, has in zip(positions, with_map)]
-        columns["heatmap_file"] = [relative if has else None for has in with_map]
-        columns["shard"] = [self.shard_index] * len(rows)
+        # Arrow's own row conversion: a Python loop per column costs the main process of a
+        # small-model audit about 12 us per row.
+        table = pa.Table.from_pylist(rows, schema=schema)
+        with_map = np.array([row.get("heatmap_row", -1) != -1 for row in rows], dtype=bool)
+        positions = np.where(with_map, np.cumsum(with_map) - 1, -1).astype(np.int32)
+        files = [relative if has else None for has in with_map]
+        for name, values in (
+            ("heatmap_row", positions),
+            ("heatmap_file", files),
+            ("shard", np.full(len(rows), self.shard_index, dtype=np.int32)),
+        ):
+            field = schema.field(name)
+            table = table.set_column(
+                schema.get_field_index(name), field, pa.array(values, field.type)
+            )
         if any(with_map):
             _save_npy(self.directory / f"{stem}.npy", np.concatenate(maps, axis=0))
             fault_point("commit.heatmaps")
-        _write_parquet(self.directory / f"{stem}.parquet", pa.table(columns, schema=schema))
+        _write_parquet(self.directory / f"{stem}.parquet", table)
         fault_point("commit.rows")
         self.written += len(rows)
 
