@@ -772,17 +772,21 @@ class AuditStore:
             file, row = index[sid]
             by_file.setdefault(file, []).append((position, row))
         for file, pairs in by_file.items():
-            try:
-                array = np.load(self.root / file, mmap_mode="r")
-            except (OSError, ValueError, EOFError) as error:
-                raise StoreError(
-                    f"{self.root / file} is damaged ({_first_line(error)}); run the audit "
-                    "command again: it explains the damaged chunk's samples again"
-                ) from error
+            array = self._chunk_maps(file)
             positions = [p for p, _ in pairs]
             rows = [r for _, r in pairs]
             out[positions] = array[rows].astype(np.float32)
         return out
+
+    def _chunk_maps(self, file: str) -> np.ndarray:
+        """The heatmaps of one chunk file, memory-mapped."""
+        try:
+            return np.load(self.root / file, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as error:
+            raise StoreError(
+                f"{self.root / file} is damaged ({_first_line(error)}); run the audit "
+                "command again: it explains the damaged chunk's samples again"
+            ) from error
 
     def upsampled(self, sample_ids: Iterable[str], size: Sequence[int] | None = None) -> np.ndarray:
         """Heatmaps upsampled to ``size`` (default: the model input size), in [0, 1]."""
@@ -813,13 +817,7 @@ class AuditStore:
         out = np.empty((len(rows), *(self.cam_size or (1, 1))), dtype=np.float16)
         for code in np.unique(codes):
             file = names[int(code)].as_py()
-            try:
-                array = np.load(self.root / file, mmap_mode="r")
-            except (OSError, ValueError, EOFError) as error:
-                raise StoreError(
-                    f"{self.root / file} is damaged ({_first_line(error)}); run the audit "
-                    "command again: it explains the damaged chunk's samples again"
-                ) from error
+            array = self._chunk_maps(file)
             where = np.flatnonzero(codes == code)
             out[where] = array[rows[where]]
         return out
