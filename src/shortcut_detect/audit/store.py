@@ -362,6 +362,26 @@ def _read_chunk(path: Path, columns: Sequence[str] | None = None) -> Any:
         ) from error
 
 
+def _heatmap_columns(has_map: np.ndarray, file: str) -> dict[str, Any]:
+    """``heatmap_row`` and ``heatmap_file`` of rows whose maps lie in ``file`` in row order
+    (``has_map`` says which rows have one; the others get -1 and no file)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    positions = np.where(has_map, np.cumsum(has_map) - 1, -1).astype(np.int32)
+    files = pc.if_else(pa.array(has_map, pa.bool_()), pa.scalar(file), pa.scalar(None, pa.string()))
+    return {"heatmap_row": pa.array(positions), "heatmap_file": files}
+
+
+def _with_columns(table: Any, columns: dict[str, Any]) -> Any:
+    """``table`` with the row-schema ``columns`` (name -> arrow array) replaced."""
+    schema = row_schema()
+    for name, values in columns.items():
+        field = schema.field(name)
+        table = table.set_column(schema.get_field_index(name), field, values.cast(field.type))
+    return table
+
+
 def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
@@ -553,17 +573,8 @@ class ShardWriter:
         # small-model audit about 12 us per row.
         table = pa.Table.from_pylist(rows, schema=schema)
         with_map = np.array([row.get("heatmap_row", -1) != -1 for row in rows], dtype=bool)
-        positions = np.where(with_map, np.cumsum(with_map) - 1, -1).astype(np.int32)
-        files = [relative if has else None for has in with_map]
-        for name, values in (
-            ("heatmap_row", positions),
-            ("heatmap_file", files),
-            ("shard", np.full(len(rows), self.shard_index, dtype=np.int32)),
-        ):
-            field = schema.field(name)
-            table = table.set_column(
-                schema.get_field_index(name), field, pa.array(values, field.type)
-            )
+        shard = pa.array(np.full(len(rows), self.shard_index, dtype=np.int32))
+        table = _with_columns(table, {**_heatmap_columns(with_map, relative), "shard": shard})
         if any(with_map):
             _save_npy(self.directory / f"{stem}.npy", np.concatenate(maps, axis=0))
             fault_point("commit.heatmaps")
@@ -828,7 +839,6 @@ class AuditStore:
         The merged files are a cache of the shards (which stay): a later merge replaces them
         when chunks were added. Returns the merged directory.
         """
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         merged = self.root / "merged"
@@ -857,17 +867,7 @@ class AuditStore:
 
         _atomic_write(merged / "heatmaps.npy", write_maps)
         fault_point("merge.heatmaps")
-        schema = row_schema()
-        new_rows = np.where(has_map, np.cumsum(has_map) - 1, -1).astype(np.int32)
-        new_files = pc.if_else(
-            pa.array(has_map), pa.scalar("merged/heatmaps.npy"), pa.scalar(None, pa.string())
-        )
-        table = table.set_column(
-            schema.get_field_index("heatmap_row"), schema.field("heatmap_row"), pa.array(new_rows)
-        )
-        table = table.set_column(
-            schema.get_field_index("heatmap_file"), schema.field("heatmap_file"), new_files
-        )
+        table = _with_columns(table, _heatmap_columns(has_map, "merged/heatmaps.npy"))
         _write_parquet(merged / "results.parquet", table)
         fault_point("merge.rows")
         write_json(merged / "sources.json", sources)
