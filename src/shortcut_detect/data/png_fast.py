@@ -15,7 +15,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -51,11 +50,11 @@ def _png_decoder() -> Callable[[torch.Tensor], torch.Tensor] | None:
         unchanged = ImageReadMode.UNCHANGED.value
     except (ImportError, AttributeError, RuntimeError):
         return None
-    return functools.partial(_call_decoder, operator, unchanged)
 
+    def decode(data: torch.Tensor) -> torch.Tensor:
+        return operator(data, unchanged, False)
 
-def _call_decoder(operator: Callable[..., torch.Tensor], mode: int, data: torch.Tensor) -> Any:
-    return operator(data, mode, False)
+    return decode
 
 
 def _plain_header(data: bytes) -> tuple[int, int, int] | None:
